@@ -1,0 +1,152 @@
+"""StackState: the one data model, shaped like a `pulumi stack export` deployment.
+
+Whatever produced it — the offline evaluator, a real `pulumi stack export`, a `pulumi preview
+--json`, or (later) a read of a live account — the rules and proofs see the same document.
+`to_document()` writes the export shape (`{"version": 3, "deployment": {...}}`) plus an
+`envfence` section; `envfence.state` reads it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+STACK_TYPE = "pulumi:pulumi:Stack"
+PROVIDER_PREFIX = "pulumi:providers:"
+
+# Marks a value that is not known yet (a preview). Same sentinel as the Pulumi engine's.
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+
+def urn_parts(urn: str) -> tuple[str, str, str, str]:
+    """(stack, project, qualified type, name) of `urn:pulumi:STACK::PROJECT::TYPE::NAME`."""
+    parts = urn.split("::")
+    if len(parts) < 4 or not parts[0].startswith("urn:pulumi:"):
+        raise ValueError(f"not a Pulumi URN: {urn!r}")
+    return parts[0][len("urn:pulumi:"):], parts[1], parts[2], "::".join(parts[3:])
+
+
+@dataclass
+class Resource:
+    urn: str
+    type: str
+    custom: bool = True
+    id: str | None = None
+    parent: str | None = None
+    provider: str | None = None
+    dependencies: list[str] = field(default_factory=list)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    protect: bool = False
+    retain_on_delete: bool = False
+
+    @property
+    def name(self) -> str:
+        return urn_parts(self.urn)[3]
+
+    @property
+    def stack(self) -> str:
+        return urn_parts(self.urn)[0]
+
+    @property
+    def is_provider(self) -> bool:
+        return self.type.startswith(PROVIDER_PREFIX)
+
+    @property
+    def provider_urn(self) -> str | None:
+        """The URN part of the `URN::ID` provider reference."""
+        if not self.provider:
+            return None
+        return self.provider.rsplit("::", 1)[0]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A property: the output if known (deployed state), else the input."""
+        if key in self.outputs and self.outputs[key] is not None:
+            return self.outputs[key]
+        return self.inputs.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"urn": self.urn, "custom": self.custom, "type": self.type}
+        if self.id is not None:
+            doc["id"] = self.id
+        doc["inputs"] = self.inputs
+        doc["outputs"] = self.outputs
+        if self.parent:
+            doc["parent"] = self.parent
+        if self.provider:
+            doc["provider"] = self.provider
+        doc["dependencies"] = self.dependencies
+        doc["propertyDependencies"] = self.property_dependencies
+        if self.protect:
+            doc["protect"] = True
+        if self.retain_on_delete:
+            doc["retainOnDelete"] = True
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Resource:
+        return cls(
+            urn=doc["urn"],
+            type=doc["type"],
+            custom=bool(doc.get("custom", True)),
+            id=doc.get("id") or None,
+            parent=doc.get("parent") or None,
+            provider=doc.get("provider") or None,
+            dependencies=list(doc.get("dependencies") or []),
+            property_dependencies={k: list(v) for k, v in
+                                   (doc.get("propertyDependencies") or {}).items()},
+            inputs=dict(doc.get("inputs") or {}),
+            outputs=dict(doc.get("outputs") or {}),
+            protect=bool(doc.get("protect", False)),
+            retain_on_delete=bool(doc.get("retainOnDelete", False)),
+        )
+
+
+@dataclass
+class StackState:
+    stack: str
+    project: str
+    tier: str | None
+    experiment_id: str | None = None
+    config: dict[str, str] = field(default_factory=dict)
+    resources: list[Resource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    source: str = "evaluate"  # evaluate | export | preview | plan
+
+    def __iter__(self) -> Iterator[Resource]:
+        return iter(self.resources)
+
+    def by_urn(self) -> dict[str, Resource]:
+        return {r.urn: r for r in self.resources}
+
+    def of_type(self, *types: str) -> list[Resource]:
+        return [r for r in self.resources if r.type in types]
+
+    def custom(self) -> list[Resource]:
+        """Cloud resources: neither components, the stack, nor providers."""
+        return [r for r in self.resources if r.custom and not r.is_provider]
+
+    def named(self, name: str, type_: str | None = None) -> Resource:
+        hits = [r for r in self.resources if r.name == name and (type_ is None or r.type == type_)]
+        if len(hits) != 1:
+            raise KeyError(f"{len(hits)} resources named {name!r} in stack {self.stack}")
+        return hits[0]
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "version": 3,
+            "deployment": {
+                "manifest": {"magic": "", "version": "envfence"},
+                "resources": [r.to_dict() for r in self.resources],
+            },
+            "envfence": {
+                "stack": self.stack,
+                "project": self.project,
+                "tier": self.tier,
+                "experimentId": self.experiment_id,
+                "config": self.config,
+                "outputs": self.outputs,
+            },
+        }

@@ -1,0 +1,43 @@
+"""envfence: one isolated AWS environment per stack (prod, experiment, experiment-<id>).
+
+The composition root: read and validate the stack's settings, create the stack's one AWS
+provider (default tags, allowed account), build the Environment under it, export what other
+tools need. Stacks differ only by their config.
+"""
+
+import sys
+from pathlib import Path
+
+# Pulumi runs this file with infra/ on sys.path; the modules import each other as `infra.*`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pulumi  # noqa: E402
+import pulumi_aws as aws  # noqa: E402
+
+from infra.components.environment import Environment, EnvironmentArgs  # noqa: E402
+from infra.settings import load_settings  # noqa: E402
+
+settings = load_settings()
+
+provider = aws.Provider(
+    "aws",
+    region=settings.region,
+    allowed_account_ids=list(settings.allowed_account_ids),
+    default_tags={"tags": settings.tags()},
+)
+
+env = Environment(
+    settings.stack,
+    EnvironmentArgs(settings=settings),
+    pulumi.ResourceOptions(providers=[provider]),
+)
+
+pulumi.export("tier", settings.tier)
+pulumi.export("experimentId", settings.experiment_id)
+pulumi.export("vpcId", env.network.vpc.id)
+pulumi.export("vpcCidr", str(settings.network.cidr))
+pulumi.export("keyArn", env.keys.key.arn)
+pulumi.export("buckets", {k: b.bucket for k, b in env.data.buckets.items()})
+pulumi.export("roles", {k: r.arn for k, r in env.identity.roles.items()})
+pulumi.export("dbEndpoint", env.data.database.endpoint)
+pulumi.export("declaredFlows", [f.describe() for f in settings.flows])

@@ -1,0 +1,192 @@
+"""The environment's data: one PostgreSQL database and one S3 bucket per data store.
+
+Everything is encrypted with the environment's own key, nothing is public, and each bucket's
+policy denies any principal that is not a role of this environment (or a declared flow). In the
+production tier the data resources are protected: `protect`, `retainOnDelete`, deletion
+protection and a final snapshot, so no `pulumi destroy` and no refactoring can remove them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import naming
+from infra.components.policies import account_root, document, statement
+from infra.settings import Settings
+
+# Actions that read, write or delete objects: what a foreign principal must never be allowed.
+DATA_ACTIONS = [
+    "s3:GetObject*", "s3:PutObject*", "s3:DeleteObject*", "s3:ListBucket*",
+    "s3:RestoreObject", "s3:ReplicateObject", "s3:ReplicateDelete",
+    "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+]
+
+
+@dataclass
+class DataArgs:
+    settings: Settings
+    key_arn: pulumi.Input[str]
+    role_arns: dict[str, pulumi.Input[str]]
+    data_subnet_ids: list[pulumi.Input[str]]
+    db_security_group_id: pulumi.Input[str]
+
+
+class Data(pulumi.ComponentResource):
+    buckets: dict[str, aws.s3.Bucket]
+    database: aws.rds.Instance
+
+    def __init__(self, name: str, args: DataArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("envfence:index:Data", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        # Production data is protected from `pulumi destroy` and from accidental replacement.
+        keep = pulumi.ResourceOptions(parent=self, protect=s.is_production,
+                                      retain_on_delete=s.is_production)
+        self.buckets = {store: self._store(s, store, args, child, keep) for store in s.data_stores}
+        self.database = self._database(s, args, child, keep)
+        self.register_outputs({
+            "buckets": {k: b.bucket for k, b in self.buckets.items()},
+            "dbEndpoint": self.database.endpoint,
+        })
+
+    def _store(self, s: Settings, store: str, args: DataArgs, child: pulumi.ResourceOptions,
+               keep: pulumi.ResourceOptions) -> aws.s3.Bucket:
+        bucket = aws.s3.Bucket(
+            f"store-{store}",
+            bucket=s.bucket_name(store),
+            # Experiment buckets can be emptied and removed with the stack; production never.
+            force_destroy=not s.is_production,
+            tags={naming.TAG_DATA_STORE: store},
+            opts=keep,
+        )
+        aws.s3.BucketPublicAccessBlock(
+            f"store-{store}-public-access", bucket=bucket.id, block_public_acls=True,
+            block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True,
+            opts=child)
+        aws.s3.BucketOwnershipControls(
+            f"store-{store}-ownership", bucket=bucket.id,
+            rule={"object_ownership": "BucketOwnerEnforced"}, opts=child)
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"store-{store}-encryption", bucket=bucket.id,
+            rules=[{"apply_server_side_encryption_by_default": {
+                "sse_algorithm": "aws:kms", "kms_master_key_id": args.key_arn},
+                "bucket_key_enabled": True}],
+            opts=child)
+        aws.s3.BucketVersioning(
+            f"store-{store}-versioning", bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"}, opts=keep)
+        aws.s3.BucketLifecycleConfiguration(
+            f"store-{store}-lifecycle", bucket=bucket.id, rules=[self._lifecycle(s)], opts=child)
+        aws.s3.BucketPolicy(
+            f"store-{store}-policy", bucket=bucket.id,
+            policy=self._bucket_policy(s, store, bucket.arn, args), opts=child)
+        return bucket
+
+    @staticmethod
+    def _lifecycle(s: Settings) -> dict[str, object]:
+        r = s.retention
+        rule: dict[str, object] = {
+            "id": "envfence-retention",
+            "status": "Enabled",
+            "filter": {},
+            "abort_incomplete_multipart_upload": {
+                "days_after_initiation": r.abort_incomplete_upload_days},
+        }
+        if s.is_production:
+            # Production keeps every version; old versions only move to cheaper storage.
+            rule["noncurrent_version_transitions"] = [
+                {"noncurrent_days": r.noncurrent_archive_days, "storage_class": "GLACIER"}]
+        else:
+            # Experiment data ends with the experiment: archived, then expired.
+            rule["expiration"] = {"days": r.expire_after_days}
+            rule["noncurrent_version_expiration"] = {"noncurrent_days": r.noncurrent_expire_days}
+            if r.archive_after_days:
+                rule["transitions"] = [{"days": r.archive_after_days, "storage_class": "GLACIER"}]
+        return rule
+
+    @staticmethod
+    def _bucket_policy(s: Settings, store: str, arn: pulumi.Output[str],
+                       args: DataArgs) -> pulumi.Output[str]:
+        objects = pulumi.Output.concat(arn, "/*")
+        flows = [f for f in s.inbound_flows() if f.store == store]
+        flow_principals = [
+            naming.role_arn(s.project, f.source, f.role, s.peers[f.source].account or s.account)
+            for f in flows
+        ]
+        statements = [
+            statement("DenyInsecureTransport", "Deny", ["s3:*"], [arn, objects], principal="*",
+                      condition={"Bool": {"aws:SecureTransport": "false"}}),
+            statement("DenyPrincipalsOutsideThisEnvironment", "Deny", DATA_ACTIONS,
+                      [arn, objects], principal="*",
+                      condition={"ArnNotEquals": {"aws:PrincipalArn":
+                                                  s.role_arns() + flow_principals}}),
+            statement("DenyOtherEncryptionKeys", "Deny", ["s3:PutObject"], [objects],
+                      principal="*",
+                      condition={"StringNotEqualsIfExists": {
+                          "s3:x-amz-server-side-encryption-aws-kms-key-id": args.key_arn}}),
+        ]
+        for flow, principal in zip(flows, flow_principals, strict=True):
+            peer_account = s.peers[flow.source].account or s.account
+            sid = f"DeclaredFlow{flow.source.title().replace('-', '')}{flow.role.title()}"
+            statements += [
+                statement(f"{sid}List", "Allow", ["s3:ListBucket"], [arn],
+                          principal={"AWS": account_root(peer_account)},
+                          condition={"ArnEquals": {"aws:PrincipalArn": principal}}),
+                statement(f"{sid}Read", "Allow", ["s3:GetObject"], [objects],
+                          principal={"AWS": account_root(peer_account)},
+                          condition={"ArnEquals": {"aws:PrincipalArn": principal}}),
+            ]
+        return document(*statements)
+
+    @staticmethod
+    def _database(s: Settings, args: DataArgs, child: pulumi.ResourceOptions,
+                  keep: pulumi.ResourceOptions) -> aws.rds.Instance:
+        db = s.database
+        major = db.engine_version.split(".")[0]
+        subnet_group = aws.rds.SubnetGroup(
+            "db-subnets", subnet_ids=args.data_subnet_ids,
+            description=f"envfence {s.stack}: isolated data subnets", opts=child)
+        params = aws.rds.ParameterGroup(
+            "db-params", family=f"postgres{major}",
+            description=f"envfence {s.stack}: TLS only, connections logged",
+            parameters=[
+                {"name": "rds.force_ssl", "value": "1"},
+                {"name": "log_connections", "value": "1"},
+                {"name": "log_disconnections", "value": "1"},
+            ],
+            opts=child)
+        identifier = naming.db_identifier(s.project, s.stack)
+        return aws.rds.Instance(
+            "db",
+            identifier=identifier,
+            engine="postgres",
+            engine_version=db.engine_version,
+            instance_class=db.instance_class,
+            allocated_storage=db.allocated_storage,
+            max_allocated_storage=db.max_allocated_storage,
+            storage_type="gp3",
+            storage_encrypted=True,
+            kms_key_id=args.key_arn,
+            db_name="envfence",
+            username="envfence_admin",
+            # RDS keeps the master password in Secrets Manager, encrypted with our key: it
+            # never passes through Pulumi config or state.
+            manage_master_user_password=True,
+            master_user_secret_kms_key_id=args.key_arn,
+            iam_database_authentication_enabled=True,
+            db_subnet_group_name=subnet_group.name,
+            vpc_security_group_ids=[args.db_security_group_id],
+            parameter_group_name=params.name,
+            publicly_accessible=False,
+            multi_az=db.multi_az,
+            backup_retention_period=db.backup_retention_days,
+            copy_tags_to_snapshot=True,
+            deletion_protection=db.deletion_protection,
+            skip_final_snapshot=not s.is_production,
+            final_snapshot_identifier=f"{identifier}-final" if s.is_production else None,
+            auto_minor_version_upgrade=True,
+            opts=keep,
+        )

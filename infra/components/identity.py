@@ -1,0 +1,262 @@
+"""Who acts in an environment: the permission boundary, the roles, and what each role may do.
+
+`Identity` comes first (the boundary and the roles: other components need their ARNs);
+`Permissions` comes last (least-privilege policies that name the resources once they exist).
+
+Every role carries the environment's boundary. The boundary is what makes isolation hold even
+if someone later attaches a broad policy to a role: it denies data, keys, databases and roles of
+any other environment, session tags (a caller could otherwise forge `aws:PrincipalTag`), and any
+change to the environment tags or to IAM itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import naming
+from infra.components.policies import account_root, document, statement
+from infra.settings import Settings
+
+ENVIRONMENT_TAG_KEYS = [naming.TAG_ENVIRONMENT, naming.TAG_TIER, naming.TAG_CLASSIFICATION,
+                        naming.TAG_EXPERIMENT_ID]
+
+# IAM changes an environment role never needs; denying them keeps the boundary and the trust
+# policies out of the roles' own reach.
+IAM_MUTATIONS = ["iam:Create*", "iam:Delete*", "iam:Put*", "iam:Attach*", "iam:Detach*",
+                 "iam:Update*", "iam:Tag*", "iam:Untag*", "iam:Set*", "iam:Add*", "iam:Remove*"]
+AUDIT_TAMPERING = ["cloudtrail:Stop*", "cloudtrail:Delete*", "cloudtrail:Update*",
+                   "cloudtrail:Put*", "cloudtrail:Create*", "cloudtrail:Remove*",
+                   "cloudtrail:Add*", "logs:Delete*", "logs:PutRetentionPolicy",
+                   "logs:DisassociateKmsKey", "logs:AssociateKmsKey", "ec2:DeleteFlowLogs",
+                   "kms:ScheduleKeyDeletion", "kms:DisableKey", "kms:PutKeyPolicy",
+                   "kms:CreateGrant", "kms:RetireGrant", "kms:RevokeGrant"]
+
+TASK_ROLES = ("service", "pipeline")  # assumed by ECS tasks; the analyst role by people
+
+
+def bucket_arns(s: Settings, stores: list[tuple[str, str, str]]) -> list[str]:
+    """Bucket and object ARNs for (stack, store, account) triples."""
+    arns = []
+    for stack, store, account in stores:
+        arn = naming.bucket_arn(s.project, stack, store, account)
+        arns += [arn, f"{arn}/*"]
+    return arns
+
+
+def own_stores(s: Settings) -> list[tuple[str, str, str]]:
+    return [(s.stack, store, s.account) for store in s.data_stores]
+
+
+def flow_stores(s: Settings) -> list[tuple[str, str, str]]:
+    """Stores of other environments this one may read through declared flows."""
+    out = []
+    for flow in s.outbound_flows():
+        peer = s.peers[flow.target]
+        if peer.account is not None:
+            out.append((flow.target, flow.store, peer.account))
+    return out
+
+
+def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[str]:
+    own_roles = s.role_arns() + [naming.role_arn(s.project, s.stack, r, s.account)
+                                 for r in ("flowlogs",)]
+    flows = flow_stores(s)
+    peer_key_arns = sorted({f"arn:aws:kms:{s.region}:{acct}:key/*" for _, _, acct in flows})
+    allowed_env_tags = [s.stack] + sorted({stack for stack, _, _ in flows})
+    return document(
+        statement("AllowWithinTheBoundary", "Allow", ["*"], ["*"]),
+        statement("DenyResourcesTaggedForOtherEnvironments", "Deny", ["*"], ["*"],
+                  condition={"StringNotEqualsIfExists": {
+                      f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": allowed_env_tags}}),
+        statement("DenyDataStoresOfOtherEnvironments", "Deny", ["s3:*"],
+                  not_resources=bucket_arns(s, own_stores(s) + flows)),
+        statement("DenyKeysOfOtherEnvironments", "Deny", ["kms:*"],
+                  not_resources=[key_arn, *peer_key_arns]),
+        statement("DenyDatabasesOutsideThisAccountAndRegion", "Deny", ["rds-db:*"],
+                  not_resources=[f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:*/*"]),
+        statement("DenyAssumingRolesOfOtherEnvironments", "Deny",
+                  ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity", "sts:AssumeRoleWithSAML"],
+                  not_resources=own_roles),
+        statement("DenyPassingRolesOfOtherEnvironments", "Deny", ["iam:PassRole"],
+                  not_resources=own_roles),
+        statement("DenySessionTags", "Deny", ["sts:TagSession"], ["*"]),
+        statement("DenyEnvironmentTagChanges", "Deny", ["*"], ["*"],
+                  condition={"ForAnyValue:StringEquals": {"aws:TagKeys": ENVIRONMENT_TAG_KEYS}}),
+        statement("DenyIamChanges", "Deny", IAM_MUTATIONS, ["*"]),
+        statement("DenyAuditTampering", "Deny", AUDIT_TAMPERING, ["*"]),
+    )
+
+
+def ecs_trust(s: Settings) -> pulumi.Output[str]:
+    # The source conditions stop another account's ECS from assuming the role (confused deputy).
+    return document(statement(
+        "EcsTasksOfThisAccount", "Allow", ["sts:AssumeRole"],
+        principal={"Service": "ecs-tasks.amazonaws.com"},
+        condition={"StringEquals": {"aws:SourceAccount": s.account},
+                   "ArnLike": {"aws:SourceArn": f"arn:aws:ecs:{s.region}:{s.account}:*"}}))
+
+
+def analyst_trust(s: Settings) -> pulumi.Output[str]:
+    return document(statement(
+        "ConfiguredAnalysts", "Allow", ["sts:AssumeRole"],
+        principal={"AWS": list(s.analyst_principals) or [account_root(s.account)]},
+        # With no analysts configured, only principals named here could assume it: none.
+        condition={"ArnEquals": {"aws:PrincipalArn": list(s.analyst_principals)
+                                 or [f"arn:aws:iam::{s.account}:role/no-analysts-configured"]}}))
+
+
+def flow_logs_trust(s: Settings) -> pulumi.Output[str]:
+    return document(statement(
+        "VpcFlowLogsOfThisAccount", "Allow", ["sts:AssumeRole"],
+        principal={"Service": "vpc-flow-logs.amazonaws.com"},
+        condition={"StringEquals": {"aws:SourceAccount": s.account},
+                   "ArnLike": {"aws:SourceArn":
+                               f"arn:aws:ec2:{s.region}:{s.account}:vpc-flow-log/*"}}))
+
+
+@dataclass
+class IdentityArgs:
+    settings: Settings
+    key_arn: pulumi.Input[str]
+
+
+class Identity(pulumi.ComponentResource):
+    boundary: aws.iam.Policy
+    roles: dict[str, aws.iam.Role]
+    flow_logs_role: aws.iam.Role
+
+    def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("envfence:index:Identity", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        self.boundary = aws.iam.Policy(
+            "boundary",
+            name=naming.boundary_name(s.project, s.stack),
+            description=f"envfence {s.stack}: the most any role of this environment may do",
+            policy=boundary_document(s, args.key_arn),
+            opts=child,
+        )
+        trusts = {"service": ecs_trust(s), "pipeline": ecs_trust(s), "analyst": analyst_trust(s)}
+        self.roles = {
+            role: aws.iam.Role(
+                f"role-{role}",
+                name=naming.role_name(s.project, s.stack, role),
+                description=f"envfence {s.stack}: {role} role",
+                assume_role_policy=trusts[role],
+                permissions_boundary=self.boundary.arn,
+                max_session_duration=3600,
+                tags={"role": role},
+                opts=child,
+            )
+            for role in naming.ROLES
+        }
+        self.flow_logs_role = aws.iam.Role(
+            "role-flowlogs",
+            name=naming.role_name(s.project, s.stack, "flowlogs"),
+            description=f"envfence {s.stack}: delivers VPC flow logs",
+            assume_role_policy=flow_logs_trust(s),
+            permissions_boundary=self.boundary.arn,
+            tags={"role": "flowlogs"},
+            opts=child,
+        )
+        self.register_outputs({name: r.arn for name, r in self.roles.items()})
+
+
+@dataclass
+class PermissionsArgs:
+    settings: Settings
+    roles: dict[str, aws.iam.Role]
+    flow_logs_role: aws.iam.Role
+    key_arn: pulumi.Input[str]
+    bucket_arns: dict[str, pulumi.Input[str]]
+    db_resource_id: pulumi.Input[str]
+    flow_log_group_arn: pulumi.Input[str]
+    extra: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+
+class Permissions(pulumi.ComponentResource):
+    """Least privilege: each role names exactly the resources of its environment it uses."""
+
+    def __init__(self, name: str, args: PermissionsArgs,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("envfence:index:Permissions", name, None, opts)
+        s = args.settings
+        b = args.bucket_arns
+
+        def objects(*stores: str) -> list[pulumi.Output[str]]:
+            return [pulumi.Output.concat(b[st], "/*") for st in stores if st in b]
+
+        def buckets(*stores: str) -> list[pulumi.Input[str]]:
+            return [b[st] for st in stores if st in b]
+
+        def db_user(user: str) -> pulumi.Output[str]:
+            return pulumi.Output.concat(f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:",
+                                        args.db_resource_id, f"/{user}")
+
+        all_stores = list(s.data_stores)
+        key_use = statement("UseTheEnvironmentKey", "Allow",
+                            ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+                            [args.key_arn])
+        grants: dict[str, list[dict[str, object]]] = {
+            "service": [
+                statement("WriteRawRecords", "Allow", ["s3:PutObject", "s3:GetObject"],
+                          objects("raw")),
+                statement("ConnectAsWorker", "Allow", ["rds-db:connect"], [db_user("worker")]),
+                key_use,
+            ],
+            "pipeline": [
+                statement("ListStores", "Allow", ["s3:ListBucket"], buckets(*all_stores)),
+                statement("ReadWriteStores", "Allow",
+                          ["s3:GetObject", "s3:PutObject", "s3:GetObjectVersion"],
+                          objects(*all_stores)),
+                statement("ConnectAsWorker", "Allow", ["rds-db:connect"], [db_user("worker")]),
+                key_use,
+            ],
+            "analyst": [
+                statement("ListAnalysisStores", "Allow", ["s3:ListBucket"],
+                          buckets("curated", "results")),
+                statement("ReadAnalysisStores", "Allow", ["s3:GetObject", "s3:GetObjectVersion"],
+                          objects("curated", "results")),
+                statement("ConnectAsAnalyst", "Allow", ["rds-db:connect"], [db_user("analyst")]),
+                statement("DecryptWithTheEnvironmentKey", "Allow",
+                          ["kms:Decrypt", "kms:DescribeKey"], [args.key_arn]),
+            ],
+        }
+        for flow in s.outbound_flows():
+            peer = s.peers[flow.target]
+            if peer.account is None:
+                continue
+            arn = naming.bucket_arn(s.project, flow.target, flow.store, peer.account)
+            tag = f"DeclaredFlow{flow.target.title().replace('-', '')}{flow.store.title()}"
+            grants[flow.role] += [
+                statement(f"{tag}List", "Allow", ["s3:ListBucket"], [arn]),
+                statement(f"{tag}Read", "Allow", ["s3:GetObject"], [f"{arn}/*"]),
+                statement(f"{tag}Decrypt", "Allow", ["kms:Decrypt"],
+                          [f"arn:aws:kms:{s.region}:{peer.account}:key/*"],
+                          condition={"StringEquals": {
+                              "kms:ViaService": f"s3.{s.region}.amazonaws.com",
+                              f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": flow.target}}),
+            ]
+        for role, extra in args.extra.items():
+            grants[role] += extra
+
+        for role, stmts in grants.items():
+            aws.iam.RolePolicy(
+                f"policy-{role}",
+                role=args.roles[role].id,
+                policy=document(*stmts),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        aws.iam.RolePolicy(
+            "policy-flowlogs",
+            role=args.flow_logs_role.id,
+            policy=document(statement(
+                "DeliverFlowLogs", "Allow",
+                ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                [args.flow_log_group_arn, pulumi.Output.concat(args.flow_log_group_arn, ":*")])),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({})

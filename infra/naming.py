@@ -1,0 +1,90 @@
+"""Names, tag keys and ARNs: the one place where envfence decides what things are called.
+
+Both halves of the project read this module: `infra/` to name what it declares, `envfence/` to
+recognise what belongs to which environment. It imports nothing from Pulumi, so the checker can
+use it on exported state without the SDK's runtime.
+
+Physical names are deterministic per (project, stack, account) rather than Pulumi auto-names:
+another stack must be able to name a resource in a declared flow without a StackReference, and a
+checker must be able to tell which environment an ARN belongs to from the ARN alone. They never
+collide across stacks because every name contains the stack name, and bucket names (global in
+S3) also contain the account id.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Tag keys, applied to every resource through the provider's default tags.
+TAG_ENVIRONMENT = "environment"
+TAG_TIER = "tier"
+TAG_CLASSIFICATION = "data-classification"
+TAG_EXPERIMENT_ID = "experiment-id"
+TAG_OWNER = "owner"
+TAG_MANAGED_BY = "managed-by"
+TAG_PROJECT = "project"
+TAG_DATA_STORE = "data-store"
+
+REQUIRED_TAGS = (TAG_ENVIRONMENT, TAG_TIER, TAG_CLASSIFICATION, TAG_OWNER, TAG_MANAGED_BY, TAG_PROJECT)
+
+TIER_PRODUCTION = "production"
+TIER_EXPERIMENT = "experiment"
+TIERS = (TIER_PRODUCTION, TIER_EXPERIMENT)
+
+CLASSIFICATION = {TIER_PRODUCTION: "production", TIER_EXPERIMENT: "experimental"}
+
+# The per-environment roles. Order matters only for stable output.
+ROLES = ("service", "pipeline", "analyst")
+
+# Ports on which data is served; a rule admitting these from outside the VPC is a leak.
+DATA_PORTS = (5432,)
+
+STACK_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,26}[a-z0-9]$")
+STORE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+
+def prefix(project: str, stack: str) -> str:
+    """The prefix of every physical name of one environment: `<project>-<stack>`."""
+    return f"{project}-{stack}"
+
+
+def role_name(project: str, stack: str, role: str) -> str:
+    return f"{prefix(project, stack)}-{role}"
+
+
+def role_arn(project: str, stack: str, role: str, account: str) -> str:
+    return f"arn:aws:iam::{account}:role/{role_name(project, stack, role)}"
+
+
+def boundary_name(project: str, stack: str) -> str:
+    return f"{prefix(project, stack)}-boundary"
+
+
+def boundary_arn(project: str, stack: str, account: str) -> str:
+    return f"arn:aws:iam::{account}:policy/{boundary_name(project, stack)}"
+
+
+def bucket_name(project: str, stack: str, store: str, account: str) -> str:
+    # At most 8 + 1 + 28 + 1 + 12 + 1 + 12 = 63 characters: S3's limit.
+    return f"{prefix(project, stack)}-{store}-{account}"
+
+
+def bucket_arn(project: str, stack: str, store: str, account: str) -> str:
+    return f"arn:aws:s3:::{bucket_name(project, stack, store, account)}"
+
+
+def key_alias(project: str, stack: str) -> str:
+    return f"alias/{project}/{stack}"
+
+
+def db_identifier(project: str, stack: str) -> str:
+    return prefix(project, stack)
+
+
+def log_group_prefix(project: str, stack: str) -> str:
+    """Every log group of an environment lives under this path."""
+    return f"/{project}/{stack}"
+
+
+def log_group_name(project: str, stack: str, purpose: str) -> str:
+    return f"{log_group_prefix(project, stack)}/{purpose}"

@@ -1,0 +1,110 @@
+"""The project's files: `Pulumi.yaml` and the `Pulumi.<stack>.yaml` stack files.
+
+Reads them the way the Pulumi CLI hands config to a program: every value becomes a string keyed by
+its full name (`envfence:tier`), objects and lists as JSON, booleans as `true`/`false`. The offline
+evaluator feeds exactly these strings to the mock runtime, and `settings` reads the sibling stack
+files through here to check what must differ between environments (CIDRs, names).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE = "envfence"
+
+
+class ProjectFileError(Exception):
+    """A project or stack file is missing or malformed. The message names the file."""
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    name: str
+    defaults: dict[str, str]
+
+    def stack_file(self, stack: str) -> Path:
+        return self.root / f"Pulumi.{stack}.yaml"
+
+    def stacks(self) -> list[str]:
+        """Stack names that have a stack file, sorted."""
+        return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in self.root.glob("Pulumi.*.yaml"))
+
+    def stack_config(self, stack: str) -> dict[str, str]:
+        """Project defaults overlaid with the stack file's values, as CLI-style strings."""
+        path = self.stack_file(stack)
+        if not path.is_file():
+            known = ", ".join(self.stacks()) or "none"
+            raise ProjectFileError(
+                f"unknown stack '{stack}': there is no {path.name} in {self.root}; "
+                f"stacks with a stack file: {known}"
+            )
+        doc = _load_yaml(path)
+        raw = doc.get("config") or {}
+        if not isinstance(raw, dict):
+            raise ProjectFileError(f"{path.name}: 'config' must be a mapping of key: value")
+        config = dict(self.defaults)
+        for key, value in raw.items():
+            full = key if ":" in str(key) else f"{self.name}:{key}"
+            if isinstance(value, dict) and "secure" in value and len(value) == 1:
+                # Encrypted values cannot be read offline; envfence keeps no secrets in config.
+                raise ProjectFileError(
+                    f"{path.name}: {full} is a secret; envfence config holds no secrets "
+                    "(passwords are managed by RDS in Secrets Manager)"
+                )
+            config[full] = to_cli_string(value)
+        return config
+
+
+def to_cli_string(value: Any) -> str:
+    """Render a YAML value the way `pulumi config` passes it to a program."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ProjectFileError(f"{path.name}: cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ProjectFileError(f"{path.name}: not valid YAML{where}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ProjectFileError(f"{path.name}: expected a mapping at the top level")
+    return doc
+
+
+def load_project(root: Path = ROOT) -> Project:
+    path = root / "Pulumi.yaml"
+    if not path.is_file():
+        raise ProjectFileError(f"no Pulumi.yaml in {root}")
+    doc = _load_yaml(path)
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProjectFileError("Pulumi.yaml: 'name' is required")
+    defaults: dict[str, str] = {}
+    for key, spec in (doc.get("config") or {}).items():
+        full = key if ":" in str(key) else f"{name}:{key}"
+        if isinstance(spec, dict):
+            if "default" in spec:
+                defaults[full] = to_cli_string(spec["default"])
+            elif "value" in spec:
+                defaults[full] = to_cli_string(spec["value"])
+        else:
+            defaults[full] = to_cli_string(spec)
+    return Project(root=root, name=name, defaults=defaults)

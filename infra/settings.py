@@ -1,0 +1,601 @@
+"""Typed, validated stack settings: the only module that reads `pulumi.Config`.
+
+`load_settings()` reads the stack's config (namespace `envfence:` plus `aws:region`) and returns a
+frozen `Settings`. Every value is checked before any resource is declared; the first bad value
+stops the program with a `ConfigError` that names the key, the value and what is allowed.
+`parse_settings()` does the same from plain strings, so the checker and the tests validate config
+exactly as the program does.
+
+The sibling stack files in the repository are read too: two environments must not share a CIDR,
+and a declared flow must name a stack and a data store that exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from infra import naming
+from infra.project import NAMESPACE, Project, ProjectFileError, load_project
+
+try:  # A clean one-line stop under the CLI; plain Exception when Pulumi is absent.
+    from pulumi import RunError as _Base
+except ImportError:  # pragma: no cover - pulumi is a dependency
+    _Base = Exception  # type: ignore[misc,assignment]
+
+
+class ConfigError(_Base):  # type: ignore[misc,valid-type]
+    """A stack config value is missing or invalid. The message names key, value and what's allowed."""
+
+
+T = TypeVar("T")
+
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+EXPERIMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,14}[a-z0-9]$")
+OWNER_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
+PRINCIPAL_RE = re.compile(r"^arn:aws:iam::(\d{12}):(role|user)/[A-Za-z0-9+=,.@_/-]+$")
+ENGINE_VERSION_RE = re.compile(r"^(1[3-7])(\.\d+)?$")
+INSTANCE_CLASS_RE = re.compile(r"^db\.[a-z0-9]+\.[a-z0-9]+$")
+FLOW_ACCESS = ("read",)  # writes across environments are contamination by definition
+PRIVATE_RANGES = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+
+# Top-level keys in the envfence namespace, with what each holds (also in README and Pulumi.yaml).
+KNOWN_KEYS = (
+    "tier",
+    "experimentId",
+    "expiresOn",
+    "owner",
+    "allowedAccountIds",
+    "network",
+    "database",
+    "dataStores",
+    "retention",
+    "access",
+    "flows",
+    "logRetentionDays",
+)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    cidr: ipaddress.IPv4Network
+    az_count: int
+    nat_gateways: int
+
+    def subnets(self) -> tuple[list[ipaddress.IPv4Network], ...]:
+        """Application, data and public subnets, one of each per AZ.
+
+        The VPC is split in sixteen: applications in 0-3, data in 4-7, public (NAT only) in 8-11,
+        so adding an AZ later never renumbers an existing subnet."""
+        parts = list(self.cidr.subnets(prefixlen_diff=4))
+        n = self.az_count
+        return parts[:n], parts[4 : 4 + n], parts[8 : 8 + n]
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    engine_version: str
+    instance_class: str
+    allocated_storage: int
+    max_allocated_storage: int
+    multi_az: bool
+    backup_retention_days: int
+    deletion_protection: bool
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Lifecycle of data-store objects. Expiry applies to experiment stacks only."""
+
+    expire_after_days: int | None
+    archive_after_days: int | None
+    noncurrent_archive_days: int | None
+    noncurrent_expire_days: int | None
+    abort_incomplete_upload_days: int
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A declared cross-environment flow: role `role` of stack `source` may `access` store
+    `store` of stack `target`. Anything else across environments is a violation."""
+
+    source: str
+    target: str
+    role: str
+    store: str
+    access: str
+
+    def describe(self) -> str:
+        return f"{self.source}/{self.role} may {self.access} {self.target}/{self.store}"
+
+
+@dataclass(frozen=True)
+class PeerStack:
+    """What this stack needs to know of another stack of the repository."""
+
+    name: str
+    cidr: ipaddress.IPv4Network | None
+    account: str | None
+    data_stores: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    stack: str
+    tier: str
+    experiment_id: str | None
+    expires_on: dt.date | None
+    owner: str
+    region: str
+    account: str
+    allowed_account_ids: tuple[str, ...]
+    network: NetworkSettings
+    database: DatabaseSettings
+    data_stores: tuple[str, ...]
+    retention: RetentionSettings
+    analyst_principals: tuple[str, ...]
+    admin_principals: tuple[str, ...]
+    flows: tuple[Flow, ...]
+    log_retention_days: int
+    peers: Mapping[str, PeerStack] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_production(self) -> bool:
+        return self.tier == naming.TIER_PRODUCTION
+
+    @property
+    def classification(self) -> str:
+        return naming.CLASSIFICATION[self.tier]
+
+    def tags(self) -> dict[str, str]:
+        """The environment tags every resource carries (the provider's default tags)."""
+        tags = {
+            naming.TAG_ENVIRONMENT: self.stack,
+            naming.TAG_TIER: self.tier,
+            naming.TAG_CLASSIFICATION: self.classification,
+            naming.TAG_OWNER: self.owner,
+            naming.TAG_MANAGED_BY: "pulumi",
+            naming.TAG_PROJECT: self.project,
+        }
+        if self.experiment_id:
+            tags[naming.TAG_EXPERIMENT_ID] = self.experiment_id
+        return tags
+
+    def role_arn(self, role: str) -> str:
+        return naming.role_arn(self.project, self.stack, role, self.account)
+
+    def role_arns(self) -> list[str]:
+        return [self.role_arn(r) for r in naming.ROLES]
+
+    def bucket_name(self, store: str) -> str:
+        return naming.bucket_name(self.project, self.stack, store, self.account)
+
+    def inbound_flows(self) -> list[Flow]:
+        return [f for f in self.flows if f.target == self.stack]
+
+    def outbound_flows(self) -> list[Flow]:
+        return [f for f in self.flows if f.source == self.stack]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading raw values
+
+
+class _Reader:
+    """Typed access to one object of config, with errors that name the full key."""
+
+    def __init__(self, stack: str, path: str, values: Mapping[str, Any]):
+        self.stack = stack
+        self.path = path
+        self.values = values
+
+    def key(self, name: str) -> str:
+        if self.path in (NAMESPACE, "aws"):
+            return f"{self.path}:{name}"
+        return f"{self.path}.{name}"
+
+    def fail(self, name: str, value: Any, allowed: str) -> ConfigError:
+        return config_error(self.stack, self.key(name), value, allowed)
+
+    def has(self, name: str) -> bool:
+        return self.values.get(name) is not None
+
+    def reject_unknown(self, known: tuple[str, ...]) -> None:
+        for name in self.values:
+            if name not in known:
+                raise config_error(
+                    self.stack, self.key(name), self.values[name], f"one of the keys {', '.join(known)}"
+                )
+
+    def get(self, name: str, parse: Callable[[Any], T], allowed: str, default: T | None = None,
+            required: bool = False) -> T:
+        raw = self.values.get(name)
+        if raw is None:
+            if required:
+                raise config_error(self.stack, self.key(name), None, allowed)
+            return default  # type: ignore[return-value]
+        try:
+            return parse(raw)
+        except (ValueError, TypeError):
+            raise self.fail(name, raw, allowed) from None
+
+    def obj(self, name: str) -> _Reader:
+        raw = self.values.get(name)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise self.fail(name, raw, "an object")
+        return _Reader(self.stack, self.key(name), raw)
+
+
+def config_error(stack: str, key: str, value: Any, allowed: str) -> ConfigError:
+    shown = "missing" if value is None else f"is {json.dumps(value, default=str)}"
+    return ConfigError(f"stack '{stack}': config {key} {shown}; allowed: {allowed}")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, str):
+            v = int(v.strip())
+        if not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError
+        return v
+
+    return parse
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise ValueError
+
+
+def _matching(pattern: re.Pattern[str]) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if not isinstance(v, str) or not pattern.match(v):
+            raise ValueError
+        return v
+
+    return parse
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in options:
+            raise ValueError
+        return str(v)
+
+    return parse
+
+
+def _list_of(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
+    def parse(v: Any) -> tuple[T, ...]:
+        if not isinstance(v, list):
+            raise ValueError
+        return tuple(item(x) for x in v)
+
+    return parse
+
+
+def _date(v: Any) -> dt.date:
+    if isinstance(v, dt.date):
+        return v
+    if not isinstance(v, str):
+        raise ValueError
+    return dt.date.fromisoformat(v)
+
+
+def _cidr(v: Any) -> ipaddress.IPv4Network:
+    if not isinstance(v, str):
+        raise ValueError
+    net = ipaddress.IPv4Network(v, strict=True)
+    if not 16 <= net.prefixlen <= 24 or not any(net.subnet_of(r) for r in PRIVATE_RANGES):
+        raise ValueError
+    return net
+
+
+def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
+    """CLI-style strings to values: JSON where the string is JSON, else the string itself."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not key.startswith(f"{NAMESPACE}:"):
+            continue
+        name = key.split(":", 1)[1]
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and text[:1] in ("{", "["):
+            try:
+                out[name] = json.loads(text)
+            except json.JSONDecodeError:
+                out[name] = value
+        else:
+            out[name] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_settings(
+    project: str, stack: str, raw: Mapping[str, str], peers: Mapping[str, PeerStack] | None = None
+) -> Settings:
+    """Validate a stack's config given as CLI-style strings (`envfence:tier` → `experiment`)."""
+    peers = dict(peers or {})
+    if not naming.STACK_NAME_RE.match(stack):
+        raise ConfigError(
+            f"stack name '{stack}' is not allowed: use 2-28 characters, lowercase letters, digits "
+            "and '-', starting with a letter (it becomes part of S3 bucket and IAM role names)"
+        )
+    values = _decode(raw)
+    top = _Reader(stack, NAMESPACE, values)
+    top.reject_unknown(KNOWN_KEYS)
+
+    tier = top.get("tier", _one_of(naming.TIERS), " | ".join(naming.TIERS), required=True)
+    production = tier == naming.TIER_PRODUCTION
+
+    experiment_id: str | None = top.get(
+        "experimentId", _matching(EXPERIMENT_ID_RE),
+        "2-16 lowercase letters, digits and '-' (required for the experiment tier)",
+    )
+    if production and experiment_id is not None:
+        raise top.fail("experimentId", experiment_id, "nothing: forbidden for the production tier")
+    if not production and experiment_id is None:
+        raise top.fail(
+            "experimentId", None, "2-16 lowercase letters, digits and '-' (required for tier experiment)"
+        )
+    if stack.startswith("experiment-") and experiment_id != stack[len("experiment-") :]:
+        raise top.fail(
+            "experimentId", experiment_id, f"'{stack[len('experiment-'):]}', the id in the stack name"
+        )
+
+    expires_on = top.get("expiresOn", _date, "a date YYYY-MM-DD (experiment tier only)")
+    if production and expires_on is not None:
+        raise top.fail("expiresOn", str(expires_on), "nothing: production stacks do not expire")
+
+    owner = top.get("owner", _matching(OWNER_RE), "a team or e-mail, 1-128 tag-safe characters",
+                    required=True)
+
+    region = _Reader(stack, "aws", {k.split(":", 1)[1]: v for k, v in raw.items()
+                                    if k.startswith("aws:")})
+    region_value = region.get("region", _matching(REGION_RE), "an AWS region such as eu-west-1",
+                              required=True)
+
+    accounts = top.get(
+        "allowedAccountIds", _list_of(_matching(ACCOUNT_RE)),
+        "a list with one 12-digit AWS account id as a quoted string, e.g. [\"123456789012\"]",
+        required=True,
+    )
+    if len(accounts) != 1:
+        raise top.fail(
+            "allowedAccountIds", list(accounts),
+            "exactly one account id: an environment lives in one account",
+        )
+
+    network = _parse_network(top.obj("network"), stack, peers)
+    database = _parse_database(top.obj("database"), production)
+    stores = top.get(
+        "dataStores", _list_of(_matching(naming.STORE_NAME_RE)),
+        "a list of 1-12 character lowercase store names, e.g. [\"raw\", \"curated\", \"results\"]",
+        default=("raw", "curated", "results"),
+    )
+    if not stores or len(set(stores)) != len(stores):
+        raise top.fail("dataStores", list(stores), "a non-empty list of distinct store names")
+    retention = _parse_retention(top.obj("retention"), production)
+
+    access = top.obj("access")
+    access.reject_unknown(("analystPrincipals", "adminPrincipals"))
+    principal_help = (
+        f"IAM role or user ARNs of account {accounts[0]}, no wildcards "
+        f"(e.g. arn:aws:iam::{accounts[0]}:role/data-analysts)"
+    )
+    analysts = access.get("analystPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help,
+                          default=())
+    admins = access.get("adminPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help,
+                        default=())
+    for name, arns in (("analystPrincipals", analysts), ("adminPrincipals", admins)):
+        for arn in arns:
+            m = PRINCIPAL_RE.match(arn)
+            if m and m.group(1) != accounts[0]:
+                raise access.fail(name, arn, principal_help)
+
+    log_retention = top.get("logRetentionDays", _int_in(1, 3653), "an integer from 1 to 3653",
+                            default=365 if production else 30)
+
+    flows = _parse_flows(top, stack, stores, peers)
+
+    return Settings(
+        project=project,
+        stack=stack,
+        tier=tier,
+        experiment_id=experiment_id,
+        expires_on=expires_on,
+        owner=owner,
+        region=region_value,
+        account=accounts[0],
+        allowed_account_ids=tuple(accounts),
+        network=network,
+        database=database,
+        data_stores=tuple(stores),
+        retention=retention,
+        analyst_principals=tuple(analysts),
+        admin_principals=tuple(admins),
+        flows=flows,
+        log_retention_days=log_retention,
+        peers=peers,
+    )
+
+
+def _parse_network(r: _Reader, stack: str, peers: Mapping[str, PeerStack]) -> NetworkSettings:
+    r.reject_unknown(("cidr", "azCount", "natGateways"))
+    cidr = r.get("cidr", _cidr,
+                 "a private IPv4 CIDR (10/8, 172.16/12 or 192.168/16) from /16 to /24, e.g. 10.20.0.0/16",
+                 required=True)
+    for peer in peers.values():
+        if peer.name != stack and peer.cidr is not None and cidr.overlaps(peer.cidr):
+            raise r.fail("cidr", str(cidr),
+                         f"a CIDR that does not overlap stack '{peer.name}' ({peer.cidr})")
+    az_count = r.get("azCount", _int_in(2, 4), "an integer from 2 to 4", default=2)
+    nat = r.get("natGateways", _int_in(0, 4), f"an integer from 0 to azCount ({az_count})",
+                default=0)
+    if nat > az_count:
+        raise r.fail("natGateways", nat, f"an integer from 0 to azCount ({az_count})")
+    return NetworkSettings(cidr=cidr, az_count=az_count, nat_gateways=nat)
+
+
+def _parse_database(r: _Reader, production: bool) -> DatabaseSettings:
+    r.reject_unknown(("engineVersion", "instanceClass", "allocatedStorage", "maxAllocatedStorage",
+                      "multiAz", "backupRetentionDays", "deletionProtection"))
+    allocated = r.get("allocatedStorage", _int_in(20, 65536), "GiB, an integer from 20 to 65536",
+                      default=100 if production else 20)
+    db = DatabaseSettings(
+        engine_version=r.get("engineVersion", _matching(ENGINE_VERSION_RE),
+                             "a PostgreSQL version from 13 to 17, e.g. \"16\" or \"16.4\"",
+                             default="16.4"),
+        instance_class=r.get("instanceClass", _matching(INSTANCE_CLASS_RE),
+                             "an RDS instance class such as db.t4g.small",
+                             default="db.r6g.large" if production else "db.t4g.small"),
+        allocated_storage=allocated,
+        max_allocated_storage=r.get(
+            "maxAllocatedStorage", _int_in(allocated, 65536),
+            f"GiB, an integer from allocatedStorage ({allocated}) to 65536",
+            default=max(allocated, 500 if production else 100)),
+        multi_az=r.get("multiAz", _bool, "true | false", default=production),
+        backup_retention_days=r.get(
+            "backupRetentionDays", _int_in(7 if production else 1, 35),
+            "an integer from 7 to 35 for production, 1 to 35 for experiments",
+            default=14 if production else 1),
+        deletion_protection=r.get("deletionProtection", _bool, "true | false",
+                                  default=production),
+    )
+    if production and not db.deletion_protection:
+        raise r.fail("deletionProtection", False, "true: production databases are never deletable")
+    return db
+
+
+def _parse_retention(r: _Reader, production: bool) -> RetentionSettings:
+    if production:
+        r.reject_unknown(("noncurrentVersionArchiveDays", "abortIncompleteUploadDays"))
+        return RetentionSettings(
+            expire_after_days=None,
+            archive_after_days=None,
+            noncurrent_archive_days=r.get("noncurrentVersionArchiveDays", _int_in(1, 3650),
+                                          "an integer from 1 to 3650", default=30),
+            noncurrent_expire_days=None,
+            abort_incomplete_upload_days=r.get("abortIncompleteUploadDays", _int_in(1, 365),
+                                               "an integer from 1 to 365", default=7),
+        )
+    r.reject_unknown(("expireAfterDays", "archiveAfterDays", "noncurrentVersionExpireDays",
+                      "abortIncompleteUploadDays"))
+    expire = r.get("expireAfterDays", _int_in(1, 3650), "an integer from 1 to 3650", default=30)
+    archive = r.get("archiveAfterDays", _int_in(1, 3650),
+                    f"an integer from 1 to expireAfterDays - 1 ({expire - 1})")
+    if archive is not None and archive >= expire:
+        raise r.fail("archiveAfterDays", archive,
+                     f"an integer from 1 to expireAfterDays - 1 ({expire - 1})")
+    return RetentionSettings(
+        expire_after_days=expire,
+        archive_after_days=archive,
+        noncurrent_archive_days=None,
+        noncurrent_expire_days=r.get("noncurrentVersionExpireDays", _int_in(1, 3650),
+                                     "an integer from 1 to 3650", default=7),
+        abort_incomplete_upload_days=r.get("abortIncompleteUploadDays", _int_in(1, 365),
+                                           "an integer from 1 to 365", default=7),
+    )
+
+
+def _parse_flows(top: _Reader, stack: str, stores: tuple[str, ...],
+                 peers: Mapping[str, PeerStack]) -> tuple[Flow, ...]:
+    raw = top.values.get("flows")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise top.fail("flows", raw, "a list of {from, to, role, store, access} objects")
+    flows = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise top.fail(f"flows[{i}]", item, "an object {from, to, role, store, access}")
+        r = _Reader(stack, f"{NAMESPACE}:flows[{i}]", item)
+        r.reject_unknown(("from", "to", "role", "store", "access"))
+        stacks_known = sorted(set(peers) | {stack})
+        stack_help = f"a stack of this repository: {', '.join(stacks_known)}"
+        source = r.get("from", _one_of(tuple(stacks_known)), stack_help, required=True)
+        target = r.get("to", _one_of(tuple(stacks_known)), stack_help, required=True)
+        if source == target:
+            raise r.fail("to", target, "a stack other than 'from'")
+        if stack not in (source, target):
+            raise r.fail("from", source, f"'{stack}' on one side: a stack declares only its own flows")
+        role = r.get("role", _one_of(naming.ROLES), " | ".join(naming.ROLES), required=True)
+        target_stores = stores if target == stack else peers[target].data_stores
+        store = r.get("store", _one_of(tuple(target_stores)),
+                      f"a data store of stack '{target}': {', '.join(target_stores)}", required=True)
+        access = r.get("access", _one_of(FLOW_ACCESS), " | ".join(FLOW_ACCESS), default="read")
+        flows.append(Flow(source=source, target=target, role=role, store=store, access=access))
+    return tuple(flows)
+
+
+# --------------------------------------------------------------------------------------------
+# Peers and the entry point
+
+
+def read_peers(project: Project, stack: str) -> dict[str, PeerStack]:
+    """The other stacks of the repository, read leniently: a broken sibling fails on its own."""
+    peers: dict[str, PeerStack] = {}
+    for name in project.stacks():
+        if name == stack:
+            continue
+        try:
+            values = _decode(project.stack_config(name))
+        except ProjectFileError:
+            continue
+        network = values.get("network")
+        cidr = None
+        if isinstance(network, Mapping):
+            try:
+                cidr = ipaddress.IPv4Network(str(network.get("cidr")), strict=False)
+            except ValueError:
+                cidr = None
+        accounts = values.get("allowedAccountIds")
+        account = accounts[0] if isinstance(accounts, list) and accounts else None
+        stores = values.get("dataStores")
+        peers[name] = PeerStack(
+            name=name, cidr=cidr, account=str(account) if account is not None else None,
+            data_stores=tuple(stores) if isinstance(stores, list) else ("raw", "curated", "results"),
+        )
+    return peers
+
+
+def settings_for(project: Project, stack: str, raw: Mapping[str, str]) -> Settings:
+    """Validate `raw` as the config of `stack` in `project`, sibling stack files included."""
+    return parse_settings(project.name, stack, raw, read_peers(project, stack))
+
+
+def load_settings() -> Settings:
+    """Read and validate the running stack's config. Raises ConfigError on the first bad value."""
+    import pulumi
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    raw: dict[str, str] = {}
+    for source in (get_config_env(), CONFIG.get()):
+        for key, value in source.items():
+            if key.startswith((f"{NAMESPACE}:", "aws:")):
+                raw[key] = value if isinstance(value, str) else json.dumps(value)
+    try:
+        project = load_project()
+    except ProjectFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return settings_for(project, pulumi.get_stack(), raw)
