@@ -1,0 +1,1 @@
+"""Database schema of an envfence environment: SQL migrations and their runner (`db.migrate`)."""
