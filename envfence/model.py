@@ -67,6 +67,16 @@ class Resource:
             return self.outputs[key]
         return self.inputs.get(key, default)
 
+    def set(self, key: str, value: Any) -> None:
+        """Change a property as a new deployment would: the input and its echoed output."""
+        self.inputs[key] = value
+        if key in self.outputs or self.custom:
+            self.outputs[key] = value
+
+    def drop(self, key: str) -> None:
+        self.inputs.pop(key, None)
+        self.outputs.pop(key, None)
+
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"urn": self.urn, "custom": self.custom, "type": self.type}
         if self.id is not None:

@@ -1,0 +1,30 @@
+"""Isolation rules: one function per rule, each with a stable id (EF1xx network, EF2xx data,
+EF3xx identity, EF4xx keys, EF5xx tagging and lifecycle, EF9xx coverage).
+
+`run_all(states)` checks stacks together — cross-stack rules are the point — and returns a
+`Result` with violations and the declared flows in use. The CrossGuard pack in `policy/` runs
+the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from infra.project import Project, ProjectFileError, load_project
+
+from envfence.model import StackState
+from envfence.rules.context import Context, build_context
+from envfence.rules.engine import Result, Rule, Violation, all_rules, run
+
+
+def run_all(states: Iterable[StackState], project: Project | None = None) -> Result:
+    states = list(states)
+    if project is None:
+        try:
+            project = load_project()
+        except ProjectFileError:
+            project = None
+    return run(build_context(states, project))
+
+
+__all__ = ["Context", "Result", "Rule", "Violation", "all_rules", "build_context", "run_all"]

@@ -1,0 +1,280 @@
+"""What the rules know about environments: who owns which ARN, CIDR, account and name.
+
+An `Env` is built from a StackState (evaluated, exported or previewed) or, for the CrossGuard
+pack which sees one stack at a time, from a repository stack file. Either way it lists the
+*representative ARNs* of the environment — its roles, buckets and objects, key, database,
+boundary, log groups — so a rule can ask "could this policy pattern match anything of another
+environment?" by matching the pattern against those ARNs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra import naming
+from infra.project import Project, ProjectFileError
+from infra.settings import Flow, PeerStack, parse_settings, read_peers
+
+from envfence.model import UNKNOWN, Resource, StackState
+
+EXTRA_ROLES = ("flowlogs", "execution")  # roles beyond the three per-environment roles
+
+
+class Unknown(Exception):
+    """A value a rule needs is unknown (preview). The rule fails closed: EF902."""
+
+    def __init__(self, resource: Resource, key: str):
+        super().__init__(f"{key} of {resource.name} is unknown until deployment")
+        self.resource = resource
+        self.key = key
+
+
+def is_unknown(value: Any) -> bool:
+    if value == UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(is_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(is_unknown(v) for v in value)
+    return False
+
+
+def need(resource: Resource, key: str, default: Any = None) -> Any:
+    """A property a rule must know; raises Unknown when it is not known yet."""
+    value = resource.get(key, default)
+    if is_unknown(value):
+        raise Unknown(resource, key)
+    return value
+
+
+def wildcard_match(pattern: str, value: str, *, case_insensitive: bool = False) -> bool:
+    """IAM wildcards: `*` any run of characters (including ':' and '/'), `?` exactly one."""
+    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    flags = re.IGNORECASE if case_insensitive else 0
+    return re.fullmatch(rx, value, flags | re.DOTALL) is not None
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def parse_policy(resource: Resource, key: str) -> dict[str, Any] | None:
+    raw = need(resource, key)
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return {"Statement": [], "_malformed": True}
+    return raw if isinstance(raw, dict) else None
+
+
+def statements(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not policy:
+        return []
+    return [s for s in as_list(policy.get("Statement")) if isinstance(s, dict)]
+
+
+def provider_tags(state: StackState) -> dict[str, str]:
+    for r in state.resources:
+        if r.type == "pulumi:providers:aws":
+            raw = r.inputs.get("defaultTags")
+            if isinstance(raw, str):
+                try:
+                    raw = json.loads(raw)
+                except json.JSONDecodeError:
+                    return {}
+            if isinstance(raw, dict):
+                tags = raw.get("tags")
+                return dict(tags) if isinstance(tags, dict) else {}
+    return {}
+
+
+@dataclass
+class Env:
+    stack: str
+    project: str
+    tier: str | None
+    account: str | None
+    region: str | None
+    cidr: ipaddress.IPv4Network | None
+    stores: tuple[str, ...]
+    experiment_id: str | None = None
+    expires_on: dt.date | None = None
+    flows: tuple[Flow, ...] = ()
+    key_arns: set[str] = field(default_factory=set)
+    arns: set[str] = field(default_factory=set)  # concrete ARNs seen in its state
+    vpc_ids: set[str] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)  # every resource id of the stack
+
+    # Representative ARNs -------------------------------------------------------------------
+    def role_arns(self) -> list[str]:
+        if not self.account:
+            return []
+        return [naming.role_arn(self.project, self.stack, r, self.account)
+                for r in (*naming.ROLES, *EXTRA_ROLES)]
+
+    def bucket_arns(self) -> list[str]:
+        if not self.account:
+            return []
+        return [naming.bucket_arn(self.project, self.stack, s, self.account) for s in self.stores]
+
+    def data_arns(self) -> list[str]:
+        """ARNs a data action on this environment could target."""
+        out = []
+        for b in self.bucket_arns():
+            out += [b, f"{b}/object"]
+        out += sorted(self.key_arns) or (
+            [f"arn:aws:kms:{self.region}:{self.account}:key/00000000-{self.stack}"]
+            if self.account else [])
+        if self.account and self.region:
+            ident = naming.db_identifier(self.project, self.stack)
+            out += [f"arn:aws:rds:{self.region}:{self.account}:db:{ident}",
+                    f"arn:aws:logs:{self.region}:{self.account}:log-group:"
+                    f"{naming.log_group_prefix(self.project, self.stack)}/x"]
+        out += sorted(a for a in self.arns if not a.startswith("arn:aws:iam::"))
+        return out
+
+    def principal_arns(self) -> list[str]:
+        return self.role_arns()
+
+    def owns_arn(self, arn: str) -> bool:
+        return arn in self.arns or arn in self.role_arns() or any(
+            arn == b or arn.startswith(f"{b}/") for b in self.bucket_arns()) or arn in self.key_arns
+
+    def flow_for(self, source: str, role: str | None, target: str, store: str | None) -> Flow | None:
+        for f in self.flows:
+            if f.source == source and f.target == target and (role is None or f.role == role) \
+                    and (store is None or f.store == store):
+                return f
+        return None
+
+
+def env_from_state(state: StackState, project: Project | None = None) -> Env:
+    """Environment facts from a stack's state; config where present, resources otherwise."""
+    settings = None
+    if state.config.get("envfence:tier"):
+        peers: dict[str, PeerStack] = {}
+        if project is not None:
+            try:
+                peers = read_peers(project, state.stack)
+            except ProjectFileError:
+                peers = {}
+        try:
+            settings = parse_settings(state.project, state.stack, state.config, peers)
+        except Exception:  # noqa: BLE001 - config problems are reported by EF900, not here
+            settings = None
+    tags = provider_tags(state)
+    account = region = None
+    for r in state.resources:
+        if r.type == "pulumi:providers:aws":
+            region = r.inputs.get("region")
+            accounts = r.inputs.get("allowedAccountIds")
+            if isinstance(accounts, str):
+                try:
+                    accounts = json.loads(accounts)
+                except json.JSONDecodeError:
+                    accounts = None
+            if isinstance(accounts, list) and accounts:
+                account = str(accounts[0])
+    cidr = None
+    vpc_ids: set[str] = set()
+    for r in state.of_type("aws:ec2/vpc:Vpc"):
+        if r.id:
+            vpc_ids.add(r.id)
+        block = r.get("cidrBlock")
+        if isinstance(block, str) and not is_unknown(block):
+            try:
+                cidr = ipaddress.IPv4Network(block, strict=False)
+            except ValueError:
+                cidr = None
+    stores = tuple(str(r.get("tags", {}).get(naming.TAG_DATA_STORE))
+                   for r in state.of_type("aws:s3/bucket:Bucket")
+                   if isinstance(r.get("tags"), dict) and r.get("tags").get(naming.TAG_DATA_STORE))
+    arns = {str(r.get("arn")) for r in state.resources
+            if isinstance(r.get("arn"), str) and r.get("arn").startswith("arn:")
+            and not is_unknown(r.get("arn"))}
+    key_arns = {str(r.get("arn")) for r in state.of_type("aws:kms/key:Key")
+                if isinstance(r.get("arn"), str) and not is_unknown(r.get("arn"))}
+    env = Env(
+        stack=state.stack,
+        project=state.project,
+        tier=state.tier or tags.get(naming.TAG_TIER),
+        account=settings.account if settings else account,
+        region=settings.region if settings else region,
+        cidr=settings.network.cidr if settings else cidr,
+        stores=settings.data_stores if settings else stores,
+        experiment_id=state.experiment_id,
+        expires_on=settings.expires_on if settings else None,
+        flows=settings.flows if settings else (),
+        key_arns=key_arns,
+        arns=arns,
+        vpc_ids=vpc_ids,
+        ids={r.id for r in state.resources if r.id and r.custom},
+    )
+    return env
+
+
+def env_from_stack_file(project: Project, stack: str) -> Env | None:
+    """Facts of a stack that is not in hand (CrossGuard sees one stack): from its stack file."""
+    try:
+        raw = project.stack_config(stack)
+        s = parse_settings(project.name, stack, raw, read_peers(project, stack))
+    except Exception:  # noqa: BLE001 - a broken sibling is checked when it is itself checked
+        return None
+    return Env(stack=stack, project=project.name, tier=s.tier, account=s.account,
+               region=s.region, cidr=s.network.cidr, stores=s.data_stores,
+               experiment_id=s.experiment_id, expires_on=s.expires_on, flows=s.flows)
+
+
+@dataclass
+class Context:
+    """Every environment the rules compare against, plus the states in hand."""
+
+    states: dict[str, StackState]
+    envs: dict[str, Env]
+    today: dt.date = field(default_factory=dt.date.today)
+
+    def env(self, stack: str) -> Env:
+        return self.envs[stack]
+
+    def others(self, stack: str) -> Iterator[Env]:
+        return (e for name, e in self.envs.items() if name != stack)
+
+    def owner_of_arn(self, arn: str) -> str | None:
+        for env in self.envs.values():
+            if env.owns_arn(arn):
+                return env.stack
+        return None
+
+    def owner_of_id(self, rid: str, exclude: str | None = None) -> str | None:
+        for name, env in self.envs.items():
+            if name != exclude and rid in env.ids:
+                return name
+        return None
+
+    def accounts_of_others(self, stack: str) -> set[str]:
+        own = self.envs[stack].account
+        return {e.account for e in self.others(stack) if e.account and e.account != own}
+
+
+def build_context(states: Iterable[StackState], project: Project | None = None,
+                  extra_stacks: Iterable[str] = ()) -> Context:
+    states = list(states)
+    envs = {s.stack: env_from_state(s, project) for s in states}
+    if project is not None:
+        for name in extra_stacks:
+            if name not in envs:
+                env = env_from_stack_file(project, name)
+                if env is not None:
+                    envs[name] = env
+    return Context(states={s.stack: s for s in states}, envs=envs)

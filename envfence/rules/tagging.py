@@ -1,0 +1,97 @@
+"""EF5xx: every resource says which environment it belongs to, and experiment data ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from infra import naming
+
+from envfence.model import Resource, StackState
+from envfence.rules import classify as c
+from envfence.rules.context import Context, as_list, is_unknown, provider_tags
+from envfence.rules.engine import Finding, rule
+
+
+def merged_tags(r: Resource, state: StackState) -> dict[str, Any]:
+    """What AWS will apply: the provider's default tags under the resource's own tags."""
+    own = r.get("tags") or {}
+    return {**provider_tags(state), **(own if isinstance(own, dict) else {})}
+
+
+def _expected(state: StackState, ctx: Context) -> dict[str, str | None]:
+    env = ctx.env(state.stack)
+    return {
+        naming.TAG_ENVIRONMENT: state.stack,
+        naming.TAG_TIER: env.tier,
+        naming.TAG_CLASSIFICATION: naming.CLASSIFICATION.get(env.tier or ""),
+        naming.TAG_EXPERIMENT_ID: env.experiment_id,
+    }
+
+
+@rule("EF501", "environment-tags-present", title="Every taggable resource carries the "
+      "environment tags", severity="high", scope="stack",
+      fix="Tag through the stack's provider defaultTags (infra/__main__.py); do not override "
+          "them per resource.")
+def tags_present(state: StackState, ctx: Context) -> Iterator[Finding]:
+    env = ctx.env(state.stack)
+    required = list(naming.REQUIRED_TAGS)
+    if env.tier == naming.TIER_EXPERIMENT:
+        required.append(naming.TAG_EXPERIMENT_ID)
+    for r in state.custom():
+        if not c.is_taggable(r.type):
+            continue
+        tags = merged_tags(r, state)
+        if is_unknown(tags):
+            yield Finding(r.urn, f"[EF501] cannot decide: tags of {r.name} are unknown; fails "
+                                 "closed")
+            continue
+        missing = [t for t in required if not tags.get(t)]
+        if missing:
+            yield Finding(r.urn, f"{r.name} lacks the tag(s) {', '.join(missing)}")
+
+
+@rule("EF502", "environment-tag-matches-stack", title="A resource's environment tags name its "
+      "own stack and tier", severity="critical", scope="stack",
+      fix="Never set environment, tier, data-classification or experiment-id per resource.")
+def tags_match(state: StackState, ctx: Context) -> Iterator[Finding]:
+    expected = _expected(state, ctx)
+    for r in state.custom():
+        if not c.is_taggable(r.type):
+            continue
+        tags = merged_tags(r, state)
+        for key, want in expected.items():
+            have = tags.get(key)
+            if have is not None and want is not None and have != want:
+                other = have if key == naming.TAG_ENVIRONMENT and have in ctx.envs else None
+                yield Finding(r.urn, f"{r.name} is tagged {key}={have} but belongs to stack "
+                                     f"'{state.stack}' ({key}={want})", other)
+
+
+@rule("EF503", "experiment-data-expires", title="Experiment data stores expire",
+      severity="high", scope="resource", types=c.BUCKETS,
+      fix="Give experiment buckets a lifecycle rule with expiration (envfence:retention).")
+def experiment_expiry(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
+    if ctx.env(state.stack).tier != naming.TIER_EXPERIMENT:
+        return
+    lifecycles = [lc for lc in state.of_type(
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        if lc.get("bucket") == r.get("bucket")]
+    for lc in lifecycles:
+        for rule_ in as_list(lc.get("rules")):
+            if isinstance(rule_, dict) and rule_.get("status") == "Enabled" and \
+                    (rule_.get("expiration") or {}).get("days"):
+                return
+    yield Finding(r.urn, f"experiment bucket {r.name} has no enabled expiration rule: its data "
+                         "would outlive the experiment")
+
+
+@rule("EF504", "experiment-not-expired", title="An experiment stack past its expiresOn date is "
+      "reported", severity="high", scope="stack",
+      fix="Tear the experiment down (pulumi destroy --stack experiment-<id>) or extend "
+          "envfence:expiresOn with a reason in review.")
+def experiment_expired(state: StackState, ctx: Context) -> Iterator[Finding]:
+    env = ctx.env(state.stack)
+    if env.expires_on is not None and env.expires_on < ctx.today and state.resources:
+        yield Finding(state.resources[0].urn, f"stack '{state.stack}' expired on "
+                                              f"{env.expires_on.isoformat()} and still exists")
