@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Evaluate every stack offline (summary of each), then run every rule across all stacks.
 check: $(STAMP)
+	$(BIN)/envfence plan --summary
 	$(BIN)/envfence check
 
 test: $(STAMP)

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--stack", action="append", metavar="NAME",
                       help="a stack with a Pulumi.NAME.yaml (repeatable; default: all)")
     plan.add_argument("--format", choices=("table", "json"), default="table")
+    plan.add_argument("--summary", action="store_true",
+                      help="print one summary per stack instead of the full table")
 
     check = sub.add_parser("check", help="run every isolation rule across stacks")
     check.add_argument("--stack", action="append", metavar="NAME",
@@ -65,11 +67,11 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, sort_keys=False))
         return EXIT_OK
     for state in states:
-        print_plan(state, out)
+        print_plan(state, out, full=not args.summary)
     return EXIT_OK
 
 
-def print_plan(state: StackState, out: Console) -> None:
+def print_plan(state: StackState, out: Console, *, full: bool = True) -> None:
     title = f"stack {state.stack}: tier {state.tier}"
     if state.experiment_id:
         title += f", experiment {state.experiment_id}"
@@ -83,10 +85,11 @@ def print_plan(state: StackState, out: Console) -> None:
     custom = state.custom()
     for r in custom:
         table.add_row(r.type, r.name, summarize(r))
-    out.print(table)
+    if full:
+        out.print(table)
     counts = Counter(r.type.split(":")[1].split("/")[0] for r in custom)
     protected = sum(1 for r in custom if r.protect)
-    out.print(f"{state.stack}: {len(custom)} resources "
+    out.print(f"{title}: {len(custom)} resources "
               f"({', '.join(f'{n} {svc}' for svc, n in sorted(counts.items()))}); "
               f"{protected} protected")
     flows = state.outputs.get("declaredFlows") or []

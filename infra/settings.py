@@ -42,6 +42,9 @@ OWNER_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
 PRINCIPAL_RE = re.compile(r"^arn:aws:iam::(\d{12}):(role|user)/[A-Za-z0-9+=,.@_/-]+$")
 ENGINE_VERSION_RE = re.compile(r"^(1[3-7])(\.\d+)?$")
 INSTANCE_CLASS_RE = re.compile(r"^db\.[a-z0-9]+\.[a-z0-9]+$")
+# CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
+                      2192, 2557, 2922, 3288, 3653)
 FLOW_ACCESS = ("read",)  # writes across environments are contamination by definition
 PRIVATE_RANGES = tuple(
     ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -257,6 +260,16 @@ def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
     return parse
 
 
+def _one_of_int(options: tuple[int, ...]) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        value = _int_in(min(options), max(options))(v)
+        if value not in options:
+            raise ValueError
+        return value
+
+    return parse
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -413,8 +426,10 @@ def parse_settings(
             if m and m.group(1) != accounts[0]:
                 raise access.fail(name, arn, principal_help)
 
-    log_retention = top.get("logRetentionDays", _int_in(1, 3653), "an integer from 1 to 3653",
-                            default=365 if production else 30)
+    log_retention = top.get(
+        "logRetentionDays", _one_of_int(LOG_RETENTION_DAYS),
+        f"one of CloudWatch's retention periods: {', '.join(map(str, LOG_RETENTION_DAYS))}",
+        default=365 if production else 30)
 
     flows = _parse_flows(top, stack, stores, peers)
 
