@@ -28,8 +28,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check envfence infra policy tests
-	$(BIN)/ruff format --check envfence infra policy tests
+	$(BIN)/ruff check envfence infra policy tests app db
+	$(BIN)/ruff format --check envfence infra policy tests app db
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

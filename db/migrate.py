@@ -80,7 +80,8 @@ class Identity:
         if self.tier == "production":
             if self.experiment_id is not None:
                 raise MigrationError(
-                    f"experiment_id must be None for the production tier, got {self.experiment_id!r}"
+                    "experiment_id must be None for the production tier, "
+                    f"got {self.experiment_id!r}"
                 )
         elif not isinstance(self.experiment_id, str) or not EXPERIMENT_ID_RE.match(
             self.experiment_id
@@ -94,7 +95,7 @@ class Identity:
         ):
             raise MigrationError(
                 f"environment {self.environment!r} names experiment "
-                f"{self.environment[len('experiment-'):]!r}, not {self.experiment_id!r}"
+                f"{self.environment[len('experiment-') :]!r}, not {self.experiment_id!r}"
             )
 
     def describe(self) -> str:

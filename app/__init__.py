@@ -1,0 +1,1 @@
+"""The envfence worker's container build context (the package is `worker`; see Dockerfile)."""

@@ -1,0 +1,1 @@
+"""envfence worker: ingests queued records into the environment's raw bucket and database."""
