@@ -43,6 +43,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 __all__ = [
+    "ConditionOperator",
     "Decision",
     "Policy",
     "PolicySet",
@@ -52,6 +53,7 @@ __all__ = [
     "StatementRef",
     "Unsupported",
     "action_matches",
+    "condition_matches",
     "effective_context",
     "evaluate",
     "parse_condition_operator",
@@ -819,6 +821,13 @@ def _validate_statement(stmt: Mapping[str, Any], check_principal: bool) -> None:
     if not check_principal and "Resource" not in stmt and "NotResource" not in stmt:
         # Only resource policies (e.g. role trust policies) may omit the resource.
         raise ValueError("statement needs Resource or NotResource")
+    condition = stmt.get("Condition", {})
+    if not isinstance(condition, Mapping):
+        raise ValueError(f"Condition must be an object, got {condition!r}")
+    for operator_name in condition:
+        # Parsed even when the action does not match, so that an unsupported operator fails
+        # closed wherever it appears rather than only when its statement happens to apply.
+        parse_condition_operator(operator_name)
 
 
 def _action_part(stmt: Mapping[str, Any], action: str) -> bool:

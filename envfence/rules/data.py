@@ -11,7 +11,7 @@ from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, need, parse_policy, statements
 from envfence.rules.engine import Finding, FlowUse, rule
-from envfence.rules.policies import condition_values, grants, principal_role
+from envfence.rules.policies import is_own_principal, condition_values, grants, principal_role
 
 
 def _own_key(state: StackState, ctx: Context, key: object) -> bool:
@@ -116,6 +116,7 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
         allowed = condition_values(s, "aws:PrincipalArn").get("ArnNotEquals") or \
             condition_values(s, "aws:PrincipalArn").get("ArnNotLike")
         if allowed and all(a in env.role_arns() or _declared_flow_principal(env, a, ctx)
+                           or (env.tier != naming.TIER_PRODUCTION and is_own_principal(env, ctx, a))
                            for a in allowed):
             foreign = True
     if not tls:

@@ -178,7 +178,7 @@ def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterat
                 yield Grant(sid, value, None, pinned)
                 continue
             if value == "*":
-                if pinned is None or not all(_is_own(env, ctx, p) for p in pinned):
+                if pinned is None or not all(is_own_principal(env, ctx, p) for p in pinned):
                     yield Grant(sid, "*", None, pinned)
                 continue
             account = value if value.isdigit() else (value.split(":")[4]
@@ -188,23 +188,23 @@ def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterat
                 shared = any(o.account == account for o in ctx.others(env.stack))
                 if account == env.account and not shared:
                     continue
-                if pinned is not None and all(_is_own(env, ctx, p) for p in pinned):
+                if pinned is not None and all(is_own_principal(env, ctx, p) for p in pinned):
                     continue
                 owner = next((o.stack for o in ctx.others(env.stack) if o.account == account),
                              None)
                 if pinned is not None:
                     for p in pinned:
-                        if not _is_own(env, ctx, p):
+                        if not is_own_principal(env, ctx, p):
                             yield Grant(sid, p, ctx.owner_of_arn(p), pinned)
                     continue
                 yield Grant(sid, value, owner, pinned)
                 continue
-            if _is_own(env, ctx, value):
+            if is_own_principal(env, ctx, value):
                 continue
             yield Grant(sid, value, ctx.owner_of_arn(value), pinned)
 
 
-def _is_own(env: Env, ctx: Context, principal: str) -> bool:
+def is_own_principal(env: Env, ctx: Context, principal: str) -> bool:
     if principal == env.account:
         return not any(o.account == env.account for o in ctx.others(env.stack))
     if principal in env.role_arns():

@@ -116,13 +116,16 @@ class Data(pulumi.ComponentResource):
             naming.role_arn(s.project, f.source, f.role, s.peers[f.source].account or s.account)
             for f in flows
         ]
+        # Experiment buckets are emptied by `pulumi destroy` (forceDestroy), which runs as an
+        # administrator; production data is never readable or deletable by administrators.
+        teardown = [] if s.is_production else list(s.admin_principals)
         statements = [
             statement("DenyInsecureTransport", "Deny", ["s3:*"], [arn, objects], principal="*",
                       condition={"Bool": {"aws:SecureTransport": "false"}}),
             statement("DenyPrincipalsOutsideThisEnvironment", "Deny", DATA_ACTIONS,
                       [arn, objects], principal="*",
                       condition={"ArnNotEquals": {"aws:PrincipalArn":
-                                                  s.role_arns() + flow_principals}}),
+                                                  s.role_arns() + flow_principals + teardown}}),
             statement("DenyOtherEncryptionKeys", "Deny", ["s3:PutObject"], [objects],
                       principal="*",
                       condition={"StringNotEqualsIfExists": {
