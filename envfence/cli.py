@@ -31,22 +31,38 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="envfence",
-        description="Declare isolated AWS environments with Pulumi and check they stay apart.")
+        description="Declare isolated AWS environments with Pulumi and check they stay apart.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan = sub.add_parser("plan", help="evaluate stacks offline and show what they declare")
-    plan.add_argument("--stack", action="append", metavar="NAME",
-                      help="a stack with a Pulumi.NAME.yaml (repeatable; default: all)")
+    plan.add_argument(
+        "--stack",
+        action="append",
+        metavar="NAME",
+        help="a stack with a Pulumi.NAME.yaml (repeatable; default: all)",
+    )
     plan.add_argument("--format", choices=("table", "json"), default="table")
-    plan.add_argument("--summary", action="store_true",
-                      help="print one summary per stack instead of the full table")
+    plan.add_argument(
+        "--summary",
+        action="store_true",
+        help="print one summary per stack instead of the full table",
+    )
 
     check = sub.add_parser("check", help="run every isolation rule across stacks")
-    check.add_argument("--stack", action="append", metavar="NAME",
-                       help="evaluate only these stacks (repeatable; default: all)")
-    check.add_argument("--state", action="append", metavar="FILE",
-                       help="check real state instead: pulumi stack export, pulumi preview "
-                            "--json, or envfence plan --format json output (repeatable)")
+    check.add_argument(
+        "--stack",
+        action="append",
+        metavar="NAME",
+        help="evaluate only these stacks (repeatable; default: all)",
+    )
+    check.add_argument(
+        "--state",
+        action="append",
+        metavar="FILE",
+        help="check real state instead: pulumi stack export, pulumi preview "
+        "--json, or envfence plan --format json output (repeatable)",
+    )
     check.add_argument("--format", choices=("text", "json", "sarif"), default="text")
     return p
 
@@ -89,9 +105,11 @@ def print_plan(state: StackState, out: Console, *, full: bool = True) -> None:
         out.print(table)
     counts = Counter(r.type.split(":")[1].split("/")[0] for r in custom)
     protected = sum(1 for r in custom if r.protect)
-    out.print(f"{title}: {len(custom)} resources "
-              f"({', '.join(f'{n} {svc}' for svc, n in sorted(counts.items()))}); "
-              f"{protected} protected")
+    out.print(
+        f"{title}: {len(custom)} resources "
+        f"({', '.join(f'{n} {svc}' for svc, n in sorted(counts.items()))}); "
+        f"{protected} protected"
+    )
     flows = state.outputs.get("declaredFlows") or []
     for flow in flows:
         out.print(f"  declared flow: {flow}")
@@ -122,8 +140,7 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    out = Console(highlight=False, soft_wrap=True,
-                  width=None if sys.stdout.isatty() else 160)
+    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
         if args.command == "plan":
             return cmd_plan(args, out)

@@ -23,10 +23,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from envfence.model import STACK_TYPE, Resource, StackState
 from infra.project import ROOT, Project, ProjectFileError, load_project
 from infra.settings import ConfigError
-
-from envfence.model import STACK_TYPE, Resource, StackState
 
 
 class EvaluationError(Exception):
@@ -126,14 +125,26 @@ class CloudMocks:
         token = args.token
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names = [f"{region}{c}" for c in "abcdef"]
-            return {"names": names, "zoneIds": [f"{region[:3]}{i}-az{i}" for i in range(1, 7)],
-                    "id": region, "state": "available"}
+            return {
+                "names": names,
+                "zoneIds": [f"{region[:3]}{i}-az{i}" for i in range(1, 7)],
+                "id": region,
+                "state": "available",
+            }
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": account, "arn": f"arn:aws:iam::{account}:user/offline",
-                    "userId": "AIDAOFFLINE", "id": account}
+            return {
+                "accountId": account,
+                "arn": f"arn:aws:iam::{account}:user/offline",
+                "userId": "AIDAOFFLINE",
+                "id": account,
+            }
         if token in ("aws:index/getRegion:getRegion", "aws:index/getRegion:getRegion"):
-            return {"name": region, "region": region, "id": region,
-                    "endpoint": f"ec2.{region}.amazonaws.com"}
+            return {
+                "name": region,
+                "region": region,
+                "id": region,
+                "endpoint": f"ec2.{region}.amazonaws.com",
+            }
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         raise EvaluationError(f"the offline evaluator has no mock for the invoke {token}")
@@ -149,19 +160,28 @@ class CloudMocks:
         return f"{name}-{h[:8]}"
 
     @staticmethod
-    def _computed(typ: str, rid: str, out: dict[str, Any], region: str, account: str,
-                  h: str) -> dict[str, Any]:
+    def _computed(
+        typ: str, rid: str, out: dict[str, Any], region: str, account: str, h: str
+    ) -> dict[str, Any]:
         service = typ.split(":")[1].split("/")[0]
         if typ == "aws:kms/key:Key":
             key_id = f"{h[:8]}-{h[8:12]}-4{h[12:15]}-8{h[:3]}-{h[3:15]}"
-            return {"id": key_id, "keyId": key_id,
-                    "arn": f"arn:aws:kms:{region}:{account}:key/{key_id}"}
+            return {
+                "id": key_id,
+                "keyId": key_id,
+                "arn": f"arn:aws:kms:{region}:{account}:key/{key_id}",
+            }
         if typ == "aws:kms/alias:Alias":
-            return {"arn": f"arn:aws:kms:{region}:{account}:{out.get('name')}",
-                    "targetKeyArn": f"arn:aws:kms:{region}:{account}:key/{out.get('targetKeyId')}"}
+            return {
+                "arn": f"arn:aws:kms:{region}:{account}:{out.get('name')}",
+                "targetKeyArn": f"arn:aws:kms:{region}:{account}:key/{out.get('targetKeyId')}",
+            }
         if typ == "aws:iam/role:Role":
-            return {"arn": f"arn:aws:iam::{account}:role{out.get('path') or '/'}{out['name']}",
-                    "uniqueId": f"AROA{h.upper()}", "id": out["name"]}
+            return {
+                "arn": f"arn:aws:iam::{account}:role{out.get('path') or '/'}{out['name']}",
+                "uniqueId": f"AROA{h.upper()}",
+                "id": out["name"],
+            }
         if typ == "aws:iam/policy:Policy":
             arn = f"arn:aws:iam::{account}:policy{out.get('path') or '/'}{out['name']}"
             return {"arn": arn, "id": arn, "policyId": f"ANPA{h.upper()}"}
@@ -169,42 +189,75 @@ class CloudMocks:
             return {"id": f"{out.get('role')}:{out['name']}"}
         if typ == "aws:s3/bucket:Bucket":
             b = out.get("bucket") or rid
-            return {"id": b, "bucket": b, "arn": f"arn:aws:s3:::{b}", "region": region,
-                    "bucketDomainName": f"{b}.s3.amazonaws.com",
-                    "bucketRegionalDomainName": f"{b}.s3.{region}.amazonaws.com"}
+            return {
+                "id": b,
+                "bucket": b,
+                "arn": f"arn:aws:s3:::{b}",
+                "region": region,
+                "bucketDomainName": f"{b}.s3.amazonaws.com",
+                "bucketRegionalDomainName": f"{b}.s3.{region}.amazonaws.com",
+            }
         if typ.startswith("aws:s3/") and out.get("bucket"):
             return {"id": out["bucket"]}
         if typ == "aws:rds/instance:Instance":
             ident = out.get("identifier") or rid
             address = f"{ident}.c{h[:10]}.{region}.rds.amazonaws.com"
             secret = f"arn:aws:secretsmanager:{region}:{account}:secret:rds!db-{h[:12]}-{h[12:18]}"
-            return {"id": ident, "identifier": ident, "address": address,
-                    "endpoint": f"{address}:5432", "port": 5432,
-                    "arn": f"arn:aws:rds:{region}:{account}:db:{ident}",
-                    "resourceId": f"db-{h.upper()[:26]}",
-                    "masterUserSecrets": [{"secretArn": secret, "kmsKeyId":
-                                           out.get("masterUserSecretKmsKeyId"),
-                                           "secretStatus": "active"}]}
+            return {
+                "id": ident,
+                "identifier": ident,
+                "address": address,
+                "endpoint": f"{address}:5432",
+                "port": 5432,
+                "arn": f"arn:aws:rds:{region}:{account}:db:{ident}",
+                "resourceId": f"db-{h.upper()[:26]}",
+                "masterUserSecrets": [
+                    {
+                        "secretArn": secret,
+                        "kmsKeyId": out.get("masterUserSecretKmsKeyId"),
+                        "secretStatus": "active",
+                    }
+                ],
+            }
         if typ == "aws:rds/subnetGroup:SubnetGroup":
-            return {"arn": f"arn:aws:rds:{region}:{account}:subgrp:{out['name']}", "id": out["name"]}
+            return {
+                "arn": f"arn:aws:rds:{region}:{account}:subgrp:{out['name']}",
+                "id": out["name"],
+            }
         if typ == "aws:rds/parameterGroup:ParameterGroup":
             return {"arn": f"arn:aws:rds:{region}:{account}:pg:{out['name']}", "id": out["name"]}
         if typ == "aws:cloudwatch/logGroup:LogGroup":
-            return {"arn": f"arn:aws:logs:{region}:{account}:log-group:{out['name']}",
-                    "id": out["name"]}
+            return {
+                "arn": f"arn:aws:logs:{region}:{account}:log-group:{out['name']}",
+                "id": out["name"],
+            }
         if typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
-            return {"prefixListId": f"pl-{h[:8]}", "state": "available",
-                    "arn": f"arn:aws:ec2:{region}:{account}:vpc-endpoint/{rid}"}
+            return {
+                "prefixListId": f"pl-{h[:8]}",
+                "state": "available",
+                "arn": f"arn:aws:ec2:{region}:{account}:vpc-endpoint/{rid}",
+            }
         if typ == "aws:ec2/vpc:Vpc":
-            return {"arn": f"arn:aws:ec2:{region}:{account}:vpc/{rid}",
-                    "defaultSecurityGroupId": f"sg-d{h[1:]}", "mainRouteTableId": f"rtb-m{h[1:]}",
-                    "ownerId": account}
+            return {
+                "arn": f"arn:aws:ec2:{region}:{account}:vpc/{rid}",
+                "defaultSecurityGroupId": f"sg-d{h[1:]}",
+                "mainRouteTableId": f"rtb-m{h[1:]}",
+                "ownerId": account,
+            }
         if typ in _EC2_IDS:
             kind = _EC2_IDS[typ]
-            resource = {"sg": "security-group", "subnet": "subnet", "rtb": "route-table",
-                        "igw": "internet-gateway", "nat": "natgateway", "eipalloc": "elastic-ip",
-                        "fl": "vpc-flow-log", "sgr": "security-group-rule",
-                        "pcx": "vpc-peering-connection", "acl": "network-acl"}.get(kind, kind)
+            resource = {
+                "sg": "security-group",
+                "subnet": "subnet",
+                "rtb": "route-table",
+                "igw": "internet-gateway",
+                "nat": "natgateway",
+                "eipalloc": "elastic-ip",
+                "fl": "vpc-flow-log",
+                "sgr": "security-group-rule",
+                "pcx": "vpc-peering-connection",
+                "acl": "network-acl",
+            }.get(kind, kind)
             extra: dict[str, Any] = {"arn": f"arn:aws:ec2:{region}:{account}:{resource}/{rid}"}
             if typ == "aws:ec2/eip:Eip":
                 extra["publicIp"] = f"198.51.100.{int(h[:2], 16) % 254 + 1}"
@@ -272,10 +325,16 @@ def _make_monitor(mocks: CloudMocks, stack: str, project: str) -> Any:
                 mocks.register_provider(urn, inputs)
             rid, state = (None, dict(inputs))
             if request.custom:
-                rid, state = mocks.new_resource(MockResourceArgs(
-                    typ=request.type, name=request.name, inputs=inputs,
-                    provider=request.provider, resource_id=request.importId,
-                    custom=True))
+                rid, state = mocks.new_resource(
+                    MockResourceArgs(
+                        typ=request.type,
+                        name=request.name,
+                        inputs=inputs,
+                        provider=request.provider,
+                        resource_id=request.importId,
+                        custom=True,
+                    )
+                )
             self.records[urn] = Resource(
                 urn=urn,
                 type=request.type,
@@ -284,8 +343,9 @@ def _make_monitor(mocks: CloudMocks, stack: str, project: str) -> Any:
                 parent=request.parent or None,
                 provider=request.provider or None,
                 dependencies=list(request.dependencies),
-                property_dependencies={k: list(v.urns)
-                                       for k, v in request.propertyDependencies.items()},
+                property_dependencies={
+                    k: list(v.urns) for k, v in request.propertyDependencies.items()
+                },
                 inputs=inputs,
                 outputs=_plain(state) if request.custom else {},
                 protect=bool(request.protect),
@@ -349,8 +409,9 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
     program = project.root / "infra" / "__main__.py"
 
     with _isolated_environment():
-        rt_settings.reset_options(project=project.name, stack=stack, preview=preview,
-                                  root_directory=str(project.root))
+        rt_settings.reset_options(
+            project=project.name, stack=stack, preview=preview, root_directory=str(project.root)
+        )
         settings = MockSettings(
             monitor=monitor,
             monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
@@ -372,7 +433,8 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
             raise
         except Exception as exc:  # the program itself failed: report, never a traceback
             raise EvaluationError(
-                f"stack '{stack}': the program failed: {type(exc).__name__}: {exc}") from exc
+                f"stack '{stack}': the program failed: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             rt_settings.SETTINGS.rpc_manager.clear()
             rt_settings.SETTINGS.outputs.clear()
@@ -392,8 +454,9 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
     )
 
 
-def evaluate_all(project: Project | None = None,
-                 stacks: list[str] | None = None) -> list[StackState]:
+def evaluate_all(
+    project: Project | None = None, stacks: list[str] | None = None
+) -> list[StackState]:
     project = project or load_project()
     names = stacks or project.stacks()
     if not names:

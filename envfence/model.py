@@ -24,7 +24,7 @@ def urn_parts(urn: str) -> tuple[str, str, str, str]:
     parts = urn.split("::")
     if len(parts) < 4 or not parts[0].startswith("urn:pulumi:"):
         raise ValueError(f"not a Pulumi URN: {urn!r}")
-    return parts[0][len("urn:pulumi:"):], parts[1], parts[2], "::".join(parts[3:])
+    return parts[0][len("urn:pulumi:") :], parts[1], parts[2], "::".join(parts[3:])
 
 
 @dataclass
@@ -105,8 +105,9 @@ class Resource:
             parent=doc.get("parent") or None,
             provider=doc.get("provider") or None,
             dependencies=list(doc.get("dependencies") or []),
-            property_dependencies={k: list(v) for k, v in
-                                   (doc.get("propertyDependencies") or {}).items()},
+            property_dependencies={
+                k: list(v) for k, v in (doc.get("propertyDependencies") or {}).items()
+            },
             inputs=dict(doc.get("inputs") or {}),
             outputs=dict(doc.get("outputs") or {}),
             protect=bool(doc.get("protect", False)),

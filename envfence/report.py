@@ -27,8 +27,10 @@ def pair_of(v: Violation) -> tuple[str, str]:
 
 
 def text(result: Result, out: Console) -> None:
-    out.print(f"envfence check: {len(result.stacks)} stack(s): {', '.join(result.stacks)}; "
-              f"{len(result.rules)} rules")
+    out.print(
+        f"envfence check: {len(result.stacks)} stack(s): {', '.join(result.stacks)}; "
+        f"{len(result.rules)} rules"
+    )
     for stack in result.stacks:
         out.print(f"  {stack}: {result.checked.get(stack, 0)} resources checked")
     groups: dict[tuple[str, str], list[Violation]] = defaultdict(list)
@@ -41,58 +43,80 @@ def text(result: Result, out: Console) -> None:
         status = "[green]clean[/green]" if not vs else f"[red]{len(vs)} violation(s)[/red]"
         out.print(f"\n[bold]{label}[/bold]: {status}")
         for v in vs:
-            out.print(f"  [red]{v.rule}[/red] {v.severity:8} {v.urn.rsplit('::', 1)[-1]}: "
-                      f"{v.message}")
+            out.print(
+                f"  [red]{v.rule}[/red] {v.severity:8} {v.urn.rsplit('::', 1)[-1]}: {v.message}"
+            )
             out.print(f"         fix: {v.fix}")
     if result.flows:
         out.print("\n[bold]declared flows in use[/bold]")
         for f in sorted({(f.flow, f.detail) for f in result.flows}):
             out.print(f"  {f[0]}: {f[1]}")
     total = len(result.violations)
-    out.print(f"\n{'PASS' if not total else 'FAIL'}: {total} violation(s), "
-              f"{len({f.flow for f in result.flows})} declared flow(s) in use")
+    out.print(
+        f"\n{'PASS' if not total else 'FAIL'}: {total} violation(s), "
+        f"{len({f.flow for f in result.flows})} declared flow(s) in use"
+    )
 
 
 def to_json(result: Result) -> dict[str, Any]:
     return {
         "stacks": result.stacks,
-        "rules": [{"id": r.id, "name": r.name, "title": r.title, "severity": r.severity}
-                  for r in result.rules],
+        "rules": [
+            {"id": r.id, "name": r.name, "title": r.title, "severity": r.severity}
+            for r in result.rules
+        ],
         "violations": [v.to_dict() for v in result.violations],
-        "flows": [{"flow": f.flow, "stack": f.stack, "urn": f.urn, "detail": f.detail}
-                  for f in result.flows],
+        "flows": [
+            {"flow": f.flow, "stack": f.stack, "urn": f.urn, "detail": f.detail}
+            for f in result.flows
+        ],
         "summary": {"violations": len(result.violations), "checked": result.checked},
     }
 
 
 def to_sarif(result: Result) -> dict[str, Any]:
-    rules = [{
-        "id": r.id, "name": r.name,
-        "shortDescription": {"text": r.title},
-        "help": {"text": r.fix},
-        "defaultConfiguration": {"level": SARIF_LEVEL[r.severity]},
-        "properties": {"severity": r.severity},
-    } for r in result.rules]
+    rules = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "shortDescription": {"text": r.title},
+            "help": {"text": r.fix},
+            "defaultConfiguration": {"level": SARIF_LEVEL[r.severity]},
+            "properties": {"severity": r.severity},
+        }
+        for r in result.rules
+    ]
     index = {r.id: i for i, r in enumerate(result.rules)}
     results = []
     for v in result.violations:
-        results.append({
-            "ruleId": v.rule,
-            "ruleIndex": index.get(v.rule, 0),
-            "level": SARIF_LEVEL[v.severity],
-            "message": {"text": f"{v.message} (fix: {v.fix})"},
-            "locations": [{
-                "physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{v.stack}.yaml"}},
-                "logicalLocations": [{"fullyQualifiedName": v.urn, "kind": "resource"}],
-            }],
-            "properties": {"stack": v.stack, "otherStack": v.other},
-        })
+        results.append(
+            {
+                "ruleId": v.rule,
+                "ruleIndex": index.get(v.rule, 0),
+                "level": SARIF_LEVEL[v.severity],
+                "message": {"text": f"{v.message} (fix: {v.fix})"},
+                "locations": [
+                    {
+                        "physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{v.stack}.yaml"}},
+                        "logicalLocations": [{"fullyQualifiedName": v.urn, "kind": "resource"}],
+                    }
+                ],
+                "properties": {"stack": v.stack, "otherStack": v.other},
+            }
+        )
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "envfence", "informationUri":
-                                "https://github.com/envfence/envfence", "rules": rules}},
-            "results": results,
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "envfence",
+                        "informationUri": "https://github.com/envfence/envfence",
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+            }
+        ],
     }

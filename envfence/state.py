@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from infra import naming
-
 from envfence.model import Resource, StackState, urn_parts
+from infra import naming
 
 
 class StateError(Exception):
@@ -39,14 +38,18 @@ def load_file(path: str | Path) -> StackState:
 
 def load_document(doc: Any, source_name: str = "<document>") -> StackState:
     if not isinstance(doc, dict):
-        raise StateError("expected a JSON object: a `pulumi stack export`, a `pulumi preview "
-                         "--json` or an `envfence plan --format json` document")
+        raise StateError(
+            "expected a JSON object: a `pulumi stack export`, a `pulumi preview "
+            "--json` or an `envfence plan --format json` document"
+        )
     if "deployment" in doc:
         return _from_export(doc)
     if "steps" in doc:
         return _from_preview(doc)
-    raise StateError("not a Pulumi state: expected a `deployment` (pulumi stack export) or "
-                     "`steps` (pulumi preview --json) key")
+    raise StateError(
+        "not a Pulumi state: expected a `deployment` (pulumi stack export) or "
+        "`steps` (pulumi preview --json) key"
+    )
 
 
 def _resources(items: Any, where: str) -> list[Resource]:
@@ -54,8 +57,11 @@ def _resources(items: Any, where: str) -> list[Resource]:
         raise StateError(f"`{where}` must be a list of resources")
     out = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("urn"), str) \
-                or not isinstance(item.get("type"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("urn"), str)
+            or not isinstance(item.get("type"), str)
+        ):
             raise StateError(f"{where}[{i}] is not a resource (needs `urn` and `type`)")
         try:
             urn_parts(item["urn"])
@@ -104,17 +110,29 @@ def _assemble(resources: list[Resource], meta: dict[str, Any], source: str) -> S
         raise StateError(f"resources of several stacks in one file: {', '.join(sorted(stacks))}")
     stack = stacks.pop()
     project = urn_parts(resources[0].urn)[1]
-    config = {str(k): v if isinstance(v, str) else json.dumps(v)
-              for k, v in (meta.get("config") or {}).items()}
+    config = {
+        str(k): v if isinstance(v, str) else json.dumps(v)
+        for k, v in (meta.get("config") or {}).items()
+    }
     tags = _environment_tags(resources)
     tier = meta.get("tier") or config.get("envfence:tier") or tags.get(naming.TAG_TIER)
-    experiment_id = (meta.get("experimentId") or config.get("envfence:experimentId")
-                     or tags.get(naming.TAG_EXPERIMENT_ID))
+    experiment_id = (
+        meta.get("experimentId")
+        or config.get("envfence:experimentId")
+        or tags.get(naming.TAG_EXPERIMENT_ID)
+    )
     stack_res = [r for r in resources if r.type == "pulumi:pulumi:Stack"]
     outputs = meta.get("outputs") or (stack_res[0].outputs if stack_res else {})
-    return StackState(stack=stack, project=str(meta.get("project") or project), tier=tier,
-                      experiment_id=experiment_id, config=config, resources=resources,
-                      outputs=outputs, source=source)
+    return StackState(
+        stack=stack,
+        project=str(meta.get("project") or project),
+        tier=tier,
+        experiment_id=experiment_id,
+        config=config,
+        resources=resources,
+        outputs=outputs,
+        source=source,
+    )
 
 
 def _environment_tags(resources: list[Resource]) -> dict[str, str]:

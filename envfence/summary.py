@@ -21,10 +21,12 @@ def _bucket(r: Resource) -> str:
 
 
 def _db(r: Resource) -> str:
-    return (f"postgres {r.get('engineVersion')} {r.get('instanceClass')}, "
-            f"multi-AZ {_yn(r.get('multiAz'))}, encrypted {_yn(r.get('storageEncrypted'))}, "
-            f"public {_yn(r.get('publiclyAccessible'))}, deletion protection "
-            f"{_yn(r.get('deletionProtection'))}, backups {r.get('backupRetentionPeriod')} d")
+    return (
+        f"postgres {r.get('engineVersion')} {r.get('instanceClass')}, "
+        f"multi-AZ {_yn(r.get('multiAz'))}, encrypted {_yn(r.get('storageEncrypted'))}, "
+        f"public {_yn(r.get('publiclyAccessible'))}, deletion protection "
+        f"{_yn(r.get('deletionProtection'))}, backups {r.get('backupRetentionPeriod')} d"
+    )
 
 
 def _role(r: Resource) -> str:
@@ -37,15 +39,28 @@ def _key(r: Resource) -> str:
 
 
 def _rule(r: Resource) -> str:
-    src = (r.get("cidrIpv4") or r.get("cidrIpv6") or r.get("prefixListId")
-           or (f"sg {r.get('referencedSecurityGroupId')}"
-               if r.get("referencedSecurityGroupId") else "?"))
+    src = (
+        r.get("cidrIpv4")
+        or r.get("cidrIpv6")
+        or r.get("prefixListId")
+        or (
+            f"sg {r.get('referencedSecurityGroupId')}"
+            if r.get("referencedSecurityGroupId")
+            else "?"
+        )
+    )
     return f"{r.get('ipProtocol')} {r.get('fromPort')}-{r.get('toPort')} {src}"
 
 
 def _route(r: Resource) -> str:
-    target = next((str(r.get(k)) for k in ("gatewayId", "natGatewayId", "vpcPeeringConnectionId",
-                                            "transitGatewayId") if r.get(k)), "?")
+    target = next(
+        (
+            str(r.get(k))
+            for k in ("gatewayId", "natGatewayId", "vpcPeeringConnectionId", "transitGatewayId")
+            if r.get(k)
+        ),
+        "?",
+    )
     return f"{r.get('destinationCidrBlock')} -> {target}"
 
 

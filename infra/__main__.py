@@ -11,11 +11,11 @@ from pathlib import Path
 # Pulumi runs this file with infra/ on sys.path; the modules import each other as `infra.*`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pulumi  # noqa: E402
-import pulumi_aws as aws  # noqa: E402
+import pulumi
+import pulumi_aws as aws
 
-from infra.components.environment import Environment, EnvironmentArgs  # noqa: E402
-from infra.settings import load_settings  # noqa: E402
+from infra.components.environment import Environment, EnvironmentArgs
+from infra.settings import load_settings
 
 settings = load_settings()
 

@@ -34,7 +34,9 @@ class Project:
 
     def stacks(self) -> list[str]:
         """Stack names that have a stack file, sorted."""
-        return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in self.root.glob("Pulumi.*.yaml"))
+        return sorted(
+            p.name[len("Pulumi.") : -len(".yaml")] for p in self.root.glob("Pulumi.*.yaml")
+        )
 
     def stack_config(self, stack: str) -> dict[str, str]:
         """Project defaults overlaid with the stack file's values, as CLI-style strings."""

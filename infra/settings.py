@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - pulumi is a dependency
 
 
 class ConfigError(_Base):  # type: ignore[misc,valid-type]
-    """A stack config value is missing or invalid. The message names key, value and what's allowed."""
+    """A stack config value is missing or invalid; the message names key, value and allowed."""
 
 
 T = TypeVar("T")
@@ -43,8 +43,30 @@ PRINCIPAL_RE = re.compile(r"^arn:aws:iam::(\d{12}):(role|user)/[A-Za-z0-9+=,.@_/
 ENGINE_VERSION_RE = re.compile(r"^(1[3-7])(\.\d+)?$")
 INSTANCE_CLASS_RE = re.compile(r"^db\.[a-z0-9]+\.[a-z0-9]+$")
 # CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
-                      2192, 2557, 2922, 3288, 3653)
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 FLOW_ACCESS = ("read",)  # writes across environments are contamination by definition
 PRIVATE_RANGES = tuple(
     ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -216,11 +238,20 @@ class _Reader:
         for name in self.values:
             if name not in known:
                 raise config_error(
-                    self.stack, self.key(name), self.values[name], f"one of the keys {', '.join(known)}"
+                    self.stack,
+                    self.key(name),
+                    self.values[name],
+                    f"one of the keys {', '.join(known)}",
                 )
 
-    def get(self, name: str, parse: Callable[[Any], T], allowed: str, default: T | None = None,
-            required: bool = False) -> T:
+    def get(
+        self,
+        name: str,
+        parse: Callable[[Any], T],
+        allowed: str,
+        default: T | None = None,
+        required: bool = False,
+    ) -> T:
         raw = self.values.get(name)
         if raw is None:
             if required:
@@ -362,48 +393,59 @@ def parse_settings(
     production = tier == naming.TIER_PRODUCTION
 
     experiment_id: str | None = top.get(
-        "experimentId", _matching(EXPERIMENT_ID_RE),
+        "experimentId",
+        _matching(EXPERIMENT_ID_RE),
         "2-16 lowercase letters, digits and '-' (required for the experiment tier)",
     )
     if production and experiment_id is not None:
         raise top.fail("experimentId", experiment_id, "nothing: forbidden for the production tier")
     if not production and experiment_id is None:
         raise top.fail(
-            "experimentId", None, "2-16 lowercase letters, digits and '-' (required for tier experiment)"
+            "experimentId",
+            None,
+            "2-16 lowercase letters, digits and '-' (required for tier experiment)",
         )
     if stack.startswith("experiment-") and experiment_id != stack[len("experiment-") :]:
         raise top.fail(
-            "experimentId", experiment_id, f"'{stack[len('experiment-'):]}', the id in the stack name"
+            "experimentId",
+            experiment_id,
+            f"'{stack[len('experiment-') :]}', the id in the stack name",
         )
 
     expires_on = top.get("expiresOn", _date, "a date YYYY-MM-DD (experiment tier only)")
     if production and expires_on is not None:
         raise top.fail("expiresOn", str(expires_on), "nothing: production stacks do not expire")
 
-    owner = top.get("owner", _matching(OWNER_RE), "a team or e-mail, 1-128 tag-safe characters",
-                    required=True)
+    owner = top.get(
+        "owner", _matching(OWNER_RE), "a team or e-mail, 1-128 tag-safe characters", required=True
+    )
 
-    region = _Reader(stack, "aws", {k.split(":", 1)[1]: v for k, v in raw.items()
-                                    if k.startswith("aws:")})
-    region_value = region.get("region", _matching(REGION_RE), "an AWS region such as eu-west-1",
-                              required=True)
+    region = _Reader(
+        stack, "aws", {k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("aws:")}
+    )
+    region_value = region.get(
+        "region", _matching(REGION_RE), "an AWS region such as eu-west-1", required=True
+    )
 
     accounts = top.get(
-        "allowedAccountIds", _list_of(_matching(ACCOUNT_RE)),
-        "a list with one 12-digit AWS account id as a quoted string, e.g. [\"123456789012\"]",
+        "allowedAccountIds",
+        _list_of(_matching(ACCOUNT_RE)),
+        'a list with one 12-digit AWS account id as a quoted string, e.g. ["123456789012"]',
         required=True,
     )
     if len(accounts) != 1:
         raise top.fail(
-            "allowedAccountIds", list(accounts),
+            "allowedAccountIds",
+            list(accounts),
             "exactly one account id: an environment lives in one account",
         )
 
     network = _parse_network(top.obj("network"), stack, peers)
     database = _parse_database(top.obj("database"), production)
     stores = top.get(
-        "dataStores", _list_of(_matching(naming.STORE_NAME_RE)),
-        "a list of 1-12 character lowercase store names, e.g. [\"raw\", \"curated\", \"results\"]",
+        "dataStores",
+        _list_of(_matching(naming.STORE_NAME_RE)),
+        'a list of 1-12 character lowercase store names, e.g. ["raw", "curated", "results"]',
         default=("raw", "curated", "results"),
     )
     if not stores or len(set(stores)) != len(stores):
@@ -416,10 +458,12 @@ def parse_settings(
         f"IAM role or user ARNs of account {accounts[0]}, no wildcards "
         f"(e.g. arn:aws:iam::{accounts[0]}:role/data-analysts)"
     )
-    analysts = access.get("analystPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help,
-                          default=())
-    admins = access.get("adminPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help,
-                        default=())
+    analysts = access.get(
+        "analystPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
+    )
+    admins = access.get(
+        "adminPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
+    )
     for name, arns in (("analystPrincipals", analysts), ("adminPrincipals", admins)):
         for arn in arns:
             m = PRINCIPAL_RE.match(arn)
@@ -427,9 +471,11 @@ def parse_settings(
                 raise access.fail(name, arn, principal_help)
 
     log_retention = top.get(
-        "logRetentionDays", _one_of_int(LOG_RETENTION_DAYS),
+        "logRetentionDays",
+        _one_of_int(LOG_RETENTION_DAYS),
         f"one of CloudWatch's retention periods: {', '.join(map(str, LOG_RETENTION_DAYS))}",
-        default=365 if production else 30)
+        default=365 if production else 30,
+    )
 
     flows = _parse_flows(top, stack, stores, peers)
 
@@ -457,45 +503,72 @@ def parse_settings(
 
 def _parse_network(r: _Reader, stack: str, peers: Mapping[str, PeerStack]) -> NetworkSettings:
     r.reject_unknown(("cidr", "azCount", "natGateways"))
-    cidr = r.get("cidr", _cidr,
-                 "a private IPv4 CIDR (10/8, 172.16/12 or 192.168/16) from /16 to /24, e.g. 10.20.0.0/16",
-                 required=True)
+    cidr = r.get(
+        "cidr",
+        _cidr,
+        "a private IPv4 CIDR (10/8, 172.16/12 or 192.168/16) from /16 to /24, e.g. 10.20.0.0/16",
+        required=True,
+    )
     for peer in peers.values():
         if peer.name != stack and peer.cidr is not None and cidr.overlaps(peer.cidr):
-            raise r.fail("cidr", str(cidr),
-                         f"a CIDR that does not overlap stack '{peer.name}' ({peer.cidr})")
+            raise r.fail(
+                "cidr", str(cidr), f"a CIDR that does not overlap stack '{peer.name}' ({peer.cidr})"
+            )
     az_count = r.get("azCount", _int_in(2, 4), "an integer from 2 to 4", default=2)
-    nat = r.get("natGateways", _int_in(0, 4), f"an integer from 0 to azCount ({az_count})",
-                default=0)
+    nat = r.get(
+        "natGateways", _int_in(0, 4), f"an integer from 0 to azCount ({az_count})", default=0
+    )
     if nat > az_count:
         raise r.fail("natGateways", nat, f"an integer from 0 to azCount ({az_count})")
     return NetworkSettings(cidr=cidr, az_count=az_count, nat_gateways=nat)
 
 
 def _parse_database(r: _Reader, production: bool) -> DatabaseSettings:
-    r.reject_unknown(("engineVersion", "instanceClass", "allocatedStorage", "maxAllocatedStorage",
-                      "multiAz", "backupRetentionDays", "deletionProtection"))
-    allocated = r.get("allocatedStorage", _int_in(20, 65536), "GiB, an integer from 20 to 65536",
-                      default=100 if production else 20)
+    r.reject_unknown(
+        (
+            "engineVersion",
+            "instanceClass",
+            "allocatedStorage",
+            "maxAllocatedStorage",
+            "multiAz",
+            "backupRetentionDays",
+            "deletionProtection",
+        )
+    )
+    allocated = r.get(
+        "allocatedStorage",
+        _int_in(20, 65536),
+        "GiB, an integer from 20 to 65536",
+        default=100 if production else 20,
+    )
     db = DatabaseSettings(
-        engine_version=r.get("engineVersion", _matching(ENGINE_VERSION_RE),
-                             "a PostgreSQL version from 13 to 17, e.g. \"16\" or \"16.4\"",
-                             default="16.4"),
-        instance_class=r.get("instanceClass", _matching(INSTANCE_CLASS_RE),
-                             "an RDS instance class such as db.t4g.small",
-                             default="db.r6g.large" if production else "db.t4g.small"),
+        engine_version=r.get(
+            "engineVersion",
+            _matching(ENGINE_VERSION_RE),
+            'a PostgreSQL version from 13 to 17, e.g. "16" or "16.4"',
+            default="16.4",
+        ),
+        instance_class=r.get(
+            "instanceClass",
+            _matching(INSTANCE_CLASS_RE),
+            "an RDS instance class such as db.t4g.small",
+            default="db.r6g.large" if production else "db.t4g.small",
+        ),
         allocated_storage=allocated,
         max_allocated_storage=r.get(
-            "maxAllocatedStorage", _int_in(allocated, 65536),
+            "maxAllocatedStorage",
+            _int_in(allocated, 65536),
             f"GiB, an integer from allocatedStorage ({allocated}) to 65536",
-            default=max(allocated, 500 if production else 100)),
+            default=max(allocated, 500 if production else 100),
+        ),
         multi_az=r.get("multiAz", _bool, "true | false", default=production),
         backup_retention_days=r.get(
-            "backupRetentionDays", _int_in(7 if production else 1, 35),
+            "backupRetentionDays",
+            _int_in(7 if production else 1, 35),
             "an integer from 7 to 35 for production, 1 to 35 for experiments",
-            default=14 if production else 1),
-        deletion_protection=r.get("deletionProtection", _bool, "true | false",
-                                  default=production),
+            default=14 if production else 1,
+        ),
+        deletion_protection=r.get("deletionProtection", _bool, "true | false", default=production),
     )
     if production and not db.deletion_protection:
         raise r.fail("deletionProtection", False, "true: production databases are never deletable")
@@ -508,33 +581,51 @@ def _parse_retention(r: _Reader, production: bool) -> RetentionSettings:
         return RetentionSettings(
             expire_after_days=None,
             archive_after_days=None,
-            noncurrent_archive_days=r.get("noncurrentVersionArchiveDays", _int_in(1, 3650),
-                                          "an integer from 1 to 3650", default=30),
+            noncurrent_archive_days=r.get(
+                "noncurrentVersionArchiveDays",
+                _int_in(1, 3650),
+                "an integer from 1 to 3650",
+                default=30,
+            ),
             noncurrent_expire_days=None,
-            abort_incomplete_upload_days=r.get("abortIncompleteUploadDays", _int_in(1, 365),
-                                               "an integer from 1 to 365", default=7),
+            abort_incomplete_upload_days=r.get(
+                "abortIncompleteUploadDays", _int_in(1, 365), "an integer from 1 to 365", default=7
+            ),
         )
-    r.reject_unknown(("expireAfterDays", "archiveAfterDays", "noncurrentVersionExpireDays",
-                      "abortIncompleteUploadDays"))
+    r.reject_unknown(
+        (
+            "expireAfterDays",
+            "archiveAfterDays",
+            "noncurrentVersionExpireDays",
+            "abortIncompleteUploadDays",
+        )
+    )
     expire = r.get("expireAfterDays", _int_in(1, 3650), "an integer from 1 to 3650", default=30)
-    archive = r.get("archiveAfterDays", _int_in(1, 3650),
-                    f"an integer from 1 to expireAfterDays - 1 ({expire - 1})")
+    archive = r.get(
+        "archiveAfterDays",
+        _int_in(1, 3650),
+        f"an integer from 1 to expireAfterDays - 1 ({expire - 1})",
+    )
     if archive is not None and archive >= expire:
-        raise r.fail("archiveAfterDays", archive,
-                     f"an integer from 1 to expireAfterDays - 1 ({expire - 1})")
+        raise r.fail(
+            "archiveAfterDays", archive, f"an integer from 1 to expireAfterDays - 1 ({expire - 1})"
+        )
     return RetentionSettings(
         expire_after_days=expire,
         archive_after_days=archive,
         noncurrent_archive_days=None,
-        noncurrent_expire_days=r.get("noncurrentVersionExpireDays", _int_in(1, 3650),
-                                     "an integer from 1 to 3650", default=7),
-        abort_incomplete_upload_days=r.get("abortIncompleteUploadDays", _int_in(1, 365),
-                                           "an integer from 1 to 365", default=7),
+        noncurrent_expire_days=r.get(
+            "noncurrentVersionExpireDays", _int_in(1, 3650), "an integer from 1 to 3650", default=7
+        ),
+        abort_incomplete_upload_days=r.get(
+            "abortIncompleteUploadDays", _int_in(1, 365), "an integer from 1 to 365", default=7
+        ),
     )
 
 
-def _parse_flows(top: _Reader, stack: str, stores: tuple[str, ...],
-                 peers: Mapping[str, PeerStack]) -> tuple[Flow, ...]:
+def _parse_flows(
+    top: _Reader, stack: str, stores: tuple[str, ...], peers: Mapping[str, PeerStack]
+) -> tuple[Flow, ...]:
     raw = top.values.get("flows")
     if raw is None:
         return ()
@@ -553,11 +644,17 @@ def _parse_flows(top: _Reader, stack: str, stores: tuple[str, ...],
         if source == target:
             raise r.fail("to", target, "a stack other than 'from'")
         if stack not in (source, target):
-            raise r.fail("from", source, f"'{stack}' on one side: a stack declares only its own flows")
+            raise r.fail(
+                "from", source, f"'{stack}' on one side: a stack declares only its own flows"
+            )
         role = r.get("role", _one_of(naming.ROLES), " | ".join(naming.ROLES), required=True)
         target_stores = stores if target == stack else peers[target].data_stores
-        store = r.get("store", _one_of(tuple(target_stores)),
-                      f"a data store of stack '{target}': {', '.join(target_stores)}", required=True)
+        store = r.get(
+            "store",
+            _one_of(tuple(target_stores)),
+            f"a data store of stack '{target}': {', '.join(target_stores)}",
+            required=True,
+        )
         access = r.get("access", _one_of(FLOW_ACCESS), " | ".join(FLOW_ACCESS), default="read")
         flows.append(Flow(source=source, target=target, role=role, store=store, access=access))
     return tuple(flows)
@@ -588,8 +685,12 @@ def read_peers(project: Project, stack: str) -> dict[str, PeerStack]:
         account = accounts[0] if isinstance(accounts, list) and accounts else None
         stores = values.get("dataStores")
         peers[name] = PeerStack(
-            name=name, cidr=cidr, account=str(account) if account is not None else None,
-            data_stores=tuple(stores) if isinstance(stores, list) else ("raw", "curated", "results"),
+            name=name,
+            cidr=cidr,
+            account=str(account) if account is not None else None,
+            data_stores=tuple(stores)
+            if isinstance(stores, list)
+            else ("raw", "curated", "results"),
         )
     return peers
 

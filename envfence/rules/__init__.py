@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from infra.project import Project, ProjectFileError, load_project
-
 from envfence.model import StackState
 from envfence.rules.context import Context, build_context
 from envfence.rules.engine import Result, Rule, Violation, all_rules, run
+from infra.project import Project, ProjectFileError, load_project
 
 
 def run_all(states: Iterable[StackState], project: Project | None = None) -> Result:

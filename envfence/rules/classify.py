@@ -25,23 +25,42 @@ def tokens(*classes: Any) -> frozenset[str]:
 
 # Resources that hold or serve data of the environment (the proof's data resources too).
 DATA = tokens(
-    aws.s3.Bucket, aws.s3.BucketObjectv2, aws.rds.Instance, aws.rds.Cluster, aws.rds.Snapshot,
-    aws.rds.ClusterSnapshot, aws.kms.Key, aws.secretsmanager.Secret, aws.sqs.Queue,
-    aws.cloudwatch.LogGroup, aws.ecr.Repository, aws.appconfig.ConfigurationProfile,
-    aws.appconfig.HostedConfigurationVersion, aws.dynamodb.Table,
+    aws.s3.Bucket,
+    aws.s3.BucketObjectv2,
+    aws.rds.Instance,
+    aws.rds.Cluster,
+    aws.rds.Snapshot,
+    aws.rds.ClusterSnapshot,
+    aws.kms.Key,
+    aws.secretsmanager.Secret,
+    aws.sqs.Queue,
+    aws.cloudwatch.LogGroup,
+    aws.ecr.Repository,
+    aws.appconfig.ConfigurationProfile,
+    aws.appconfig.HostedConfigurationVersion,
+    aws.dynamodb.Table,
 )
 BUCKETS = tokens(aws.s3.Bucket)
 DATABASES = tokens(aws.rds.Instance, aws.rds.Cluster)
 KEYS = tokens(aws.kms.Key)
-SNAPSHOT_SHARING = tokens(aws.rds.Snapshot, aws.rds.ClusterSnapshot, aws.ec2.AmiLaunchPermission,
-                          aws.ec2.SnapshotCreateVolumePermission)
+SNAPSHOT_SHARING = tokens(
+    aws.rds.Snapshot,
+    aws.rds.ClusterSnapshot,
+    aws.ec2.AmiLaunchPermission,
+    aws.ec2.SnapshotCreateVolumePermission,
+)
 
 # Bucket configuration resources: they belong to a bucket (their `bucket` input).
 BUCKET_CONFIG = tokens(
-    aws.s3.BucketPublicAccessBlock, aws.s3.BucketOwnershipControls,
-    aws.s3.BucketServerSideEncryptionConfiguration, aws.s3.BucketVersioning,
-    aws.s3.BucketLifecycleConfiguration, aws.s3.BucketPolicy, aws.s3.BucketObjectLockConfiguration,
-    aws.s3.BucketLogging, aws.s3.BucketNotification,
+    aws.s3.BucketPublicAccessBlock,
+    aws.s3.BucketOwnershipControls,
+    aws.s3.BucketServerSideEncryptionConfiguration,
+    aws.s3.BucketVersioning,
+    aws.s3.BucketLifecycleConfiguration,
+    aws.s3.BucketPolicy,
+    aws.s3.BucketObjectLockConfiguration,
+    aws.s3.BucketLogging,
+    aws.s3.BucketNotification,
 )
 
 # Resource policies and where their document lives.
@@ -71,49 +90,102 @@ IDENTITY_POLICIES: dict[str, str] = {
     token(aws.iam.UserPolicy): "policy",
     token(aws.iam.GroupPolicy): "policy",
 }
-POLICY_ATTACHMENTS = tokens(aws.iam.RolePolicyAttachment, aws.iam.PolicyAttachment,
-                            aws.iam.UserPolicyAttachment, aws.iam.GroupPolicyAttachment)
-IDENTITY = ROLES | frozenset(IDENTITY_POLICIES) | POLICY_ATTACHMENTS | tokens(
-    aws.iam.User, aws.iam.Group, aws.iam.InstanceProfile, aws.iam.ServiceLinkedRole)
+POLICY_ATTACHMENTS = tokens(
+    aws.iam.RolePolicyAttachment,
+    aws.iam.PolicyAttachment,
+    aws.iam.UserPolicyAttachment,
+    aws.iam.GroupPolicyAttachment,
+)
+IDENTITY = (
+    ROLES
+    | frozenset(IDENTITY_POLICIES)
+    | POLICY_ATTACHMENTS
+    | tokens(aws.iam.User, aws.iam.Group, aws.iam.InstanceProfile, aws.iam.ServiceLinkedRole)
+)
 
 # Network: what could carry a packet between environments.
-PEERING = tokens(aws.ec2.VpcPeeringConnection, aws.ec2.VpcPeeringConnectionAccepter,
-                 aws.ec2.PeeringConnectionOptions)
-TRANSIT = tokens(aws.ec2transitgateway.TransitGateway, aws.ec2transitgateway.VpcAttachment,
-                 aws.ec2transitgateway.VpcAttachmentAccepter,
-                 aws.ec2transitgateway.PeeringAttachment, aws.ec2transitgateway.Route,
-                 aws.ec2.VpnGateway, aws.ec2.CustomerGateway, aws.ec2.VpnConnection)
+PEERING = tokens(
+    aws.ec2.VpcPeeringConnection,
+    aws.ec2.VpcPeeringConnectionAccepter,
+    aws.ec2.PeeringConnectionOptions,
+)
+TRANSIT = tokens(
+    aws.ec2transitgateway.TransitGateway,
+    aws.ec2transitgateway.VpcAttachment,
+    aws.ec2transitgateway.VpcAttachmentAccepter,
+    aws.ec2transitgateway.PeeringAttachment,
+    aws.ec2transitgateway.Route,
+    aws.ec2.VpnGateway,
+    aws.ec2.CustomerGateway,
+    aws.ec2.VpnConnection,
+)
 ROUTES = tokens(aws.ec2.Route)
 ROUTE_TABLES = tokens(aws.ec2.RouteTable)
 SG_INGRESS_RULES = tokens(aws.vpc.SecurityGroupIngressRule)
 SG_RULES = tokens(aws.ec2.SecurityGroupRule)
 SECURITY_GROUPS = tokens(aws.ec2.SecurityGroup)
-SHARING = tokens(aws.ram.ResourceShare, aws.ram.ResourceAssociation,
-                 aws.ram.PrincipalAssociation)
-NETWORK = PEERING | TRANSIT | ROUTES | ROUTE_TABLES | SG_INGRESS_RULES | SG_RULES \
-    | SECURITY_GROUPS | SHARING | tokens(
-        aws.ec2.Vpc, aws.ec2.Subnet, aws.ec2.DefaultSecurityGroup, aws.ec2.RouteTableAssociation,
-        aws.ec2.InternetGateway, aws.ec2.NatGateway, aws.ec2.Eip, aws.ec2.VpcEndpoint,
-        aws.ec2.FlowLog, aws.vpc.SecurityGroupEgressRule, aws.ec2.NetworkAcl,
-        aws.ec2.NetworkAclRule, aws.ec2.DefaultNetworkAcl, aws.ec2.DefaultRouteTable,
-        aws.ec2.MainRouteTableAssociation, aws.ec2.VpcEndpointPolicy,
+SHARING = tokens(aws.ram.ResourceShare, aws.ram.ResourceAssociation, aws.ram.PrincipalAssociation)
+NETWORK = (
+    PEERING
+    | TRANSIT
+    | ROUTES
+    | ROUTE_TABLES
+    | SG_INGRESS_RULES
+    | SG_RULES
+    | SECURITY_GROUPS
+    | SHARING
+    | tokens(
+        aws.ec2.Vpc,
+        aws.ec2.Subnet,
+        aws.ec2.DefaultSecurityGroup,
+        aws.ec2.RouteTableAssociation,
+        aws.ec2.InternetGateway,
+        aws.ec2.NatGateway,
+        aws.ec2.Eip,
+        aws.ec2.VpcEndpoint,
+        aws.ec2.FlowLog,
+        aws.vpc.SecurityGroupEgressRule,
+        aws.ec2.NetworkAcl,
+        aws.ec2.NetworkAclRule,
+        aws.ec2.DefaultNetworkAcl,
+        aws.ec2.DefaultRouteTable,
+        aws.ec2.MainRouteTableAssociation,
+        aws.ec2.VpcEndpointPolicy,
     )
+)
 VPCS = tokens(aws.ec2.Vpc)
 SUBNETS = tokens(aws.ec2.Subnet)
 
 # Known neutral: configuration that neither holds data nor opens a path by itself; the rules
 # that matter inspect them through the resource they configure.
 NEUTRAL = BUCKET_CONFIG | tokens(
-    aws.kms.Alias, aws.rds.SubnetGroup, aws.rds.ParameterGroup, aws.rds.ClusterParameterGroup,
-    aws.cloudwatch.MetricAlarm, aws.cloudwatch.LogMetricFilter, aws.sns.Topic,
-    aws.sns.TopicSubscription, aws.ecs.Cluster, aws.ecs.TaskDefinition, aws.ecs.Service,
-    aws.ecs.ClusterCapacityProviders, aws.ecr.LifecyclePolicy, aws.sqs.RedrivePolicy,
-    aws.appconfig.Application, aws.appconfig.Environment, aws.appconfig.Deployment,
-    aws.appconfig.DeploymentStrategy, aws.cloudtrail.Trail,
+    aws.kms.Alias,
+    aws.rds.SubnetGroup,
+    aws.rds.ParameterGroup,
+    aws.rds.ClusterParameterGroup,
+    aws.cloudwatch.MetricAlarm,
+    aws.cloudwatch.LogMetricFilter,
+    aws.sns.Topic,
+    aws.sns.TopicSubscription,
+    aws.ecs.Cluster,
+    aws.ecs.TaskDefinition,
+    aws.ecs.Service,
+    aws.ecs.ClusterCapacityProviders,
+    aws.ecr.LifecyclePolicy,
+    aws.sqs.RedrivePolicy,
+    aws.appconfig.Application,
+    aws.appconfig.Environment,
+    aws.appconfig.Deployment,
+    aws.appconfig.DeploymentStrategy,
+    aws.cloudtrail.Trail,
 )
 
 CLASSES: dict[str, frozenset[str]] = {
-    "data": DATA, "network": NETWORK, "identity": IDENTITY, "key": KEYS, "neutral": NEUTRAL,
+    "data": DATA,
+    "network": NETWORK,
+    "identity": IDENTITY,
+    "key": KEYS,
+    "neutral": NEUTRAL,
 }
 
 
@@ -127,7 +199,7 @@ def classify(type_: str) -> str | None:
 _MODULES = {"ec2transitgateway": aws.ec2transitgateway}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_taggable(type_: str) -> bool:
     """Whether the provider's class for `type_` accepts `tags`: read from the class itself."""
     cls = resource_class(type_)
@@ -139,7 +211,7 @@ def is_taggable(type_: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resource_class(type_: str) -> Any:
     """The pulumi_aws class of a type token such as `aws:s3/bucket:Bucket`, or None."""
     try:

@@ -17,11 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from envfence.model import UNKNOWN, Resource, StackState
 from infra import naming
 from infra.project import Project, ProjectFileError
 from infra.settings import Flow, PeerStack, parse_settings, read_peers
-
-from envfence.model import UNKNOWN, Resource, StackState
 
 EXTRA_ROLES = ("flowlogs", "execution")  # roles beyond the three per-environment roles
 
@@ -120,8 +119,10 @@ class Env:
     def role_arns(self) -> list[str]:
         if not self.account:
             return []
-        return [naming.role_arn(self.project, self.stack, r, self.account)
-                for r in (*naming.ROLES, *EXTRA_ROLES)]
+        return [
+            naming.role_arn(self.project, self.stack, r, self.account)
+            for r in (*naming.ROLES, *EXTRA_ROLES)
+        ]
 
     def bucket_arns(self) -> list[str]:
         if not self.account:
@@ -135,12 +136,16 @@ class Env:
             out += [b, f"{b}/object"]
         out += sorted(self.key_arns) or (
             [f"arn:aws:kms:{self.region}:{self.account}:key/00000000-{self.stack}"]
-            if self.account else [])
+            if self.account
+            else []
+        )
         if self.account and self.region:
             ident = naming.db_identifier(self.project, self.stack)
-            out += [f"arn:aws:rds:{self.region}:{self.account}:db:{ident}",
-                    f"arn:aws:logs:{self.region}:{self.account}:log-group:"
-                    f"{naming.log_group_prefix(self.project, self.stack)}/x"]
+            out += [
+                f"arn:aws:rds:{self.region}:{self.account}:db:{ident}",
+                f"arn:aws:logs:{self.region}:{self.account}:log-group:"
+                f"{naming.log_group_prefix(self.project, self.stack)}/x",
+            ]
         out += sorted(a for a in self.arns if not a.startswith("arn:aws:iam::"))
         return out
 
@@ -148,13 +153,23 @@ class Env:
         return self.role_arns()
 
     def owns_arn(self, arn: str) -> bool:
-        return arn in self.arns or arn in self.role_arns() or any(
-            arn == b or arn.startswith(f"{b}/") for b in self.bucket_arns()) or arn in self.key_arns
+        return (
+            arn in self.arns
+            or arn in self.role_arns()
+            or any(arn == b or arn.startswith(f"{b}/") for b in self.bucket_arns())
+            or arn in self.key_arns
+        )
 
-    def flow_for(self, source: str, role: str | None, target: str, store: str | None) -> Flow | None:
+    def flow_for(
+        self, source: str, role: str | None, target: str, store: str | None
+    ) -> Flow | None:
         for f in self.flows:
-            if f.source == source and f.target == target and (role is None or f.role == role) \
-                    and (store is None or f.store == store):
+            if (
+                f.source == source
+                and f.target == target
+                and (role is None or f.role == role)
+                and (store is None or f.store == store)
+            ):
                 return f
         return None
 
@@ -171,7 +186,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
                 peers = {}
         try:
             settings = parse_settings(state.project, state.stack, state.config, peers)
-        except Exception:  # noqa: BLE001 - config problems are reported by EF900, not here
+        except Exception:
             settings = None
     tags = provider_tags(state)
     account = region = None
@@ -197,14 +212,23 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
                 cidr = ipaddress.IPv4Network(block, strict=False)
             except ValueError:
                 cidr = None
-    stores = tuple(str(r.get("tags", {}).get(naming.TAG_DATA_STORE))
-                   for r in state.of_type("aws:s3/bucket:Bucket")
-                   if isinstance(r.get("tags"), dict) and r.get("tags").get(naming.TAG_DATA_STORE))
-    arns = {str(r.get("arn")) for r in state.resources
-            if isinstance(r.get("arn"), str) and r.get("arn").startswith("arn:")
-            and not is_unknown(r.get("arn"))}
-    key_arns = {str(r.get("arn")) for r in state.of_type("aws:kms/key:Key")
-                if isinstance(r.get("arn"), str) and not is_unknown(r.get("arn"))}
+    stores = tuple(
+        str(r.get("tags", {}).get(naming.TAG_DATA_STORE))
+        for r in state.of_type("aws:s3/bucket:Bucket")
+        if isinstance(r.get("tags"), dict) and r.get("tags").get(naming.TAG_DATA_STORE)
+    )
+    arns = {
+        str(r.get("arn"))
+        for r in state.resources
+        if isinstance(r.get("arn"), str)
+        and r.get("arn").startswith("arn:")
+        and not is_unknown(r.get("arn"))
+    }
+    key_arns = {
+        str(r.get("arn"))
+        for r in state.of_type("aws:kms/key:Key")
+        if isinstance(r.get("arn"), str) and not is_unknown(r.get("arn"))
+    }
     env = Env(
         stack=state.stack,
         project=state.project,
@@ -229,11 +253,20 @@ def env_from_stack_file(project: Project, stack: str) -> Env | None:
     try:
         raw = project.stack_config(stack)
         s = parse_settings(project.name, stack, raw, read_peers(project, stack))
-    except Exception:  # noqa: BLE001 - a broken sibling is checked when it is itself checked
+    except Exception:
         return None
-    return Env(stack=stack, project=project.name, tier=s.tier, account=s.account,
-               region=s.region, cidr=s.network.cidr, stores=s.data_stores,
-               experiment_id=s.experiment_id, expires_on=s.expires_on, flows=s.flows)
+    return Env(
+        stack=stack,
+        project=project.name,
+        tier=s.tier,
+        account=s.account,
+        region=s.region,
+        cidr=s.network.cidr,
+        stores=s.data_stores,
+        experiment_id=s.experiment_id,
+        expires_on=s.expires_on,
+        flows=s.flows,
+    )
 
 
 @dataclass
@@ -267,8 +300,9 @@ class Context:
         return {e.account for e in self.others(stack) if e.account and e.account != own}
 
 
-def build_context(states: Iterable[StackState], project: Project | None = None,
-                  extra_stacks: Iterable[str] = ()) -> Context:
+def build_context(
+    states: Iterable[StackState], project: Project | None = None, extra_stacks: Iterable[str] = ()
+) -> Context:
     states = list(states)
     envs = {s.stack: env_from_state(s, project) for s in states}
     if project is not None:

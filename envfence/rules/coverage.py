@@ -11,23 +11,36 @@ from envfence.rules.context import Context
 from envfence.rules.engine import Finding, rule
 
 
-@rule("EF901", "resource-type-classified", title="Every AWS resource type is classified by the "
-      "rules", severity="high", scope="stack",
-      fix="Add the type to a class in envfence/rules/classify.py (data, network, identity, key "
-          "or neutral) and, if it can carry data or a path, a rule with tests.")
+@rule(
+    "EF901",
+    "resource-type-classified",
+    title="Every AWS resource type is classified by the rules",
+    severity="high",
+    scope="stack",
+    fix="Add the type to a class in envfence/rules/classify.py (data, network, identity, key "
+    "or neutral) and, if it can carry data or a path, a rule with tests.",
+)
 def classified(state: StackState, ctx: Context) -> Iterator[Finding]:
     seen: set[str] = set()
     for r in state.custom():
         if r.type.startswith("aws:") and c.classify(r.type) is None and r.type not in seen:
             seen.add(r.type)
-            yield Finding(r.urn, f"resource type {r.type} ({r.name}) is not classified: no rule "
-                                 "knows whether it holds data or opens a path")
+            yield Finding(
+                r.urn,
+                f"resource type {r.type} ({r.name}) is not classified: no rule "
+                "knows whether it holds data or opens a path",
+            )
 
 
-@rule("EF902", "values-known", title="Values the rules need are known", severity="high",
-      scope="stack",
-      fix="Run the check on deployed state (pulumi stack export) or make the value known at "
-          "preview; a rule that cannot decide never passes silently.")
+@rule(
+    "EF902",
+    "values-known",
+    title="Values the rules need are known",
+    severity="high",
+    scope="stack",
+    fix="Run the check on deployed state (pulumi stack export) or make the value known at "
+    "preview; a rule that cannot decide never passes silently.",
+)
 def values_known(state: StackState, ctx: Context) -> Iterator[Finding]:
     # Findings of this rule come from every other rule (engine.run_rule turns Unknown into
     # EF902); on its own it checks that the stack's provider is known.
@@ -36,9 +49,15 @@ def values_known(state: StackState, ctx: Context) -> Iterator[Finding]:
             yield Finding(r.urn, f"provider {r.name} region is unknown")
 
 
-@rule("EF903", "explicit-provider", title="Every AWS resource uses the stack's explicit provider "
-      "with allowed accounts and default tags", severity="high", scope="stack",
-      fix="Pass the stack's aws.Provider (infra/__main__.py); keep pulumi:disable-default-providers.")
+@rule(
+    "EF903",
+    "explicit-provider",
+    title="Every AWS resource uses the stack's explicit provider "
+    "with allowed accounts and default tags",
+    severity="high",
+    scope="stack",
+    fix="Pass the stack's aws.Provider (infra/__main__.py); keep pulumi:disable-default-providers.",
+)
 def explicit_provider(state: StackState, ctx: Context) -> Iterator[Finding]:
     providers = {r.urn: r for r in state.resources if r.type == "pulumi:providers:aws"}
     for urn, p in providers.items():

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from infra import naming
-
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
-from envfence.rules.context import Context, as_list, need, parse_policy, statements
+from envfence.rules.context import Context, Env, as_list, need, parse_policy, statements
 from envfence.rules.engine import Finding, FlowUse, rule
-from envfence.rules.policies import is_own_principal, condition_values, grants, principal_role
+from envfence.rules.policies import condition_values, grants, is_own_principal, principal_role
+from infra import naming
 
 
 def _own_key(state: StackState, ctx: Context, key: object) -> bool:
@@ -28,19 +27,30 @@ def _configs(state: StackState, type_: str) -> dict[str, Resource]:
     return {str(r.get("bucket")): r for r in state.of_type(type_)}
 
 
-@rule("EF201", "database-not-public", title="Databases are not publicly accessible",
-      severity="critical", scope="resource", types=c.DATABASES,
-      fix="Set publiclyAccessible = false and keep the database in the data subnets.")
+@rule(
+    "EF201",
+    "database-not-public",
+    title="Databases are not publicly accessible",
+    severity="critical",
+    scope="resource",
+    types=c.DATABASES,
+    fix="Set publiclyAccessible = false and keep the database in the data subnets.",
+)
 def db_not_public(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     if need(r, "publiclyAccessible") in (True, "true"):
         yield Finding(r.urn, f"database {r.name} is publicly accessible")
 
 
-@rule("EF202", "database-encrypted-with-own-key",
-      title="Databases are encrypted with their own environment's key", severity="critical",
-      scope="resource", types=c.DATABASES,
-      fix="Set storageEncrypted = true and kmsKeyId (and masterUserSecretKmsKeyId) to the "
-          "environment's key.")
+@rule(
+    "EF202",
+    "database-encrypted-with-own-key",
+    title="Databases are encrypted with their own environment's key",
+    severity="critical",
+    scope="resource",
+    types=c.DATABASES,
+    fix="Set storageEncrypted = true and kmsKeyId (and masterUserSecretKmsKeyId) to the "
+    "environment's key.",
+)
 def db_encrypted(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     if need(r, "storageEncrypted") not in (True, "true"):
         yield Finding(r.urn, f"database {r.name} storage is not encrypted")
@@ -48,16 +58,26 @@ def db_encrypted(r: Resource, state: StackState, ctx: Context) -> Iterator[Findi
         value = need(r, key)
         if not _own_key(state, ctx, value):
             other = ctx.owner_of_arn(str(value)) if value else None
-            yield Finding(r.urn, f"database {r.name} {key} is {value or 'not set'}, not this "
-                                 "environment's key", other)
+            yield Finding(
+                r.urn,
+                f"database {r.name} {key} is {value or 'not set'}, not this environment's key",
+                other,
+            )
 
 
-@rule("EF203", "bucket-public-access-blocked",
-      title="Buckets block all four kinds of public access", severity="critical", scope="resource",
-      types=c.BUCKETS, fix="Add a BucketPublicAccessBlock with all four settings true.")
+@rule(
+    "EF203",
+    "bucket-public-access-blocked",
+    title="Buckets block all four kinds of public access",
+    severity="critical",
+    scope="resource",
+    types=c.BUCKETS,
+    fix="Add a BucketPublicAccessBlock with all four settings true.",
+)
 def bucket_pab(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     pab = _configs(state, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").get(
-        str(need(r, "bucket")))
+        str(need(r, "bucket"))
+    )
     keys = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
     if pab is None:
         yield Finding(r.urn, f"bucket {r.name} has no public access block")
@@ -67,13 +87,20 @@ def bucket_pab(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding
         yield Finding(pab.urn, f"bucket {r.name} public access block leaves {', '.join(off)} off")
 
 
-@rule("EF204", "bucket-encrypted-with-own-key",
-      title="Buckets use SSE-KMS with their own environment's key", severity="critical",
-      scope="resource", types=c.BUCKETS,
-      fix="Configure aws:kms default encryption with the environment's key and a bucket key.")
+@rule(
+    "EF204",
+    "bucket-encrypted-with-own-key",
+    title="Buckets use SSE-KMS with their own environment's key",
+    severity="critical",
+    scope="resource",
+    types=c.BUCKETS,
+    fix="Configure aws:kms default encryption with the environment's key and a bucket key.",
+)
 def bucket_sse(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
-    sse = _configs(state, "aws:s3/bucketServerSideEncryptionConfiguration:"
-                          "BucketServerSideEncryptionConfiguration").get(str(need(r, "bucket")))
+    sse = _configs(
+        state,
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+    ).get(str(need(r, "bucket")))
     if sse is None:
         yield Finding(r.urn, f"bucket {r.name} has no default encryption configuration")
         return
@@ -81,16 +108,26 @@ def bucket_sse(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding
         default = (rule_ or {}).get("applyServerSideEncryptionByDefault") or {}
         key = default.get("kmsMasterKeyId")
         if default.get("sseAlgorithm") not in ("aws:kms", "aws:kms:dsse"):
-            yield Finding(sse.urn, f"bucket {r.name} uses {default.get('sseAlgorithm')}, "
-                                   "not SSE-KMS")
+            yield Finding(
+                sse.urn, f"bucket {r.name} uses {default.get('sseAlgorithm')}, not SSE-KMS"
+            )
         elif not _own_key(state, ctx, key):
-            yield Finding(sse.urn, f"bucket {r.name} is encrypted with {key}, not this "
-                                   "environment's key", ctx.owner_of_arn(str(key)))
+            yield Finding(
+                sse.urn,
+                f"bucket {r.name} is encrypted with {key}, not this environment's key",
+                ctx.owner_of_arn(str(key)),
+            )
 
 
-@rule("EF205", "bucket-versioned", title="Buckets are versioned", severity="high",
-      scope="resource", types=c.BUCKETS,
-      fix="Add a BucketVersioning with status Enabled.")
+@rule(
+    "EF205",
+    "bucket-versioned",
+    title="Buckets are versioned",
+    severity="high",
+    scope="resource",
+    types=c.BUCKETS,
+    fix="Add a BucketVersioning with status Enabled.",
+)
 def bucket_versioned(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     v = _configs(state, "aws:s3/bucketVersioning:BucketVersioning").get(str(need(r, "bucket")))
     status = (need(v, "versioningConfiguration") or {}).get("status") if v else None
@@ -98,10 +135,16 @@ def bucket_versioned(r: Resource, state: StackState, ctx: Context) -> Iterator[F
         yield Finding((v or r).urn, f"bucket {r.name} versioning is {status or 'not configured'}")
 
 
-@rule("EF206", "bucket-policy-guards", title="Bucket policies deny non-TLS requests and "
-      "principals of other environments", severity="critical", scope="resource", types=c.BUCKETS,
-      fix="Add Deny statements on aws:SecureTransport=false and on aws:PrincipalArn not in "
-          "the environment's roles.")
+@rule(
+    "EF206",
+    "bucket-policy-guards",
+    title="Bucket policies deny non-TLS requests and principals of other environments",
+    severity="critical",
+    scope="resource",
+    types=c.BUCKETS,
+    fix="Add Deny statements on aws:SecureTransport=false and on aws:PrincipalArn not in "
+    "the environment's roles.",
+)
 def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
     bp = _configs(state, "aws:s3/bucketPolicy:BucketPolicy").get(str(need(r, "bucket")))
@@ -113,45 +156,60 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
     tls = any(condition_values(s, "aws:SecureTransport").get("Bool") == ["false"] for s in denies)
     foreign = False
     for s in denies:
-        allowed = condition_values(s, "aws:PrincipalArn").get("ArnNotEquals") or \
-            condition_values(s, "aws:PrincipalArn").get("ArnNotLike")
-        if allowed and all(a in env.role_arns() or _declared_flow_principal(env, a, ctx)
-                           or (env.tier != naming.TIER_PRODUCTION and is_own_principal(env, ctx, a))
-                           for a in allowed):
+        allowed = condition_values(s, "aws:PrincipalArn").get("ArnNotEquals") or condition_values(
+            s, "aws:PrincipalArn"
+        ).get("ArnNotLike")
+        if allowed and all(
+            a in env.role_arns()
+            or _declared_flow_principal(env, a, ctx)
+            or (env.tier != naming.TIER_PRODUCTION and is_own_principal(env, ctx, a))
+            for a in allowed
+        ):
             foreign = True
     if not tls:
         yield Finding(bp.urn, f"bucket {r.name} policy does not deny requests without TLS")
     if not foreign:
-        yield Finding(bp.urn, f"bucket {r.name} policy does not deny principals outside the "
-                              "environment (Deny with ArnNotEquals aws:PrincipalArn on its roles)")
+        yield Finding(
+            bp.urn,
+            f"bucket {r.name} policy does not deny principals outside the "
+            "environment (Deny with ArnNotEquals aws:PrincipalArn on its roles)",
+        )
 
 
-def _declared_flow_principal(env: object, arn: str, ctx: Context) -> bool:
+def _declared_flow_principal(env: Env, arn: str, ctx: Context) -> bool:
+    """Whether `arn` is the role of another environment that a flow into `env` declares."""
     for other in ctx.envs.values():
         role = principal_role(other, arn)
-        if role is not None and any(f.source == other.stack and f.role == role
-                                    for f in ctx.env(getattr(env, "stack")).flows):
+        if role is not None and any(f.source == other.stack and f.role == role for f in env.flows):
             return True
     return False
 
 
-RESOURCE_POLICY_TYPES = (frozenset(c.RESOURCE_POLICIES) | frozenset(c.INLINE_RESOURCE_POLICIES)) \
-    - c.KEY_POLICIES
+RESOURCE_POLICY_TYPES = (
+    frozenset(c.RESOURCE_POLICIES) | frozenset(c.INLINE_RESOURCE_POLICIES)
+) - c.KEY_POLICIES
 
 
-@rule("EF207", "resource-policy-no-foreign-grants",
-      title="Resource policies grant no principal of another environment", severity="critical",
-      scope="resource", types=RESOURCE_POLICY_TYPES,
-      fix="Name only this environment's roles; pin any wildcard principal with aws:PrincipalArn; "
-          "declare a flow in both stacks' config for a deliberate cross-environment read.")
-def resource_policy_grants(r: Resource, state: StackState,
-                           ctx: Context) -> Iterator[Finding | FlowUse]:
+@rule(
+    "EF207",
+    "resource-policy-no-foreign-grants",
+    title="Resource policies grant no principal of another environment",
+    severity="critical",
+    scope="resource",
+    types=RESOURCE_POLICY_TYPES,
+    fix="Name only this environment's roles; pin any wildcard principal with aws:PrincipalArn; "
+    "declare a flow in both stacks' config for a deliberate cross-environment read.",
+)
+def resource_policy_grants(
+    r: Resource, state: StackState, ctx: Context
+) -> Iterator[Finding | FlowUse]:
     key = c.RESOURCE_POLICIES.get(r.type) or c.INLINE_RESOURCE_POLICIES.get(r.type, "policy")
     yield from foreign_grant_findings(r, key, state, ctx)
 
 
-def foreign_grant_findings(r: Resource, key: str, state: StackState,
-                           ctx: Context) -> Iterator[Finding | FlowUse]:
+def foreign_grant_findings(
+    r: Resource, key: str, state: StackState, ctx: Context
+) -> Iterator[Finding | FlowUse]:
     env = ctx.env(state.stack)
     policy = parse_policy(r, key)
     if policy and policy.get("_malformed"):
@@ -159,30 +217,55 @@ def foreign_grant_findings(r: Resource, key: str, state: StackState,
         return
     store = None
     if r.type == "aws:s3/bucketPolicy:BucketPolicy":
-        tags = next((b.get("tags") for b in state.of_type(*c.BUCKETS)
-                     if b.get("bucket") == r.get("bucket")), None)
+        tags = next(
+            (
+                b.get("tags")
+                for b in state.of_type(*c.BUCKETS)
+                if b.get("bucket") == r.get("bucket")
+            ),
+            None,
+        )
         store = (tags or {}).get(naming.TAG_DATA_STORE) if isinstance(tags, dict) else None
     for g in grants(statements(policy), env, ctx):
         if g.owner is not None and g.owner != env.stack:
             role = principal_role(ctx.env(g.owner), g.principal)
             flow = env.flow_for(g.owner, role, env.stack, store)
-            if flow is not None and (ctx.env(g.owner).flow_for(g.owner, role, env.stack, store)
-                                     if g.owner in ctx.envs else None):
-                yield FlowUse(flow.describe(), env.stack, r.urn,
-                              f"{r.name} statement {g.sid} lets {g.principal} in")
+            declared_by_peer = (
+                flow is not None
+                and ctx.env(g.owner).flow_for(g.owner, role, env.stack, store) is not None
+            )
+            if flow is not None and declared_by_peer:
+                yield FlowUse(
+                    flow.describe(),
+                    env.stack,
+                    r.urn,
+                    f"{r.name} statement {g.sid} lets {g.principal} in",
+                )
                 continue
         who = f"stack '{g.owner}'" if g.owner else "no environment"
         if g.principal == "*":
-            yield Finding(r.urn, f"{r.name} statement {g.sid} allows Principal '*' without a "
-                                 "condition that pins this environment's principals")
+            yield Finding(
+                r.urn,
+                f"{r.name} statement {g.sid} allows Principal '*' without a "
+                "condition that pins this environment's principals",
+            )
         else:
-            yield Finding(r.urn, f"{r.name} statement {g.sid} allows {g.principal} "
-                                 f"(a principal of {who})", g.owner)
+            yield Finding(
+                r.urn,
+                f"{r.name} statement {g.sid} allows {g.principal} (a principal of {who})",
+                g.owner,
+            )
 
 
-@rule("EF208", "no-shared-snapshots", title="No snapshot or image shared outside the "
-      "environment", severity="critical", scope="resource", types=c.SNAPSHOT_SHARING,
-      fix="Do not share snapshots or AMIs; copy data through a declared flow instead.")
+@rule(
+    "EF208",
+    "no-shared-snapshots",
+    title="No snapshot or image shared outside the environment",
+    severity="critical",
+    scope="resource",
+    types=c.SNAPSHOT_SHARING,
+    fix="Do not share snapshots or AMIs; copy data through a declared flow instead.",
+)
 def no_shared_snapshots(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
     targets = [str(a) for a in as_list(need(r, "sharedAccounts", []))]
@@ -196,10 +279,15 @@ def no_shared_snapshots(r: Resource, state: StackState, ctx: Context) -> Iterato
             yield Finding(r.urn, f"{r.name} is shared with {t}", other)
 
 
-@rule("EF209", "production-data-protected", title="Production data resources are protected "
-      "from deletion", severity="critical", scope="stack",
-      fix="Set protect and retainOnDelete on production data resources; deletion protection "
-          "and a final snapshot on databases; no forceDestroy on buckets.")
+@rule(
+    "EF209",
+    "production-data-protected",
+    title="Production data resources are protected from deletion",
+    severity="critical",
+    scope="stack",
+    fix="Set protect and retainOnDelete on production data resources; deletion protection "
+    "and a final snapshot on databases; no forceDestroy on buckets.",
+)
 def production_protected(state: StackState, ctx: Context) -> Iterator[Finding]:
     if ctx.env(state.stack).tier != naming.TIER_PRODUCTION:
         return
@@ -212,7 +300,8 @@ def production_protected(state: StackState, ctx: Context) -> Iterator[Finding]:
             if need(r, "deletionProtection") not in (True, "true"):
                 yield Finding(r.urn, f"production database {r.name} has no deletion protection")
             if need(r, "skipFinalSnapshot") in (True, "true") or not need(
-                    r, "finalSnapshotIdentifier"):
+                r, "finalSnapshotIdentifier"
+            ):
                 yield Finding(r.urn, f"production database {r.name} has no final snapshot")
         if r.type in c.BUCKETS and need(r, "forceDestroy") in (True, "true"):
             yield Finding(r.urn, f"production bucket {r.name} has forceDestroy")

@@ -68,9 +68,16 @@ class Violation:
     other: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "name": self.name, "severity": self.severity,
-                "stack": self.stack, "urn": self.urn, "message": self.message,
-                "fix": self.fix, "otherStack": self.other}
+        return {
+            "rule": self.rule,
+            "name": self.name,
+            "severity": self.severity,
+            "stack": self.stack,
+            "urn": self.urn,
+            "message": self.message,
+            "fix": self.fix,
+            "otherStack": self.other,
+        }
 
 
 @dataclass
@@ -85,8 +92,16 @@ class Result:
 RULES: list[Rule] = []
 
 
-def rule(id: str, name: str, *, title: str, severity: str, scope: str, fix: str,
-         types: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def rule(
+    id: str,
+    name: str,
+    *,
+    title: str,
+    severity: str,
+    scope: str,
+    fix: str,
+    types: Iterable[str] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a rule function. Ids and names are unique; a duplicate is a programming error."""
     assert severity in SEVERITIES, severity
     assert scope in ("resource", "stack", "cross"), scope
@@ -94,8 +109,18 @@ def rule(id: str, name: str, *, title: str, severity: str, scope: str, fix: str,
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         if any(r.id == id or r.name == name for r in RULES):
             raise ValueError(f"duplicate rule {id} {name}")
-        RULES.append(Rule(id=id, name=name, title=title, severity=severity, scope=scope,
-                          fix=fix, fn=fn, types=frozenset(types)))
+        RULES.append(
+            Rule(
+                id=id,
+                name=name,
+                title=title,
+                severity=severity,
+                scope=scope,
+                fix=fix,
+                fn=fn,
+                types=frozenset(types),
+            )
+        )
         return fn
 
     return register
@@ -142,18 +167,36 @@ def run_rule(r: Rule, state: StackState | None, ctx: Context) -> Iterator[Findin
             else:
                 yield from r.fn(ctx)
         except Unknown as exc:
-            yield Finding(exc.resource.urn, f"[{r.id}] cannot decide: {exc}; {r.title.lower()} "
-                                            "must be checked on known values, so this fails closed",
-                          other=UNKNOWN_RULE_ID)
+            yield Finding(
+                exc.resource.urn,
+                f"[{r.id}] cannot decide: {exc}; {r.title.lower()} "
+                "must be checked on known values, so this fails closed",
+                other=UNKNOWN_RULE_ID,
+            )
 
 
 def _violation(r: Rule, stack: str, f: Finding) -> Violation:
     if f.other == UNKNOWN_RULE_ID:
         unknown = get_rule(UNKNOWN_RULE_ID)
-        return Violation(rule=unknown.id, name=unknown.name, severity=unknown.severity,
-                         stack=stack, urn=f.urn, message=f.message, fix=unknown.fix)
-    return Violation(rule=r.id, name=r.name, severity=r.severity, stack=stack, urn=f.urn,
-                     message=f.message, fix=r.fix, other=f.other)
+        return Violation(
+            rule=unknown.id,
+            name=unknown.name,
+            severity=unknown.severity,
+            stack=stack,
+            urn=f.urn,
+            message=f.message,
+            fix=unknown.fix,
+        )
+    return Violation(
+        rule=r.id,
+        name=r.name,
+        severity=r.severity,
+        stack=stack,
+        urn=f.urn,
+        message=f.message,
+        fix=r.fix,
+        other=f.other,
+    )
 
 
 def run(ctx: Context, rules: list[Rule] | None = None) -> Result:
@@ -186,4 +229,4 @@ def _collect(result: Result, r: Rule, stack: str, item: Finding | FlowUse) -> No
 
 
 def _stack_of(urn: str) -> str:
-    return urn.split("::")[0][len("urn:pulumi:"):] if urn.startswith("urn:pulumi:") else "?"
+    return urn.split("::")[0][len("urn:pulumi:") :] if urn.startswith("urn:pulumi:") else "?"

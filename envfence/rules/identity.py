@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-
-from infra import naming
 
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
@@ -16,10 +13,10 @@ from envfence.rules.policies import (
     condition_values,
     foreign_reach,
     only_reads,
-    principal_role,
     principals,
     store_of,
 )
+from infra import naming
 
 
 def _role_kind(r: Resource, state: StackState) -> str | None:
@@ -29,20 +26,26 @@ def _role_kind(r: Resource, state: StackState) -> str | None:
         if ref in (role.id, role.get("name"), role.get("arn")):
             name = str(role.get("name") or "")
             prefix = f"{naming.prefix(state.project, state.stack)}-"
-            return name[len(prefix):] if name.startswith(prefix) else name
+            return name[len(prefix) :] if name.startswith(prefix) else name
     return None
 
 
 def _is_boundary(r: Resource, state: StackState) -> bool:
     return r.type == "aws:iam/policy:Policy" and r.get("name") == naming.boundary_name(
-        state.project, state.stack)
+        state.project, state.stack
+    )
 
 
-@rule("EF301", "identity-policy-stays-in-environment",
-      title="Identity policies can reach no resource of another environment", severity="critical",
-      scope="resource", types=frozenset(c.IDENTITY_POLICIES),
-      fix="Name this environment's ARNs exactly; no wildcard, NotResource or Resource '*' on "
-          "data actions; declare a flow in both stacks' config for a deliberate read.")
+@rule(
+    "EF301",
+    "identity-policy-stays-in-environment",
+    title="Identity policies can reach no resource of another environment",
+    severity="critical",
+    scope="resource",
+    types=frozenset(c.IDENTITY_POLICIES),
+    fix="Name this environment's ARNs exactly; no wildcard, NotResource or Resource '*' on "
+    "data actions; declare a flow in both stacks' config for a deliberate read.",
+)
 def identity_policy(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding | FlowUse]:
     if _is_boundary(r, state):
         return  # the boundary only narrows; EF304 checks it
@@ -60,111 +63,175 @@ def identity_policy(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
             store = store_of(reach.other, reach.arn)
             flow = env.flow_for(env.stack, role, reach.other.stack, store) or (
                 env.flow_for(env.stack, role, reach.other.stack, None)
-                if reach.arn.startswith("arn:aws:kms:") else None)
-            both_sides = flow is not None and reach.other.flow_for(
-                env.stack, role, reach.other.stack, flow.store) is not None
+                if reach.arn.startswith("arn:aws:kms:")
+                else None
+            )
+            both_sides = (
+                flow is not None
+                and reach.other.flow_for(env.stack, role, reach.other.stack, flow.store) is not None
+            )
             if flow is not None and both_sides and only_reads(reach.actions):
-                yield FlowUse(flow.describe(), env.stack, r.urn,
-                              f"{r.name} statement {sid} reads {reach.arn}")
+                yield FlowUse(
+                    flow.describe(), env.stack, r.urn, f"{r.name} statement {sid} reads {reach.arn}"
+                )
                 continue
             if key in seen:
                 continue
             seen.add(key)
-            yield Finding(r.urn, f"{r.name} statement {sid} allows {', '.join(reach.actions)} on "
-                                 f"{reach.arn} of stack '{reach.other.stack}'", reach.other.stack)
+            yield Finding(
+                r.urn,
+                f"{r.name} statement {sid} allows {', '.join(reach.actions)} on "
+                f"{reach.arn} of stack '{reach.other.stack}'",
+                reach.other.stack,
+            )
 
 
-@rule("EF302", "trust-own-environment", title="Trust policies trust only their own environment",
-      severity="critical", scope="resource", types=c.ROLES,
-      fix="Trust only this environment's principals; give service principals an "
-          "aws:SourceAccount condition.")
+@rule(
+    "EF302",
+    "trust-own-environment",
+    title="Trust policies trust only their own environment",
+    severity="critical",
+    scope="resource",
+    types=c.ROLES,
+    fix="Trust only this environment's principals; give service principals an "
+    "aws:SourceAccount condition.",
+)
 def trust_policy(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
     policy = parse_policy(r, "assumeRolePolicy")
-    for i, stmt in enumerate(statements(policy)):
+    for stmt in statements(policy):
         if stmt.get("Effect") != "Allow":
             continue
-        sid = str(stmt.get("Sid") or f"statement {i}")
         for kind, value in principals(stmt):
             if kind == "Service":
                 source = condition_values(stmt, "aws:SourceAccount").get("StringEquals")
                 if source != [env.account]:
-                    yield Finding(r.urn, f"role {r.name} trusts service {value} without "
-                                         f"aws:SourceAccount = {env.account}")
+                    yield Finding(
+                        r.urn,
+                        f"role {r.name} trusts service {value} without "
+                        f"aws:SourceAccount = {env.account}",
+                    )
                 continue
             if kind == "Federated" or value == "*":
                 pinned = condition_values(stmt, "aws:PrincipalArn")
-                ok = any(all(env.owns_arn(v) or v.split(":")[4:5] == [env.account] for v in vals)
-                         for op, vals in pinned.items() if op in ("ArnEquals", "StringEquals"))
+                ok = any(
+                    all(env.owns_arn(v) or v.split(":")[4:5] == [env.account] for v in vals)
+                    for op, vals in pinned.items()
+                    if op in ("ArnEquals", "StringEquals")
+                )
                 if not ok:
-                    yield Finding(r.urn, f"role {r.name} trusts {kind} {value} without pinning "
-                                         "this environment's principals")
+                    yield Finding(
+                        r.urn,
+                        f"role {r.name} trusts {kind} {value} without pinning "
+                        "this environment's principals",
+                    )
                 continue
             account = value if value.isdigit() else (value.split(":") + [""] * 5)[4]
             owner = ctx.owner_of_arn(value)
             if owner is not None and owner != env.stack:
-                yield Finding(r.urn, f"role {r.name} trusts {value}, a principal of stack "
-                                     f"'{owner}'", owner)
+                yield Finding(
+                    r.urn, f"role {r.name} trusts {value}, a principal of stack '{owner}'", owner
+                )
             elif account != env.account:
-                other = next((o.stack for o in ctx.others(env.stack) if o.account == account),
-                             None)
-                yield Finding(r.urn, f"role {r.name} trusts {value} of account {account}, not "
-                                     f"this environment's account {env.account}", other)
+                other = next((o.stack for o in ctx.others(env.stack) if o.account == account), None)
+                yield Finding(
+                    r.urn,
+                    f"role {r.name} trusts {value} of account {account}, not "
+                    f"this environment's account {env.account}",
+                    other,
+                )
             elif value.endswith(":root") or value.isdigit():
                 shared = [o.stack for o in ctx.others(env.stack) if o.account == env.account]
                 pinned = condition_values(stmt, "aws:PrincipalArn")
                 if shared and not pinned:
-                    yield Finding(r.urn, f"role {r.name} trusts the whole account {account}, "
-                                         f"which stack(s) {', '.join(shared)} share",
-                                  shared[0])
+                    yield Finding(
+                        r.urn,
+                        f"role {r.name} trusts the whole account {account}, "
+                        f"which stack(s) {', '.join(shared)} share",
+                        shared[0],
+                    )
 
 
-@rule("EF303", "role-has-boundary", title="Every role carries the environment's permission "
-      "boundary", severity="critical", scope="resource", types=c.ROLES,
-      fix="Set permissionsBoundary to the environment's boundary policy.")
+@rule(
+    "EF303",
+    "role-has-boundary",
+    title="Every role carries the environment's permission boundary",
+    severity="critical",
+    scope="resource",
+    types=c.ROLES,
+    fix="Set permissionsBoundary to the environment's boundary policy.",
+)
 def role_boundary(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     boundary = need(r, "permissionsBoundary")
-    expected = [str(p.get("arn")) for p in state.of_type("aws:iam/policy:Policy")
-                if _is_boundary(p, state)]
+    expected = [
+        str(p.get("arn")) for p in state.of_type("aws:iam/policy:Policy") if _is_boundary(p, state)
+    ]
     if not boundary:
         yield Finding(r.urn, f"role {r.name} has no permission boundary")
     elif boundary not in expected:
-        yield Finding(r.urn, f"role {r.name} boundary {boundary} is not this environment's "
-                             "boundary", ctx.owner_of_arn(str(boundary)))
+        yield Finding(
+            r.urn,
+            f"role {r.name} boundary {boundary} is not this environment's boundary",
+            ctx.owner_of_arn(str(boundary)),
+        )
 
 
-@rule("EF304", "boundary-guards-tags", title="The boundary denies session tags, environment tag "
-      "changes and other environments' data", severity="critical", scope="stack",
-      fix="Keep the boundary's Deny statements on sts:TagSession, aws:TagKeys and the "
-          "NotResource data statements (infra/components/identity.py).")
+@rule(
+    "EF304",
+    "boundary-guards-tags",
+    title="The boundary denies session tags, environment tag changes and other environments' data",
+    severity="critical",
+    scope="stack",
+    fix="Keep the boundary's Deny statements on sts:TagSession, aws:TagKeys and the "
+    "NotResource data statements (infra/components/identity.py).",
+)
 def boundary_guards(state: StackState, ctx: Context) -> Iterator[Finding]:
     boundaries = [p for p in state.of_type("aws:iam/policy:Policy") if _is_boundary(p, state)]
     if not boundaries:
         if state.of_type(*c.ROLES):
-            yield Finding(state.resources[0].urn if state.resources else "",
-                          "the stack has roles but no permission boundary policy "
-                          f"{naming.boundary_name(state.project, state.stack)}")
+            yield Finding(
+                state.resources[0].urn if state.resources else "",
+                "the stack has roles but no permission boundary policy "
+                f"{naming.boundary_name(state.project, state.stack)}",
+            )
         return
     b = boundaries[0]
     denies = [s for s in statements(parse_policy(b, "policy")) if s.get("Effect") == "Deny"]
-    if not any(action_allowed(s, "sts:TagSession") and s.get("Resource") in ("*", ["*"])
-               and not s.get("Condition") for s in denies):
-        yield Finding(b.urn, "the boundary does not deny sts:TagSession: callers could forge "
-                             "aws:PrincipalTag through session tags")
-    if not any(naming.TAG_ENVIRONMENT in (condition_values(s, "aws:TagKeys")
-                                          .get("ForAnyValue:StringEquals") or [])
-               for s in denies):
+    if not any(
+        action_allowed(s, "sts:TagSession")
+        and s.get("Resource") in ("*", ["*"])
+        and not s.get("Condition")
+        for s in denies
+    ):
+        yield Finding(
+            b.urn,
+            "the boundary does not deny sts:TagSession: callers could forge "
+            "aws:PrincipalTag through session tags",
+        )
+    if not any(
+        naming.TAG_ENVIRONMENT
+        in (condition_values(s, "aws:TagKeys").get("ForAnyValue:StringEquals") or [])
+        for s in denies
+    ):
         yield Finding(b.urn, "the boundary does not deny changes to the environment tag")
     for service in ("s3", "kms"):
-        if not any(action_allowed(s, f"{service}:GetObject" if service == "s3" else
-                                  "kms:Decrypt") and "NotResource" in s for s in denies):
+        if not any(
+            action_allowed(s, f"{service}:GetObject" if service == "s3" else "kms:Decrypt")
+            and "NotResource" in s
+            for s in denies
+        ):
             yield Finding(b.urn, f"the boundary does not deny {service} outside the environment")
 
 
-@rule("EF305", "no-passrole-across", title="No iam:PassRole or sts:AssumeRole to roles of "
-      "another environment", severity="critical", scope="resource",
-      types=frozenset(c.IDENTITY_POLICIES),
-      fix="Scope iam:PassRole and sts:AssumeRole to this environment's role ARNs.")
+@rule(
+    "EF305",
+    "no-passrole-across",
+    title="No iam:PassRole or sts:AssumeRole to roles of another environment",
+    severity="critical",
+    scope="resource",
+    types=frozenset(c.IDENTITY_POLICIES),
+    fix="Scope iam:PassRole and sts:AssumeRole to this environment's role ARNs.",
+)
 def no_passrole(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     # EF301 covers these as reach; this rule names the escalation path explicitly.
     if _is_boundary(r, state):
@@ -175,26 +242,44 @@ def no_passrole(r: Resource, state: StackState, ctx: Context) -> Iterator[Findin
             continue
         for reach in foreign_reach(stmt, env, ctx):
             if reach.arn.startswith("arn:aws:iam::"):
-                yield Finding(r.urn, f"{r.name} statement {stmt.get('Sid') or i} allows "
-                                     f"{', '.join(reach.actions)} on {reach.arn}",
-                              reach.other.stack)
+                yield Finding(
+                    r.urn,
+                    f"{r.name} statement {stmt.get('Sid') or i} allows "
+                    f"{', '.join(reach.actions)} on {reach.arn}",
+                    reach.other.stack,
+                )
 
 
-@rule("EF306", "no-unverifiable-managed-policies", title="No managed policy whose content "
-      "cannot be checked", severity="high", scope="resource", types=c.POLICY_ATTACHMENTS,
-      fix="Attach only policies declared in this stack; copy what you need from an AWS managed "
-          "policy into a scoped inline policy.")
+@rule(
+    "EF306",
+    "no-unverifiable-managed-policies",
+    title="No managed policy whose content cannot be checked",
+    severity="high",
+    scope="resource",
+    types=c.POLICY_ATTACHMENTS,
+    fix="Attach only policies declared in this stack; copy what you need from an AWS managed "
+    "policy into a scoped inline policy.",
+)
 def managed_policies(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     arn = need(r, "policyArn")
     own = {str(p.get("arn")) for p in state.of_type("aws:iam/policy:Policy")}
     if arn not in own:
-        yield Finding(r.urn, f"{r.name} attaches {arn}, whose statements this stack does not "
-                             "declare: isolation cannot be verified", ctx.owner_of_arn(str(arn)))
+        yield Finding(
+            r.urn,
+            f"{r.name} attaches {arn}, whose statements this stack does not "
+            "declare: isolation cannot be verified",
+            ctx.owner_of_arn(str(arn)),
+        )
 
 
-@rule("EF320", "flows-declared-on-both-sides", title="A cross-environment flow is declared by "
-      "both environments", severity="high", scope="cross",
-      fix="Declare the same envfence:flows entry in both stacks' config.")
+@rule(
+    "EF320",
+    "flows-declared-on-both-sides",
+    title="A cross-environment flow is declared by both environments",
+    severity="high",
+    scope="cross",
+    fix="Declare the same envfence:flows entry in both stacks' config.",
+)
 def flows_both_sides(ctx: Context) -> Iterator[Finding]:
     for name, env in ctx.envs.items():
         if name not in ctx.states:
@@ -206,12 +291,8 @@ def flows_both_sides(ctx: Context) -> Iterator[Finding]:
                 continue
             if peer.flow_for(flow.source, flow.role, flow.target, flow.store) is None:
                 urn = ctx.states[name].resources[0].urn
-                yield Finding(urn, f"stack '{name}' declares '{flow.describe()}' but stack "
-                                   f"'{peer_name}' does not", peer_name)
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-__all__ = ["principal_role"]
+                yield Finding(
+                    urn,
+                    f"stack '{name}' declares '{flow.describe()}' but stack '{peer_name}' does not",
+                    peer_name,
+                )

@@ -12,19 +12,42 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from envfence.rules.context import Context, Env, as_list, wildcard_match
 from infra import naming
 
-from envfence.rules.context import Context, Env, as_list, wildcard_match
-
 # Services whose actions read, write or decrypt environment data.
-DATA_SERVICES = ("s3", "kms", "rds", "rds-db", "secretsmanager", "sqs", "logs", "ecr",
-                 "appconfig", "appconfigdata", "dynamodb", "sns", "glue", "athena")
+DATA_SERVICES = (
+    "s3",
+    "kms",
+    "rds",
+    "rds-db",
+    "secretsmanager",
+    "sqs",
+    "logs",
+    "ecr",
+    "appconfig",
+    "appconfigdata",
+    "dynamodb",
+    "sns",
+    "glue",
+    "athena",
+)
 # Actions a declared read flow may use.
-READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "kms:Decrypt",
-                "kms:DescribeKey")
+READ_ACTIONS = (
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:ListBucket",
+    "kms:Decrypt",
+    "kms:DescribeKey",
+)
 # Condition keys that identify the caller and that a caller cannot set.
-PINNING_KEYS = ("aws:principalarn", "aws:principalaccount", "aws:sourceaccount",
-                "aws:sourcearn", "aws:principalorgid")
+PINNING_KEYS = (
+    "aws:principalarn",
+    "aws:principalaccount",
+    "aws:sourceaccount",
+    "aws:sourcearn",
+    "aws:principalorgid",
+)
 
 
 def arn_service(arn: str) -> str:
@@ -50,8 +73,9 @@ def actions_for_service(stmt: dict[str, Any], service: str) -> list[str]:
     if negated:
         # NotAction matches every action it does not list: assume the service is reachable
         # unless every action of the service is excluded.
-        if any(wildcard_match(p, f"{service}:*", case_insensitive=True) or p == "*"
-               for p in patterns):
+        if any(
+            wildcard_match(p, f"{service}:*", case_insensitive=True) or p == "*" for p in patterns
+        ):
             return []
         return [f"{service}:*"]
     out = []
@@ -181,8 +205,11 @@ def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterat
                 if pinned is None or not all(is_own_principal(env, ctx, p) for p in pinned):
                     yield Grant(sid, "*", None, pinned)
                 continue
-            account = value if value.isdigit() else (value.split(":")[4]
-                                                      if value.count(":") >= 5 else None)
+            account = (
+                value
+                if value.isdigit()
+                else (value.split(":")[4] if value.count(":") >= 5 else None)
+            )
             is_root = value.isdigit() or value.endswith(":root")
             if is_root:
                 shared = any(o.account == account for o in ctx.others(env.stack))
@@ -190,8 +217,7 @@ def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterat
                     continue
                 if pinned is not None and all(is_own_principal(env, ctx, p) for p in pinned):
                     continue
-                owner = next((o.stack for o in ctx.others(env.stack) if o.account == account),
-                             None)
+                owner = next((o.stack for o in ctx.others(env.stack) if o.account == account), None)
                 if pinned is not None:
                     for p in pinned:
                         if not is_own_principal(env, ctx, p):
@@ -214,10 +240,11 @@ def is_own_principal(env: Env, ctx: Context, principal: str) -> bool:
     if owner is not None:
         return owner == env.stack
     parts = principal.split(":")
-    return len(parts) > 4 and parts[4] == env.account and "*" not in principal \
-        and "?" not in principal
+    return (
+        len(parts) > 4 and parts[4] == env.account and "*" not in principal and "?" not in principal
+    )
 
 
 def principal_role(env: Env, principal: str) -> str | None:
     prefix = f"arn:aws:iam::{env.account}:role/{naming.prefix(env.project, env.stack)}-"
-    return principal[len(prefix):] if principal.startswith(prefix) else None
+    return principal[len(prefix) :] if principal.startswith(prefix) else None

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from infra import naming
-
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, is_unknown, provider_tags
 from envfence.rules.engine import Finding, rule
+from infra import naming
 
 
 def merged_tags(r: Resource, state: StackState) -> dict[str, Any]:
@@ -29,10 +28,15 @@ def _expected(state: StackState, ctx: Context) -> dict[str, str | None]:
     }
 
 
-@rule("EF501", "environment-tags-present", title="Every taggable resource carries the "
-      "environment tags", severity="high", scope="stack",
-      fix="Tag through the stack's provider defaultTags (infra/__main__.py); do not override "
-          "them per resource.")
+@rule(
+    "EF501",
+    "environment-tags-present",
+    title="Every taggable resource carries the environment tags",
+    severity="high",
+    scope="stack",
+    fix="Tag through the stack's provider defaultTags (infra/__main__.py); do not override "
+    "them per resource.",
+)
 def tags_present(state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
     required = list(naming.REQUIRED_TAGS)
@@ -43,17 +47,23 @@ def tags_present(state: StackState, ctx: Context) -> Iterator[Finding]:
             continue
         tags = merged_tags(r, state)
         if is_unknown(tags):
-            yield Finding(r.urn, f"[EF501] cannot decide: tags of {r.name} are unknown; fails "
-                                 "closed")
+            yield Finding(
+                r.urn, f"[EF501] cannot decide: tags of {r.name} are unknown; fails closed"
+            )
             continue
         missing = [t for t in required if not tags.get(t)]
         if missing:
             yield Finding(r.urn, f"{r.name} lacks the tag(s) {', '.join(missing)}")
 
 
-@rule("EF502", "environment-tag-matches-stack", title="A resource's environment tags name its "
-      "own stack and tier", severity="critical", scope="stack",
-      fix="Never set environment, tier, data-classification or experiment-id per resource.")
+@rule(
+    "EF502",
+    "environment-tag-matches-stack",
+    title="A resource's environment tags name its own stack and tier",
+    severity="critical",
+    scope="stack",
+    fix="Never set environment, tier, data-classification or experiment-id per resource.",
+)
 def tags_match(state: StackState, ctx: Context) -> Iterator[Finding]:
     expected = _expected(state, ctx)
     for r in state.custom():
@@ -64,34 +74,59 @@ def tags_match(state: StackState, ctx: Context) -> Iterator[Finding]:
             have = tags.get(key)
             if have is not None and want is not None and have != want:
                 other = have if key == naming.TAG_ENVIRONMENT and have in ctx.envs else None
-                yield Finding(r.urn, f"{r.name} is tagged {key}={have} but belongs to stack "
-                                     f"'{state.stack}' ({key}={want})", other)
+                yield Finding(
+                    r.urn,
+                    f"{r.name} is tagged {key}={have} but belongs to stack "
+                    f"'{state.stack}' ({key}={want})",
+                    other,
+                )
 
 
-@rule("EF503", "experiment-data-expires", title="Experiment data stores expire",
-      severity="high", scope="resource", types=c.BUCKETS,
-      fix="Give experiment buckets a lifecycle rule with expiration (envfence:retention).")
+@rule(
+    "EF503",
+    "experiment-data-expires",
+    title="Experiment data stores expire",
+    severity="high",
+    scope="resource",
+    types=c.BUCKETS,
+    fix="Give experiment buckets a lifecycle rule with expiration (envfence:retention).",
+)
 def experiment_expiry(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     if ctx.env(state.stack).tier != naming.TIER_EXPERIMENT:
         return
-    lifecycles = [lc for lc in state.of_type(
-        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
-        if lc.get("bucket") == r.get("bucket")]
+    lifecycles = [
+        lc
+        for lc in state.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        if lc.get("bucket") == r.get("bucket")
+    ]
     for lc in lifecycles:
         for rule_ in as_list(lc.get("rules")):
-            if isinstance(rule_, dict) and rule_.get("status") == "Enabled" and \
-                    (rule_.get("expiration") or {}).get("days"):
+            if (
+                isinstance(rule_, dict)
+                and rule_.get("status") == "Enabled"
+                and (rule_.get("expiration") or {}).get("days")
+            ):
                 return
-    yield Finding(r.urn, f"experiment bucket {r.name} has no enabled expiration rule: its data "
-                         "would outlive the experiment")
+    yield Finding(
+        r.urn,
+        f"experiment bucket {r.name} has no enabled expiration rule: its data "
+        "would outlive the experiment",
+    )
 
 
-@rule("EF504", "experiment-not-expired", title="An experiment stack past its expiresOn date is "
-      "reported", severity="high", scope="stack",
-      fix="Tear the experiment down (pulumi destroy --stack experiment-<id>) or extend "
-          "envfence:expiresOn with a reason in review.")
+@rule(
+    "EF504",
+    "experiment-not-expired",
+    title="An experiment stack past its expiresOn date is reported",
+    severity="high",
+    scope="stack",
+    fix="Tear the experiment down (pulumi destroy --stack experiment-<id>) or extend "
+    "envfence:expiresOn with a reason in review.",
+)
 def experiment_expired(state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
     if env.expires_on is not None and env.expires_on < ctx.today and state.resources:
-        yield Finding(state.resources[0].urn, f"stack '{state.stack}' expired on "
-                                              f"{env.expires_on.isoformat()} and still exists")
+        yield Finding(
+            state.resources[0].urn,
+            f"stack '{state.stack}' expired on {env.expires_on.isoformat()} and still exists",
+        )

@@ -19,9 +19,15 @@ from infra.settings import Settings
 
 # Actions that read, write or delete objects: what a foreign principal must never be allowed.
 DATA_ACTIONS = [
-    "s3:GetObject*", "s3:PutObject*", "s3:DeleteObject*", "s3:ListBucket*",
-    "s3:RestoreObject", "s3:ReplicateObject", "s3:ReplicateDelete",
-    "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+    "s3:GetObject*",
+    "s3:PutObject*",
+    "s3:DeleteObject*",
+    "s3:ListBucket*",
+    "s3:RestoreObject",
+    "s3:ReplicateObject",
+    "s3:ReplicateDelete",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
 ]
 
 
@@ -43,17 +49,26 @@ class Data(pulumi.ComponentResource):
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
         # Production data is protected from `pulumi destroy` and from accidental replacement.
-        keep = pulumi.ResourceOptions(parent=self, protect=s.is_production,
-                                      retain_on_delete=s.is_production)
+        keep = pulumi.ResourceOptions(
+            parent=self, protect=s.is_production, retain_on_delete=s.is_production
+        )
         self.buckets = {store: self._store(s, store, args, child, keep) for store in s.data_stores}
         self.database = self._database(s, args, child, keep)
-        self.register_outputs({
-            "buckets": {k: b.bucket for k, b in self.buckets.items()},
-            "dbEndpoint": self.database.endpoint,
-        })
+        self.register_outputs(
+            {
+                "buckets": {k: b.bucket for k, b in self.buckets.items()},
+                "dbEndpoint": self.database.endpoint,
+            }
+        )
 
-    def _store(self, s: Settings, store: str, args: DataArgs, child: pulumi.ResourceOptions,
-               keep: pulumi.ResourceOptions) -> aws.s3.Bucket:
+    def _store(
+        self,
+        s: Settings,
+        store: str,
+        args: DataArgs,
+        child: pulumi.ResourceOptions,
+        keep: pulumi.ResourceOptions,
+    ) -> aws.s3.Bucket:
         bucket = aws.s3.Bucket(
             f"store-{store}",
             bucket=s.bucket_name(store),
@@ -63,26 +78,49 @@ class Data(pulumi.ComponentResource):
             opts=keep,
         )
         aws.s3.BucketPublicAccessBlock(
-            f"store-{store}-public-access", bucket=bucket.id, block_public_acls=True,
-            block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True,
-            opts=child)
+            f"store-{store}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
         aws.s3.BucketOwnershipControls(
-            f"store-{store}-ownership", bucket=bucket.id,
-            rule={"object_ownership": "BucketOwnerEnforced"}, opts=child)
+            f"store-{store}-ownership",
+            bucket=bucket.id,
+            rule={"object_ownership": "BucketOwnerEnforced"},
+            opts=child,
+        )
         aws.s3.BucketServerSideEncryptionConfiguration(
-            f"store-{store}-encryption", bucket=bucket.id,
-            rules=[{"apply_server_side_encryption_by_default": {
-                "sse_algorithm": "aws:kms", "kms_master_key_id": args.key_arn},
-                "bucket_key_enabled": True}],
-            opts=child)
+            f"store-{store}-encryption",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "apply_server_side_encryption_by_default": {
+                        "sse_algorithm": "aws:kms",
+                        "kms_master_key_id": args.key_arn,
+                    },
+                    "bucket_key_enabled": True,
+                }
+            ],
+            opts=child,
+        )
         aws.s3.BucketVersioning(
-            f"store-{store}-versioning", bucket=bucket.id,
-            versioning_configuration={"status": "Enabled"}, opts=keep)
+            f"store-{store}-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=keep,
+        )
         aws.s3.BucketLifecycleConfiguration(
-            f"store-{store}-lifecycle", bucket=bucket.id, rules=[self._lifecycle(s)], opts=child)
+            f"store-{store}-lifecycle", bucket=bucket.id, rules=[self._lifecycle(s)], opts=child
+        )
         aws.s3.BucketPolicy(
-            f"store-{store}-policy", bucket=bucket.id,
-            policy=self._bucket_policy(s, store, bucket.arn, args), opts=child)
+            f"store-{store}-policy",
+            bucket=bucket.id,
+            policy=self._bucket_policy(s, store, bucket.arn, args),
+            opts=child,
+        )
         return bucket
 
     @staticmethod
@@ -93,12 +131,14 @@ class Data(pulumi.ComponentResource):
             "status": "Enabled",
             "filter": {},
             "abort_incomplete_multipart_upload": {
-                "days_after_initiation": r.abort_incomplete_upload_days},
+                "days_after_initiation": r.abort_incomplete_upload_days
+            },
         }
         if s.is_production:
             # Production keeps every version; old versions only move to cheaper storage.
             rule["noncurrent_version_transitions"] = [
-                {"noncurrent_days": r.noncurrent_archive_days, "storage_class": "GLACIER"}]
+                {"noncurrent_days": r.noncurrent_archive_days, "storage_class": "GLACIER"}
+            ]
         else:
             # Experiment data ends with the experiment: archived, then expired.
             rule["expiration"] = {"days": r.expire_after_days}
@@ -108,8 +148,9 @@ class Data(pulumi.ComponentResource):
         return rule
 
     @staticmethod
-    def _bucket_policy(s: Settings, store: str, arn: pulumi.Output[str],
-                       args: DataArgs) -> pulumi.Output[str]:
+    def _bucket_policy(
+        s: Settings, store: str, arn: pulumi.Output[str], args: DataArgs
+    ) -> pulumi.Output[str]:
         objects = pulumi.Output.concat(arn, "/*")
         flows = [f for f in s.inbound_flows() if f.store == store]
         flow_principals = [
@@ -120,47 +161,83 @@ class Data(pulumi.ComponentResource):
         # administrator; production data is never readable or deletable by administrators.
         teardown = [] if s.is_production else list(s.admin_principals)
         statements = [
-            statement("DenyInsecureTransport", "Deny", ["s3:*"], [arn, objects], principal="*",
-                      condition={"Bool": {"aws:SecureTransport": "false"}}),
-            statement("DenyPrincipalsOutsideThisEnvironment", "Deny", DATA_ACTIONS,
-                      [arn, objects], principal="*",
-                      condition={"ArnNotEquals": {"aws:PrincipalArn":
-                                                  s.role_arns() + flow_principals + teardown}}),
-            statement("DenyOtherEncryptionKeys", "Deny", ["s3:PutObject"], [objects],
-                      principal="*",
-                      condition={"StringNotEqualsIfExists": {
-                          "s3:x-amz-server-side-encryption-aws-kms-key-id": args.key_arn}}),
+            statement(
+                "DenyInsecureTransport",
+                "Deny",
+                ["s3:*"],
+                [arn, objects],
+                principal="*",
+                condition={"Bool": {"aws:SecureTransport": "false"}},
+            ),
+            statement(
+                "DenyPrincipalsOutsideThisEnvironment",
+                "Deny",
+                DATA_ACTIONS,
+                [arn, objects],
+                principal="*",
+                condition={
+                    "ArnNotEquals": {"aws:PrincipalArn": s.role_arns() + flow_principals + teardown}
+                },
+            ),
+            statement(
+                "DenyOtherEncryptionKeys",
+                "Deny",
+                ["s3:PutObject"],
+                [objects],
+                principal="*",
+                condition={
+                    "StringNotEqualsIfExists": {
+                        "s3:x-amz-server-side-encryption-aws-kms-key-id": args.key_arn
+                    }
+                },
+            ),
         ]
         for flow, principal in zip(flows, flow_principals, strict=True):
             peer_account = s.peers[flow.source].account or s.account
             sid = f"DeclaredFlow{flow.source.title().replace('-', '')}{flow.role.title()}"
             statements += [
-                statement(f"{sid}List", "Allow", ["s3:ListBucket"], [arn],
-                          principal={"AWS": account_root(peer_account)},
-                          condition={"ArnEquals": {"aws:PrincipalArn": principal}}),
-                statement(f"{sid}Read", "Allow", ["s3:GetObject"], [objects],
-                          principal={"AWS": account_root(peer_account)},
-                          condition={"ArnEquals": {"aws:PrincipalArn": principal}}),
+                statement(
+                    f"{sid}List",
+                    "Allow",
+                    ["s3:ListBucket"],
+                    [arn],
+                    principal={"AWS": account_root(peer_account)},
+                    condition={"ArnEquals": {"aws:PrincipalArn": principal}},
+                ),
+                statement(
+                    f"{sid}Read",
+                    "Allow",
+                    ["s3:GetObject"],
+                    [objects],
+                    principal={"AWS": account_root(peer_account)},
+                    condition={"ArnEquals": {"aws:PrincipalArn": principal}},
+                ),
             ]
         return document(*statements)
 
     @staticmethod
-    def _database(s: Settings, args: DataArgs, child: pulumi.ResourceOptions,
-                  keep: pulumi.ResourceOptions) -> aws.rds.Instance:
+    def _database(
+        s: Settings, args: DataArgs, child: pulumi.ResourceOptions, keep: pulumi.ResourceOptions
+    ) -> aws.rds.Instance:
         db = s.database
         major = db.engine_version.split(".")[0]
         subnet_group = aws.rds.SubnetGroup(
-            "db-subnets", subnet_ids=args.data_subnet_ids,
-            description=f"envfence {s.stack}: isolated data subnets", opts=child)
+            "db-subnets",
+            subnet_ids=args.data_subnet_ids,
+            description=f"envfence {s.stack}: isolated data subnets",
+            opts=child,
+        )
         params = aws.rds.ParameterGroup(
-            "db-params", family=f"postgres{major}",
+            "db-params",
+            family=f"postgres{major}",
             description=f"envfence {s.stack}: TLS only, connections logged",
             parameters=[
                 {"name": "rds.force_ssl", "value": "1"},
                 {"name": "log_connections", "value": "1"},
                 {"name": "log_disconnections", "value": "1"},
             ],
-            opts=child)
+            opts=child,
+        )
         identifier = naming.db_identifier(s.project, s.stack)
         return aws.rds.Instance(
             "db",

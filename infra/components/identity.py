@@ -20,19 +20,48 @@ from infra import naming
 from infra.components.policies import account_root, document, statement
 from infra.settings import Settings
 
-ENVIRONMENT_TAG_KEYS = [naming.TAG_ENVIRONMENT, naming.TAG_TIER, naming.TAG_CLASSIFICATION,
-                        naming.TAG_EXPERIMENT_ID]
+ENVIRONMENT_TAG_KEYS = [
+    naming.TAG_ENVIRONMENT,
+    naming.TAG_TIER,
+    naming.TAG_CLASSIFICATION,
+    naming.TAG_EXPERIMENT_ID,
+]
 
 # IAM changes an environment role never needs; denying them keeps the boundary and the trust
 # policies out of the roles' own reach.
-IAM_MUTATIONS = ["iam:Create*", "iam:Delete*", "iam:Put*", "iam:Attach*", "iam:Detach*",
-                 "iam:Update*", "iam:Tag*", "iam:Untag*", "iam:Set*", "iam:Add*", "iam:Remove*"]
-AUDIT_TAMPERING = ["cloudtrail:Stop*", "cloudtrail:Delete*", "cloudtrail:Update*",
-                   "cloudtrail:Put*", "cloudtrail:Create*", "cloudtrail:Remove*",
-                   "cloudtrail:Add*", "logs:Delete*", "logs:PutRetentionPolicy",
-                   "logs:DisassociateKmsKey", "logs:AssociateKmsKey", "ec2:DeleteFlowLogs",
-                   "kms:ScheduleKeyDeletion", "kms:DisableKey", "kms:PutKeyPolicy",
-                   "kms:CreateGrant", "kms:RetireGrant", "kms:RevokeGrant"]
+IAM_MUTATIONS = [
+    "iam:Create*",
+    "iam:Delete*",
+    "iam:Put*",
+    "iam:Attach*",
+    "iam:Detach*",
+    "iam:Update*",
+    "iam:Tag*",
+    "iam:Untag*",
+    "iam:Set*",
+    "iam:Add*",
+    "iam:Remove*",
+]
+AUDIT_TAMPERING = [
+    "cloudtrail:Stop*",
+    "cloudtrail:Delete*",
+    "cloudtrail:Update*",
+    "cloudtrail:Put*",
+    "cloudtrail:Create*",
+    "cloudtrail:Remove*",
+    "cloudtrail:Add*",
+    "logs:Delete*",
+    "logs:PutRetentionPolicy",
+    "logs:DisassociateKmsKey",
+    "logs:AssociateKmsKey",
+    "ec2:DeleteFlowLogs",
+    "kms:ScheduleKeyDeletion",
+    "kms:DisableKey",
+    "kms:PutKeyPolicy",
+    "kms:CreateGrant",
+    "kms:RetireGrant",
+    "kms:RevokeGrant",
+]
 
 TASK_ROLES = ("service", "pipeline")  # assumed by ECS tasks; the analyst role by people
 
@@ -61,30 +90,60 @@ def flow_stores(s: Settings) -> list[tuple[str, str, str]]:
 
 
 def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[str]:
-    own_roles = s.role_arns() + [naming.role_arn(s.project, s.stack, r, s.account)
-                                 for r in ("flowlogs",)]
+    own_roles = s.role_arns() + [
+        naming.role_arn(s.project, s.stack, r, s.account) for r in ("flowlogs",)
+    ]
     flows = flow_stores(s)
     peer_key_arns = sorted({f"arn:aws:kms:{s.region}:{acct}:key/*" for _, _, acct in flows})
-    allowed_env_tags = [s.stack] + sorted({stack for stack, _, _ in flows})
+    allowed_env_tags = [s.stack, *sorted({stack for stack, _, _ in flows})]
     return document(
         statement("AllowWithinTheBoundary", "Allow", ["*"], ["*"]),
-        statement("DenyResourcesTaggedForOtherEnvironments", "Deny", ["*"], ["*"],
-                  condition={"StringNotEqualsIfExists": {
-                      f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": allowed_env_tags}}),
-        statement("DenyDataStoresOfOtherEnvironments", "Deny", ["s3:*"],
-                  not_resources=bucket_arns(s, own_stores(s) + flows)),
-        statement("DenyKeysOfOtherEnvironments", "Deny", ["kms:*"],
-                  not_resources=[key_arn, *peer_key_arns]),
-        statement("DenyDatabasesOutsideThisAccountAndRegion", "Deny", ["rds-db:*"],
-                  not_resources=[f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:*/*"]),
-        statement("DenyAssumingRolesOfOtherEnvironments", "Deny",
-                  ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity", "sts:AssumeRoleWithSAML"],
-                  not_resources=own_roles),
-        statement("DenyPassingRolesOfOtherEnvironments", "Deny", ["iam:PassRole"],
-                  not_resources=own_roles),
+        statement(
+            "DenyResourcesTaggedForOtherEnvironments",
+            "Deny",
+            ["*"],
+            ["*"],
+            condition={
+                "StringNotEqualsIfExists": {
+                    f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": allowed_env_tags
+                }
+            },
+        ),
+        statement(
+            "DenyDataStoresOfOtherEnvironments",
+            "Deny",
+            ["s3:*"],
+            not_resources=bucket_arns(s, own_stores(s) + flows),
+        ),
+        statement(
+            "DenyKeysOfOtherEnvironments",
+            "Deny",
+            ["kms:*"],
+            not_resources=[key_arn, *peer_key_arns],
+        ),
+        statement(
+            "DenyDatabasesOutsideThisAccountAndRegion",
+            "Deny",
+            ["rds-db:*"],
+            not_resources=[f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:*/*"],
+        ),
+        statement(
+            "DenyAssumingRolesOfOtherEnvironments",
+            "Deny",
+            ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity", "sts:AssumeRoleWithSAML"],
+            not_resources=own_roles,
+        ),
+        statement(
+            "DenyPassingRolesOfOtherEnvironments", "Deny", ["iam:PassRole"], not_resources=own_roles
+        ),
         statement("DenySessionTags", "Deny", ["sts:TagSession"], ["*"]),
-        statement("DenyEnvironmentTagChanges", "Deny", ["*"], ["*"],
-                  condition={"ForAnyValue:StringEquals": {"aws:TagKeys": ENVIRONMENT_TAG_KEYS}}),
+        statement(
+            "DenyEnvironmentTagChanges",
+            "Deny",
+            ["*"],
+            ["*"],
+            condition={"ForAnyValue:StringEquals": {"aws:TagKeys": ENVIRONMENT_TAG_KEYS}},
+        ),
         statement("DenyIamChanges", "Deny", IAM_MUTATIONS, ["*"]),
         statement("DenyAuditTampering", "Deny", AUDIT_TAMPERING, ["*"]),
     )
@@ -92,29 +151,51 @@ def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[
 
 def ecs_trust(s: Settings) -> pulumi.Output[str]:
     # The source conditions stop another account's ECS from assuming the role (confused deputy).
-    return document(statement(
-        "EcsTasksOfThisAccount", "Allow", ["sts:AssumeRole"],
-        principal={"Service": "ecs-tasks.amazonaws.com"},
-        condition={"StringEquals": {"aws:SourceAccount": s.account},
-                   "ArnLike": {"aws:SourceArn": f"arn:aws:ecs:{s.region}:{s.account}:*"}}))
+    return document(
+        statement(
+            "EcsTasksOfThisAccount",
+            "Allow",
+            ["sts:AssumeRole"],
+            principal={"Service": "ecs-tasks.amazonaws.com"},
+            condition={
+                "StringEquals": {"aws:SourceAccount": s.account},
+                "ArnLike": {"aws:SourceArn": f"arn:aws:ecs:{s.region}:{s.account}:*"},
+            },
+        )
+    )
 
 
 def analyst_trust(s: Settings) -> pulumi.Output[str]:
-    return document(statement(
-        "ConfiguredAnalysts", "Allow", ["sts:AssumeRole"],
-        principal={"AWS": list(s.analyst_principals) or [account_root(s.account)]},
-        # With no analysts configured, only principals named here could assume it: none.
-        condition={"ArnEquals": {"aws:PrincipalArn": list(s.analyst_principals)
-                                 or [f"arn:aws:iam::{s.account}:role/no-analysts-configured"]}}))
+    return document(
+        statement(
+            "ConfiguredAnalysts",
+            "Allow",
+            ["sts:AssumeRole"],
+            principal={"AWS": list(s.analyst_principals) or [account_root(s.account)]},
+            # With no analysts configured, only principals named here could assume it: none.
+            condition={
+                "ArnEquals": {
+                    "aws:PrincipalArn": list(s.analyst_principals)
+                    or [f"arn:aws:iam::{s.account}:role/no-analysts-configured"]
+                }
+            },
+        )
+    )
 
 
 def flow_logs_trust(s: Settings) -> pulumi.Output[str]:
-    return document(statement(
-        "VpcFlowLogsOfThisAccount", "Allow", ["sts:AssumeRole"],
-        principal={"Service": "vpc-flow-logs.amazonaws.com"},
-        condition={"StringEquals": {"aws:SourceAccount": s.account},
-                   "ArnLike": {"aws:SourceArn":
-                               f"arn:aws:ec2:{s.region}:{s.account}:vpc-flow-log/*"}}))
+    return document(
+        statement(
+            "VpcFlowLogsOfThisAccount",
+            "Allow",
+            ["sts:AssumeRole"],
+            principal={"Service": "vpc-flow-logs.amazonaws.com"},
+            condition={
+                "StringEquals": {"aws:SourceAccount": s.account},
+                "ArnLike": {"aws:SourceArn": f"arn:aws:ec2:{s.region}:{s.account}:vpc-flow-log/*"},
+            },
+        )
+    )
 
 
 @dataclass
@@ -180,8 +261,9 @@ class PermissionsArgs:
 class Permissions(pulumi.ComponentResource):
     """Least privilege: each role names exactly the resources of its environment it uses."""
 
-    def __init__(self, name: str, args: PermissionsArgs,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: PermissionsArgs, opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("envfence:index:Permissions", name, None, opts)
         s = args.settings
         b = args.bucket_arns
@@ -193,36 +275,53 @@ class Permissions(pulumi.ComponentResource):
             return [b[st] for st in stores if st in b]
 
         def db_user(user: str) -> pulumi.Output[str]:
-            return pulumi.Output.concat(f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:",
-                                        args.db_resource_id, f"/{user}")
+            return pulumi.Output.concat(
+                f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:", args.db_resource_id, f"/{user}"
+            )
 
         all_stores = list(s.data_stores)
-        key_use = statement("UseTheEnvironmentKey", "Allow",
-                            ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
-                            [args.key_arn])
+        key_use = statement(
+            "UseTheEnvironmentKey",
+            "Allow",
+            ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+            [args.key_arn],
+        )
         grants: dict[str, list[dict[str, object]]] = {
             "service": [
-                statement("WriteRawRecords", "Allow", ["s3:PutObject", "s3:GetObject"],
-                          objects("raw")),
+                statement(
+                    "WriteRawRecords", "Allow", ["s3:PutObject", "s3:GetObject"], objects("raw")
+                ),
                 statement("ConnectAsWorker", "Allow", ["rds-db:connect"], [db_user("worker")]),
                 key_use,
             ],
             "pipeline": [
                 statement("ListStores", "Allow", ["s3:ListBucket"], buckets(*all_stores)),
-                statement("ReadWriteStores", "Allow",
-                          ["s3:GetObject", "s3:PutObject", "s3:GetObjectVersion"],
-                          objects(*all_stores)),
+                statement(
+                    "ReadWriteStores",
+                    "Allow",
+                    ["s3:GetObject", "s3:PutObject", "s3:GetObjectVersion"],
+                    objects(*all_stores),
+                ),
                 statement("ConnectAsWorker", "Allow", ["rds-db:connect"], [db_user("worker")]),
                 key_use,
             ],
             "analyst": [
-                statement("ListAnalysisStores", "Allow", ["s3:ListBucket"],
-                          buckets("curated", "results")),
-                statement("ReadAnalysisStores", "Allow", ["s3:GetObject", "s3:GetObjectVersion"],
-                          objects("curated", "results")),
+                statement(
+                    "ListAnalysisStores", "Allow", ["s3:ListBucket"], buckets("curated", "results")
+                ),
+                statement(
+                    "ReadAnalysisStores",
+                    "Allow",
+                    ["s3:GetObject", "s3:GetObjectVersion"],
+                    objects("curated", "results"),
+                ),
                 statement("ConnectAsAnalyst", "Allow", ["rds-db:connect"], [db_user("analyst")]),
-                statement("DecryptWithTheEnvironmentKey", "Allow",
-                          ["kms:Decrypt", "kms:DescribeKey"], [args.key_arn]),
+                statement(
+                    "DecryptWithTheEnvironmentKey",
+                    "Allow",
+                    ["kms:Decrypt", "kms:DescribeKey"],
+                    [args.key_arn],
+                ),
             ],
         }
         for flow in s.outbound_flows():
@@ -234,11 +333,18 @@ class Permissions(pulumi.ComponentResource):
             grants[flow.role] += [
                 statement(f"{tag}List", "Allow", ["s3:ListBucket"], [arn]),
                 statement(f"{tag}Read", "Allow", ["s3:GetObject"], [f"{arn}/*"]),
-                statement(f"{tag}Decrypt", "Allow", ["kms:Decrypt"],
-                          [f"arn:aws:kms:{s.region}:{peer.account}:key/*"],
-                          condition={"StringEquals": {
-                              "kms:ViaService": f"s3.{s.region}.amazonaws.com",
-                              f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": flow.target}}),
+                statement(
+                    f"{tag}Decrypt",
+                    "Allow",
+                    ["kms:Decrypt"],
+                    [f"arn:aws:kms:{s.region}:{peer.account}:key/*"],
+                    condition={
+                        "StringEquals": {
+                            "kms:ViaService": f"s3.{s.region}.amazonaws.com",
+                            f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": flow.target,
+                        }
+                    },
+                ),
             ]
         for role, extra in args.extra.items():
             grants[role] += extra
@@ -253,10 +359,14 @@ class Permissions(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             "policy-flowlogs",
             role=args.flow_logs_role.id,
-            policy=document(statement(
-                "DeliverFlowLogs", "Allow",
-                ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                [args.flow_log_group_arn, pulumi.Output.concat(args.flow_log_group_arn, ":*")])),
+            policy=document(
+                statement(
+                    "DeliverFlowLogs",
+                    "Allow",
+                    ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                    [args.flow_log_group_arn, pulumi.Output.concat(args.flow_log_group_arn, ":*")],
+                )
+            ),
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({})

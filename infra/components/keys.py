@@ -14,13 +14,29 @@ from infra.settings import Settings
 
 # Management only: none of these reads or writes data.
 ADMIN_ACTIONS = [
-    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
-    "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
-    "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
     "kms:RotateKeyOnDemand",
 ]
-USE_ACTIONS = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
-               "kms:DescribeKey"]
+USE_ACTIONS = [
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncrypt*",
+    "kms:GenerateDataKey*",
+    "kms:DescribeKey",
+]
 
 
 @dataclass
@@ -38,49 +54,94 @@ class Keys(pulumi.ComponentResource):
         root = account_root(s.account)
         admins = list(s.admin_principals) or [root]
         statements = [
-            statement("KeyAdministration", "Allow", ADMIN_ACTIONS, ["*"],
-                      principal={"AWS": admins}),
+            statement(
+                "KeyAdministration", "Allow", ADMIN_ACTIONS, ["*"], principal={"AWS": admins}
+            ),
             # Principal is the account, narrowed by aws:PrincipalArn: the roles need not exist yet
             # (KMS rejects a key policy naming a missing principal) and IAM must allow as well.
-            statement("EnvironmentRolesUse", "Allow", USE_ACTIONS, ["*"],
-                      principal={"AWS": root},
-                      condition={"ArnEquals": {"aws:PrincipalArn": s.role_arns()}}),
+            statement(
+                "EnvironmentRolesUse",
+                "Allow",
+                USE_ACTIONS,
+                ["*"],
+                principal={"AWS": root},
+                condition={"ArnEquals": {"aws:PrincipalArn": s.role_arns()}},
+            ),
             # RDS and Secrets Manager encrypt the database and its master secret with grants
             # made by whoever deploys: the administrators.
-            statement("AdministratorsThroughServices", "Allow",
-                      USE_ACTIONS + ["kms:CreateGrant", "kms:ListGrants"], ["*"],
-                      principal={"AWS": admins},
-                      condition={"StringEquals": {
-                          "kms:CallerAccount": s.account,
-                          "kms:ViaService": [f"rds.{s.region}.amazonaws.com",
-                                             f"secretsmanager.{s.region}.amazonaws.com"]}}),
-            statement("CloudWatchLogsForThisEnvironment", "Allow",
-                      ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*",
-                       "kms:Describe*"], ["*"],
-                      principal={"Service": f"logs.{s.region}.amazonaws.com"},
-                      condition={"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
-                          f"arn:aws:logs:{s.region}:{s.account}:log-group:"
-                          f"{naming.log_group_prefix(s.project, s.stack)}/*"}}),
+            statement(
+                "AdministratorsThroughServices",
+                "Allow",
+                [*USE_ACTIONS, "kms:CreateGrant", "kms:ListGrants"],
+                ["*"],
+                principal={"AWS": admins},
+                condition={
+                    "StringEquals": {
+                        "kms:CallerAccount": s.account,
+                        "kms:ViaService": [
+                            f"rds.{s.region}.amazonaws.com",
+                            f"secretsmanager.{s.region}.amazonaws.com",
+                        ],
+                    }
+                },
+            ),
+            statement(
+                "CloudWatchLogsForThisEnvironment",
+                "Allow",
+                [
+                    "kms:Encrypt*",
+                    "kms:Decrypt*",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:Describe*",
+                ],
+                ["*"],
+                principal={"Service": f"logs.{s.region}.amazonaws.com"},
+                condition={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": (
+                            f"arn:aws:logs:{s.region}:{s.account}:log-group:"
+                            f"{naming.log_group_prefix(s.project, s.stack)}/*"
+                        )
+                    }
+                },
+            ),
         ]
         for flow in s.inbound_flows():
             peer = s.peers[flow.source]
             if peer.account is None:
                 continue
-            statements.append(statement(
-                f"DeclaredFlow{flow.source.title().replace('-', '')}{flow.role.title()}", "Allow",
-                ["kms:Decrypt", "kms:DescribeKey"], ["*"],
-                principal={"AWS": account_root(peer.account)},
-                condition={
-                    "ArnEquals": {"aws:PrincipalArn":
-                                  naming.role_arn(s.project, flow.source, flow.role, peer.account)},
-                    "StringEquals": {"kms:ViaService": f"s3.{s.region}.amazonaws.com"},
-                }))
+            statements.append(
+                statement(
+                    f"DeclaredFlow{flow.source.title().replace('-', '')}{flow.role.title()}",
+                    "Allow",
+                    ["kms:Decrypt", "kms:DescribeKey"],
+                    ["*"],
+                    principal={"AWS": account_root(peer.account)},
+                    condition={
+                        "ArnEquals": {
+                            "aws:PrincipalArn": naming.role_arn(
+                                s.project, flow.source, flow.role, peer.account
+                            )
+                        },
+                        "StringEquals": {"kms:ViaService": f"s3.{s.region}.amazonaws.com"},
+                    },
+                )
+            )
         if s.is_production:
-            statements.append(statement("ProductionKeyIsNeverDeleted", "Deny",
-                                        ["kms:ScheduleKeyDeletion"], ["*"], principal={"AWS": "*"}))
+            statements.append(
+                statement(
+                    "ProductionKeyIsNeverDeleted",
+                    "Deny",
+                    ["kms:ScheduleKeyDeletion"],
+                    ["*"],
+                    principal={"AWS": "*"},
+                )
+            )
 
-        protect = pulumi.ResourceOptions(parent=self, protect=s.is_production,
-                                         retain_on_delete=s.is_production)
+        protect = pulumi.ResourceOptions(
+            parent=self, protect=s.is_production, retain_on_delete=s.is_production
+        )
         self.key = aws.kms.Key(
             "key",
             description=f"envfence {s.stack}: encrypts every data store of this environment",

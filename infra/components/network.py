@@ -43,24 +43,37 @@ class Network(pulumi.ComponentResource):
         cidr = str(net.cidr)
 
         self.vpc = aws.ec2.Vpc(
-            "vpc", cidr_block=cidr, enable_dns_support=True, enable_dns_hostnames=True,
-            tags={"Name": naming.prefix(s.project, s.stack)}, opts=child)
+            "vpc",
+            cidr_block=cidr,
+            enable_dns_support=True,
+            enable_dns_hostnames=True,
+            tags={"Name": naming.prefix(s.project, s.stack)},
+            opts=child,
+        )
         # The default security group admits everything from itself; with no rules it admits nothing.
-        aws.ec2.DefaultSecurityGroup("default-sg", vpc_id=self.vpc.id, ingress=[], egress=[],
-                                     opts=child)
+        aws.ec2.DefaultSecurityGroup(
+            "default-sg", vpc_id=self.vpc.id, ingress=[], egress=[], opts=child
+        )
 
         azs = aws.get_availability_zones_output(
-            state="available", opts=pulumi.InvokeOutputOptions(parent=self))
+            state="available", opts=pulumi.InvokeOutputOptions(parent=self)
+        )
         app_cidrs, data_cidrs, public_cidrs = net.subnets()
 
         def subnets(tier: str, cidrs: list[object]) -> list[aws.ec2.Subnet]:
             return [
                 aws.ec2.Subnet(
-                    f"subnet-{tier}-{i}", vpc_id=self.vpc.id, cidr_block=str(c),
-                    availability_zone=azs.names[i], map_public_ip_on_launch=False,
-                    tags={"Name": f"{naming.prefix(s.project, s.stack)}-{tier}-{i}",
-                          "subnet-tier": tier},
-                    opts=child)
+                    f"subnet-{tier}-{i}",
+                    vpc_id=self.vpc.id,
+                    cidr_block=str(c),
+                    availability_zone=azs.names[i],
+                    map_public_ip_on_launch=False,
+                    tags={
+                        "Name": f"{naming.prefix(s.project, s.stack)}-{tier}-{i}",
+                        "subnet-tier": tier,
+                    },
+                    opts=child,
+                )
                 for i, c in enumerate(cidrs)
             ]
 
@@ -72,86 +85,157 @@ class Network(pulumi.ComponentResource):
         if net.nat_gateways:
             igw = aws.ec2.InternetGateway("igw", vpc_id=self.vpc.id, opts=child)
             public_rt = aws.ec2.RouteTable("rt-public", vpc_id=self.vpc.id, opts=child)
-            aws.ec2.Route("route-public-internet", route_table_id=public_rt.id,
-                          destination_cidr_block="0.0.0.0/0", gateway_id=igw.id, opts=child)
+            aws.ec2.Route(
+                "route-public-internet",
+                route_table_id=public_rt.id,
+                destination_cidr_block="0.0.0.0/0",
+                gateway_id=igw.id,
+                opts=child,
+            )
             for i in range(net.nat_gateways):
                 public = aws.ec2.Subnet(
-                    f"subnet-public-{i}", vpc_id=self.vpc.id, cidr_block=str(public_cidrs[i]),
-                    availability_zone=azs.names[i], map_public_ip_on_launch=False,
-                    tags={"Name": f"{naming.prefix(s.project, s.stack)}-public-{i}",
-                          "subnet-tier": "public"},
-                    opts=child)
-                aws.ec2.RouteTableAssociation(f"rta-public-{i}", subnet_id=public.id,
-                                              route_table_id=public_rt.id, opts=child)
+                    f"subnet-public-{i}",
+                    vpc_id=self.vpc.id,
+                    cidr_block=str(public_cidrs[i]),
+                    availability_zone=azs.names[i],
+                    map_public_ip_on_launch=False,
+                    tags={
+                        "Name": f"{naming.prefix(s.project, s.stack)}-public-{i}",
+                        "subnet-tier": "public",
+                    },
+                    opts=child,
+                )
+                aws.ec2.RouteTableAssociation(
+                    f"rta-public-{i}", subnet_id=public.id, route_table_id=public_rt.id, opts=child
+                )
                 eip = aws.ec2.Eip(f"nat-eip-{i}", domain="vpc", opts=child)
-                nats.append(aws.ec2.NatGateway(f"nat-{i}", subnet_id=public.id,
-                                               allocation_id=eip.id, opts=child))
+                nats.append(
+                    aws.ec2.NatGateway(
+                        f"nat-{i}", subnet_id=public.id, allocation_id=eip.id, opts=child
+                    )
+                )
 
         route_tables = []
         for i, subnet in enumerate(self.app_subnets):
             rt = aws.ec2.RouteTable(f"rt-app-{i}", vpc_id=self.vpc.id, opts=child)
             if nats:
-                aws.ec2.Route(f"route-app-{i}-nat", route_table_id=rt.id,
-                              destination_cidr_block="0.0.0.0/0",
-                              nat_gateway_id=nats[i % len(nats)].id, opts=child)
-            aws.ec2.RouteTableAssociation(f"rta-app-{i}", subnet_id=subnet.id,
-                                          route_table_id=rt.id, opts=child)
+                aws.ec2.Route(
+                    f"route-app-{i}-nat",
+                    route_table_id=rt.id,
+                    destination_cidr_block="0.0.0.0/0",
+                    nat_gateway_id=nats[i % len(nats)].id,
+                    opts=child,
+                )
+            aws.ec2.RouteTableAssociation(
+                f"rta-app-{i}", subnet_id=subnet.id, route_table_id=rt.id, opts=child
+            )
             route_tables.append(rt)
         # Data subnets: the local route only. No NAT, no gateway, nothing leaves the VPC.
         data_rt = aws.ec2.RouteTable("rt-data", vpc_id=self.vpc.id, opts=child)
         for i, subnet in enumerate(self.data_subnets):
-            aws.ec2.RouteTableAssociation(f"rta-data-{i}", subnet_id=subnet.id,
-                                          route_table_id=data_rt.id, opts=child)
+            aws.ec2.RouteTableAssociation(
+                f"rta-data-{i}", subnet_id=subnet.id, route_table_id=data_rt.id, opts=child
+            )
         route_tables.append(data_rt)
 
         self.app_security_group = aws.ec2.SecurityGroup(
-            "sg-app", vpc_id=self.vpc.id,
-            description=f"envfence {s.stack}: application tasks (no inbound)", opts=child)
+            "sg-app",
+            vpc_id=self.vpc.id,
+            description=f"envfence {s.stack}: application tasks (no inbound)",
+            opts=child,
+        )
         self.db_security_group = aws.ec2.SecurityGroup(
-            "sg-db", vpc_id=self.vpc.id,
+            "sg-db",
+            vpc_id=self.vpc.id,
             description=f"envfence {s.stack}: database, PostgreSQL from the application tasks only",
-            opts=child)
+            opts=child,
+        )
         aws.vpc.SecurityGroupIngressRule(
-            "sg-db-in-postgres", security_group_id=self.db_security_group.id,
-            ip_protocol="tcp", from_port=5432, to_port=5432,
+            "sg-db-in-postgres",
+            security_group_id=self.db_security_group.id,
+            ip_protocol="tcp",
+            from_port=5432,
+            to_port=5432,
             referenced_security_group_id=self.app_security_group.id,
-            description="PostgreSQL from this environment's application tasks", opts=child)
+            description="PostgreSQL from this environment's application tasks",
+            opts=child,
+        )
         aws.vpc.SecurityGroupEgressRule(
-            "sg-app-out-postgres", security_group_id=self.app_security_group.id,
-            ip_protocol="tcp", from_port=5432, to_port=5432,
+            "sg-app-out-postgres",
+            security_group_id=self.app_security_group.id,
+            ip_protocol="tcp",
+            from_port=5432,
+            to_port=5432,
             referenced_security_group_id=self.db_security_group.id,
-            description="PostgreSQL to this environment's database", opts=child)
+            description="PostgreSQL to this environment's database",
+            opts=child,
+        )
         aws.vpc.SecurityGroupEgressRule(
-            "sg-app-out-https-vpc", security_group_id=self.app_security_group.id,
-            ip_protocol="tcp", from_port=443, to_port=443, cidr_ipv4=cidr,
-            description="HTTPS to interface endpoints inside this VPC", opts=child)
+            "sg-app-out-https-vpc",
+            security_group_id=self.app_security_group.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            cidr_ipv4=cidr,
+            description="HTTPS to interface endpoints inside this VPC",
+            opts=child,
+        )
 
         self.s3_endpoint = aws.ec2.VpcEndpoint(
-            "s3-endpoint", vpc_id=self.vpc.id, vpc_endpoint_type="Gateway",
+            "s3-endpoint",
+            vpc_id=self.vpc.id,
+            vpc_endpoint_type="Gateway",
             service_name=f"com.amazonaws.{s.region}.s3",
             route_table_ids=[rt.id for rt in route_tables],
-            policy=document(statement(
-                "OnlyThisEnvironmentsBuckets", "Allow", ["s3:*"],
-                bucket_arns(s, own_stores(s) + flow_stores(s)), principal="*")),
-            opts=child)
+            policy=document(
+                statement(
+                    "OnlyThisEnvironmentsBuckets",
+                    "Allow",
+                    ["s3:*"],
+                    bucket_arns(s, own_stores(s) + flow_stores(s)),
+                    principal="*",
+                )
+            ),
+            opts=child,
+        )
         aws.vpc.SecurityGroupEgressRule(
-            "sg-app-out-https-s3", security_group_id=self.app_security_group.id,
-            ip_protocol="tcp", from_port=443, to_port=443,
+            "sg-app-out-https-s3",
+            security_group_id=self.app_security_group.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
             prefix_list_id=self.s3_endpoint.prefix_list_id,
-            description="HTTPS to S3 through the gateway endpoint", opts=child)
+            description="HTTPS to S3 through the gateway endpoint",
+            opts=child,
+        )
         if nats:
             aws.vpc.SecurityGroupEgressRule(
-                "sg-app-out-https-internet", security_group_id=self.app_security_group.id,
-                ip_protocol="tcp", from_port=443, to_port=443, cidr_ipv4="0.0.0.0/0",
+                "sg-app-out-https-internet",
+                security_group_id=self.app_security_group.id,
+                ip_protocol="tcp",
+                from_port=443,
+                to_port=443,
+                cidr_ipv4="0.0.0.0/0",
                 description="HTTPS to the internet through NAT (configured: natGateways)",
-                opts=child)
+                opts=child,
+            )
 
         self.flow_log_group = aws.cloudwatch.LogGroup(
-            "flow-logs", name=naming.log_group_name(s.project, s.stack, "vpc-flow-logs"),
-            kms_key_id=args.key_arn, retention_in_days=s.log_retention_days, opts=child)
+            "flow-logs",
+            name=naming.log_group_name(s.project, s.stack, "vpc-flow-logs"),
+            kms_key_id=args.key_arn,
+            retention_in_days=s.log_retention_days,
+            opts=child,
+        )
         aws.ec2.FlowLog(
-            "flow-log", vpc_id=self.vpc.id, traffic_type="ALL",
-            log_destination_type="cloud-watch-logs", log_destination=self.flow_log_group.arn,
-            iam_role_arn=args.flow_logs_role_arn, max_aggregation_interval=60, opts=child)
+            "flow-log",
+            vpc_id=self.vpc.id,
+            traffic_type="ALL",
+            log_destination_type="cloud-watch-logs",
+            log_destination=self.flow_log_group.arn,
+            iam_role_arn=args.flow_logs_role_arn,
+            max_aggregation_interval=60,
+            opts=child,
+        )
 
         self.register_outputs({"vpcId": self.vpc.id})
