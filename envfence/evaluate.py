@@ -25,7 +25,6 @@ from typing import Any
 
 from envfence.model import STACK_TYPE, Resource, StackState
 from infra.project import ROOT, Project, ProjectFileError, load_project
-from infra.settings import ConfigError
 
 
 class EvaluationError(Exception):
@@ -81,6 +80,13 @@ _AUTONAMED = {
     "aws:appconfig/environment:Environment",
     "aws:appconfig/configurationProfile:ConfigurationProfile",
 }
+
+
+def _has_arn(typ: str) -> bool:
+    from envfence.rules.classify import resource_class
+
+    cls = resource_class(typ)
+    return cls is not None and isinstance(getattr(cls, "arn", None), property)
 
 
 class CloudMocks:
@@ -144,6 +150,16 @@ class CloudMocks:
                 "region": region,
                 "id": region,
                 "endpoint": f"ec2.{region}.amazonaws.com",
+            }
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            registry = args.args.get("registryId") or account
+            return {
+                "authorizationToken": "QVdTOm9mZmxpbmU=",
+                "userName": "AWS",
+                "password": "offline",
+                "expiresAt": "2099-01-01T00:00:00Z",
+                "proxyEndpoint": f"https://{registry}.dkr.ecr.{region}.amazonaws.com",
+                "id": region,
             }
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
@@ -219,6 +235,69 @@ class CloudMocks:
                     }
                 ],
             }
+        if typ == "aws:sqs/queue:Queue":
+            name = out.get("name") or rid
+            return {
+                "id": f"https://sqs.{region}.amazonaws.com/{account}/{name}",
+                "url": f"https://sqs.{region}.amazonaws.com/{account}/{name}",
+                "arn": f"arn:aws:sqs:{region}:{account}:{name}",
+            }
+        if typ == "aws:ecr/repository:Repository":
+            name = out.get("name") or rid
+            return {
+                "id": name,
+                "registryId": account,
+                "arn": f"arn:aws:ecr:{region}:{account}:repository/{name}",
+                "repositoryUrl": f"{account}.dkr.ecr.{region}.amazonaws.com/{name}",
+            }
+        if typ == "docker:index/image:Image":
+            name = str(out.get("imageName") or rid)
+            repo = name[: name.rfind(":")] if name.rfind(":") > name.rfind("/") else name
+            return {
+                "id": f"{repo}@sha256:{hashlib.sha256(name.encode()).hexdigest()}",
+                "repoDigest": f"{repo}@sha256:{hashlib.sha256(name.encode()).hexdigest()}",
+                "imageName": name,
+            }
+        if typ.startswith("aws:appconfig/"):
+            kind = typ.rsplit(":", 1)[-1]
+            short = h[:7]
+            field = {
+                "Environment": "environmentId",
+                "ConfigurationProfile": "configurationProfileId",
+                "Application": None,
+                "DeploymentStrategy": None,
+                "HostedConfigurationVersion": None,
+                "Deployment": None,
+            }.get(kind)
+            extra = {
+                "id": short,
+                "arn": f"arn:aws:appconfig:{region}:{account}:{kind[0].lower() + kind[1:]}/{short}",
+            }
+            if field:
+                extra[field] = short
+            if kind == "HostedConfigurationVersion":
+                extra["versionNumber"] = 1
+            if kind == "Deployment":
+                extra["deploymentNumber"] = 1
+            return extra
+        if typ.startswith("aws:ecs/"):
+            kind = typ.rsplit(":", 1)[-1]
+            ident = out.get("name") or out.get("family") or rid
+            resource = {
+                "Cluster": "cluster",
+                "Service": "service",
+                "TaskDefinition": "task-definition",
+            }.get(kind, kind.lower())
+            suffix = ":1" if kind == "TaskDefinition" else ""
+            return {
+                "arn": f"arn:aws:ecs:{region}:{account}:{resource}/{ident}{suffix}",
+                "revision": 1,
+            }
+        if typ == "aws:cloudtrail/trail:Trail":
+            return {
+                "arn": f"arn:aws:cloudtrail:{region}:{account}:trail/{out.get('name')}",
+                "id": out.get("name"),
+            }
         if typ == "aws:rds/subnetGroup:SubnetGroup":
             return {
                 "arn": f"arn:aws:rds:{region}:{account}:subgrp:{out['name']}",
@@ -264,7 +343,10 @@ class CloudMocks:
             if typ == "aws:ec2/subnet:Subnet":
                 extra["ownerId"] = account
             return extra
-        # Generic: an ARN in the resource's own service, account and region.
+        # Generic: an ARN in the resource's own service, account and region, for types whose
+        # provider class has an `arn` output at all (a LifecyclePolicy has none).
+        if not _has_arn(typ):
+            return {}
         ident = out.get("name") or rid
         return {"arn": f"arn:aws:{service}:{region}:{account}:{ident}"}
 
@@ -392,6 +474,7 @@ def _purge_program_modules() -> None:
 def evaluate(stack: str, project: Project | None = None, *, preview: bool = False) -> StackState:
     """Evaluate the program for `stack` offline. Raises EvaluationError with a clear message."""
     import pulumi
+    from pulumi import RunError
     from pulumi.runtime import settings as rt_settings
     from pulumi.runtime.config import set_all_config
     from pulumi.runtime.mocks import MockEngine, MockSettings
@@ -427,7 +510,9 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         _purge_program_modules()
         try:
             _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
-        except ConfigError as exc:
+        except RunError as exc:
+            # ConfigError is a RunError; catch the base: the program re-imported infra.settings,
+            # so its ConfigError is not the class imported here.
             raise EvaluationError(str(exc)) from None
         except EvaluationError:
             raise

@@ -417,8 +417,8 @@ class _ArnPattern:
     components: tuple[re.Pattern[str], ...]
 
     def matches(self, value: str) -> bool:
-        """ "Each of the six colon-delimited components of the ARN is checked separately"
-        ("Condition operators", ARN): `*` does not cross a colon except in the last component.
+        """Per "Condition operators", ARN: "Each of the six colon-delimited components of the
+        ARN is checked separately": `*` does not cross a colon except in the last component.
         A context value that is not an ARN does not match."""
         parts = value.split(":", 5)
         if len(parts) != 6:
@@ -831,7 +831,7 @@ def _validate_statement(stmt: Mapping[str, Any], check_principal: bool) -> None:
 
 
 def _action_part(stmt: Mapping[str, Any], action: str) -> bool:
-    """ "NotAction" matches every action not listed, in every service ("IAM JSON policy
+    """`NotAction` matches every action not listed, in every service ("IAM JSON policy
     elements: NotAction")."""
     if "Action" in stmt:
         return any(action_matches(p, action) for p in _strings(stmt["Action"], "Action"))
@@ -912,7 +912,7 @@ def _statements(policy: Policy) -> Iterator[tuple[StatementRef, Mapping[str, Any
 
 
 def _version(policy: Policy) -> str:
-    """ "IAM JSON policy elements: Version": without a Version the 2008-10-17 rules apply."""
+    """Without a Version the 2008-10-17 rules apply ("IAM JSON policy elements: Version")."""
     version = policy.document.get("Version", VERSION_2008)
     if version not in (VERSION_2012, VERSION_2008):
         raise Unsupported(f"policy {policy.name!r}: Version {version!r}")

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_docker as docker
 
 from infra.components.environment import Environment, EnvironmentArgs
 from infra.settings import load_settings
@@ -26,10 +27,13 @@ provider = aws.Provider(
     default_tags={"tags": settings.tags()},
 )
 
+# Builds and pushes the worker image; default providers are disabled, so it is explicit too.
+docker_provider = docker.Provider("docker")
+
 env = Environment(
     settings.stack,
     EnvironmentArgs(settings=settings),
-    pulumi.ResourceOptions(providers=[provider]),
+    pulumi.ResourceOptions(providers=[provider, docker_provider]),
 )
 
 pulumi.export("tier", settings.tier)
@@ -41,3 +45,7 @@ pulumi.export("buckets", {k: b.bucket for k, b in env.data.buckets.items()})
 pulumi.export("roles", {k: r.arn for k, r in env.identity.roles.items()})
 pulumi.export("dbEndpoint", env.data.database.endpoint)
 pulumi.export("declaredFlows", [f.describe() for f in settings.flows])
+pulumi.export("queueUrl", env.pipeline.queue.url)
+pulumi.export("image", env.compute.image_ref)
+pulumi.export("auditBucket", env.audit.bucket.bucket)
+pulumi.export("expiresOn", settings.expires_on.isoformat() if settings.expires_on else None)

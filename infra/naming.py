@@ -42,6 +42,8 @@ CLASSIFICATION = {TIER_PRODUCTION: "production", TIER_EXPERIMENT: "experimental"
 
 # The per-environment roles. Order matters only for stable output.
 ROLES = ("service", "pipeline", "analyst")
+# Roles that AWS services assume for the environment (flow logs, ECS image pulls, CloudTrail).
+SUPPORT_ROLES = ("flowlogs", "execution", "trail")
 
 # Ports on which data is served; a rule admitting these from outside the VPC is a leak.
 DATA_PORTS = (5432,)
@@ -86,6 +88,22 @@ def key_alias(project: str, stack: str) -> str:
 
 def db_identifier(project: str, stack: str) -> str:
     return prefix(project, stack)
+
+
+def repository_name(project: str, stack: str) -> str:
+    return f"{prefix(project, stack)}-worker"
+
+
+def trail_name(project: str, stack: str) -> str:
+    return prefix(project, stack)
+
+
+def queue_name(project: str, stack: str, purpose: str) -> str:
+    return f"{prefix(project, stack)}-{purpose}"
+
+
+def audit_bucket_name(project: str, stack: str, account: str) -> str:
+    return f"{prefix(project, stack)}-audit-{account}"
 
 
 def log_group_prefix(project: str, stack: str) -> str:

@@ -8,6 +8,7 @@ files through here to check what must differ between environments (CIDRs, names)
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ def to_cli_string(value: Any) -> str:
         return value
     if isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, (dt.date, dt.datetime)):  # an unquoted YAML date
+        return value.isoformat()
     return json.dumps(value, default=str)
 
 

@@ -86,7 +86,14 @@ KNOWN_KEYS = (
     "access",
     "flows",
     "logRetentionDays",
+    "container",
+    "flags",
+    "audit",
 )
+FARGATE_CPU = (256, 512, 1024, 2048, 4096)
+FLAG_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+DIGEST_OR_TAG_RE = r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})"
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,32 @@ class PeerStack:
 
 
 @dataclass(frozen=True)
+class ContainerSettings:
+    """The worker's container: built from app/ with Docker, or a prebuilt image of this
+    environment's own repository (for deployments without a Docker daemon)."""
+
+    build: bool
+    image: str | None
+    cpu: int
+    memory: int
+    desired_count: int
+
+
+@dataclass(frozen=True)
+class FeatureFlag:
+    name: str
+    description: str
+    experimental: bool
+    enabled: bool  # resolved for this stack
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    alert_emails: tuple[str, ...]
+    object_lock_days: int  # 0 = no object lock (experiment); production keeps audit logs locked
+
+
+@dataclass(frozen=True)
 class Settings:
     project: str
     stack: str
@@ -171,6 +204,9 @@ class Settings:
     admin_principals: tuple[str, ...]
     flows: tuple[Flow, ...]
     log_retention_days: int
+    container: ContainerSettings = ContainerSettings(True, None, 256, 512, 1)
+    flags: tuple[FeatureFlag, ...] = ()
+    audit: AuditSettings = AuditSettings((), 0)
     peers: Mapping[str, PeerStack] = field(default_factory=dict, compare=False)
 
     @property
@@ -203,6 +239,10 @@ class Settings:
 
     def bucket_name(self, store: str) -> str:
         return naming.bucket_name(self.project, self.stack, store, self.account)
+
+    @property
+    def repository_name(self) -> str:
+        return naming.repository_name(self.project, self.stack)
 
     def inbound_flows(self) -> list[Flow]:
         return [f for f in self.flows if f.target == self.stack]
@@ -478,6 +518,9 @@ def parse_settings(
     )
 
     flows = _parse_flows(top, stack, stores, peers)
+    container = _parse_container(top.obj("container"), project, stack, accounts[0], region_value)
+    flags = _parse_flags(top, production)
+    audit = _parse_audit(top.obj("audit"), production)
 
     return Settings(
         project=project,
@@ -497,8 +540,90 @@ def parse_settings(
         admin_principals=tuple(admins),
         flows=flows,
         log_retention_days=log_retention,
+        container=container,
+        flags=flags,
+        audit=audit,
         peers=peers,
     )
+
+
+def _parse_container(
+    r: _Reader, project: str, stack: str, account: str, region: str
+) -> ContainerSettings:
+    r.reject_unknown(("build", "image", "cpu", "memory", "desiredCount"))
+    build = r.get("build", _bool, "true | false", default=True)
+    repo = f"{account}.dkr.ecr.{region}.amazonaws.com/{naming.repository_name(project, stack)}"
+    image_help = (
+        f"an image of this environment's own repository, {repo}:<tag> or {repo}@sha256:<digest> "
+        "(required when build is false)"
+    )
+    image = r.get(
+        "image", _matching(re.compile(f"^{re.escape(repo)}{DIGEST_OR_TAG_RE}$")), image_help
+    )
+    if not build and image is None:
+        raise r.fail("image", None, image_help)
+    if build and image is not None:
+        raise r.fail("image", image, "nothing while build is true (set build: false to use it)")
+    cpu = r.get("cpu", _one_of_int(FARGATE_CPU), " | ".join(map(str, FARGATE_CPU)), default=256)
+    low, high = cpu * 2, cpu * 8
+    memory = r.get(
+        "memory",
+        _int_in(low, high),
+        f"MiB from {low} to {high} for cpu {cpu} (Fargate)",
+        default=low,
+    )
+    desired = r.get("desiredCount", _int_in(0, 20), "an integer from 0 to 20", default=1)
+    return ContainerSettings(
+        build=build, image=image, cpu=cpu, memory=memory, desired_count=desired
+    )
+
+
+def _parse_flags(top: _Reader, production: bool) -> tuple[FeatureFlag, ...]:
+    raw = top.values.get("flags")
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise top.fail("flags", raw, "an object {flagName: {description, experimental, enabled}}")
+    flags = []
+    for name, spec in raw.items():
+        if not FLAG_NAME_RE.match(str(name)):
+            raise top.fail(f"flags.{name}", spec, "a flag name of a-z, 0-9 and _, up to 64")
+        if not isinstance(spec, Mapping):
+            raise top.fail(f"flags.{name}", spec, "an object {description, experimental, enabled}")
+        r = _Reader(top.stack, f"{NAMESPACE}:flags.{name}", spec)
+        r.reject_unknown(("description", "experimental", "enabled"))
+        experimental = r.get("experimental", _bool, "true | false", default=False)
+        # Experimental features are on only in experiment stacks unless config says otherwise.
+        enabled = r.get("enabled", _bool, "true | false", default=experimental and not production)
+        description = r.get(
+            "description",
+            _matching(re.compile(r"^.{0,256}$")),
+            "text of up to 256 characters",
+            default="",
+        )
+        flags.append(
+            FeatureFlag(
+                name=str(name), description=description, experimental=experimental, enabled=enabled
+            )
+        )
+    return tuple(flags)
+
+
+def _parse_audit(r: _Reader, production: bool) -> AuditSettings:
+    r.reject_unknown(("alertEmails", "objectLockDays"))
+    emails = r.get(
+        "alertEmails", _list_of(_matching(EMAIL_RE)), "a list of e-mail addresses", default=()
+    )
+    if production:
+        lock = r.get(
+            "objectLockDays",
+            _int_in(1, 3650),
+            "an integer from 1 to 3650: production audit logs are always locked",
+            default=365,
+        )
+    else:
+        lock = r.get("objectLockDays", _int_in(0, 3650), "an integer from 0 to 3650", default=0)
+    return AuditSettings(alert_emails=tuple(emails), object_lock_days=lock)
 
 
 def _parse_network(r: _Reader, stack: str, peers: Mapping[str, PeerStack]) -> NetworkSettings:

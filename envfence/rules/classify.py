@@ -13,6 +13,7 @@ import inspect
 from typing import Any
 
 import pulumi_aws as aws
+import pulumi_docker as docker
 
 
 def token(cls: Any) -> str:
@@ -180,12 +181,25 @@ NEUTRAL = BUCKET_CONFIG | tokens(
     aws.cloudtrail.Trail,
 )
 
+QUEUES = tokens(aws.sqs.Queue)
+LOG_GROUPS = tokens(aws.cloudwatch.LogGroup)
+REPOSITORIES = tokens(aws.ecr.Repository)
+TASK_DEFINITIONS = tokens(aws.ecs.TaskDefinition)
+ECS_SERVICES = tokens(aws.ecs.Service)
+TRAILS = tokens(aws.cloudtrail.Trail)
+IMAGES = tokens(docker.Image)
+COMPUTE = TASK_DEFINITIONS | ECS_SERVICES | tokens(aws.ecs.Cluster)
+AUDIT = TRAILS | tokens(aws.cloudwatch.LogMetricFilter, aws.cloudwatch.MetricAlarm)
+
 CLASSES: dict[str, frozenset[str]] = {
     "data": DATA,
+    "resource-policy": frozenset(RESOURCE_POLICIES),
     "network": NETWORK,
     "identity": IDENTITY,
     "key": KEYS,
-    "neutral": NEUTRAL,
+    "compute": COMPUTE,
+    "audit": AUDIT,
+    "neutral": NEUTRAL - COMPUTE - AUDIT,
 }
 
 

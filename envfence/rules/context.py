@@ -22,7 +22,7 @@ from infra import naming
 from infra.project import Project, ProjectFileError
 from infra.settings import Flow, PeerStack, parse_settings, read_peers
 
-EXTRA_ROLES = ("flowlogs", "execution")  # roles beyond the three per-environment roles
+EXTRA_ROLES = naming.SUPPORT_ROLES  # roles AWS services assume for the environment
 
 
 class Unknown(Exception):

@@ -13,7 +13,7 @@ from envfence.rules.policies import condition_values, grants, is_own_principal, 
 from infra import naming
 
 
-def _own_key(state: StackState, ctx: Context, key: object) -> bool:
+def own_key(state: StackState, ctx: Context, key: object) -> bool:
     env = ctx.env(state.stack)
     if not isinstance(key, str) or not key:
         return False
@@ -56,7 +56,7 @@ def db_encrypted(r: Resource, state: StackState, ctx: Context) -> Iterator[Findi
         yield Finding(r.urn, f"database {r.name} storage is not encrypted")
     for key in ("kmsKeyId", "masterUserSecretKmsKeyId"):
         value = need(r, key)
-        if not _own_key(state, ctx, value):
+        if not own_key(state, ctx, value):
             other = ctx.owner_of_arn(str(value)) if value else None
             yield Finding(
                 r.urn,
@@ -111,7 +111,7 @@ def bucket_sse(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding
             yield Finding(
                 sse.urn, f"bucket {r.name} uses {default.get('sseAlgorithm')}, not SSE-KMS"
             )
-        elif not _own_key(state, ctx, key):
+        elif not own_key(state, ctx, key):
             yield Finding(
                 sse.urn,
                 f"bucket {r.name} is encrypted with {key}, not this environment's key",
@@ -160,10 +160,7 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
             s, "aws:PrincipalArn"
         ).get("ArnNotLike")
         if allowed and all(
-            a in env.role_arns()
-            or _declared_flow_principal(env, a, ctx)
-            or (env.tier != naming.TIER_PRODUCTION and is_own_principal(env, ctx, a))
-            for a in allowed
+            is_own_principal(env, ctx, a) or _declared_flow_principal(env, a, ctx) for a in allowed
         ):
             foreign = True
     if not tls:
@@ -305,3 +302,63 @@ def production_protected(state: StackState, ctx: Context) -> Iterator[Finding]:
                 yield Finding(r.urn, f"production database {r.name} has no final snapshot")
         if r.type in c.BUCKETS and need(r, "forceDestroy") in (True, "true"):
             yield Finding(r.urn, f"production bucket {r.name} has forceDestroy")
+
+
+@rule(
+    "EF210",
+    "queue-encrypted-with-own-key",
+    title="Queues are encrypted with their own environment's key",
+    severity="critical",
+    scope="resource",
+    types=c.QUEUES,
+    fix="Set kmsMasterKeyId to the environment's key.",
+)
+def queue_encrypted(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
+    key = need(r, "kmsMasterKeyId")
+    if not own_key(state, ctx, key):
+        yield Finding(
+            r.urn,
+            f"queue {r.name} is encrypted with {key or 'no key'}, not this environment's key",
+            ctx.owner_of_arn(str(key)) if key else None,
+        )
+
+
+@rule(
+    "EF211",
+    "log-group-encrypted-and-retained",
+    title="Log groups are encrypted with the environment's key and have a retention period",
+    severity="high",
+    scope="resource",
+    types=c.LOG_GROUPS,
+    fix="Set kmsKeyId to the environment's key and retentionInDays (envfence:logRetentionDays).",
+)
+def log_group(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
+    key = need(r, "kmsKeyId")
+    if not own_key(state, ctx, key):
+        yield Finding(
+            r.urn,
+            f"log group {r.name} is encrypted with {key or 'no key'}, not this environment's key",
+            ctx.owner_of_arn(str(key)) if key else None,
+        )
+    if not need(r, "retentionInDays"):
+        yield Finding(r.urn, f"log group {r.name} keeps its logs forever (no retention)")
+
+
+@rule(
+    "EF212",
+    "repository-hardened",
+    title="Image repositories scan on push, have immutable tags and use the environment's key",
+    severity="high",
+    scope="resource",
+    types=c.REPOSITORIES,
+    fix="Set imageTagMutability IMMUTABLE, scanOnPush, and KMS encryption with the env key.",
+)
+def repository(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
+    if need(r, "imageTagMutability") != "IMMUTABLE":
+        yield Finding(r.urn, f"repository {r.name} tags are mutable: a tag could be repointed")
+    if (need(r, "imageScanningConfiguration") or {}).get("scanOnPush") not in (True, "true"):
+        yield Finding(r.urn, f"repository {r.name} does not scan images on push")
+    enc = as_list(need(r, "encryptionConfigurations"))
+    key = (enc[0] or {}).get("kmsKey") if enc else None
+    if not enc or (enc[0] or {}).get("encryptionType") != "KMS" or not own_key(state, ctx, key):
+        yield Finding(r.urn, f"repository {r.name} is not encrypted with this environment's key")

@@ -129,6 +129,8 @@ def rule(
 def all_rules() -> list[Rule]:
     # Importing the families registers their rules (declarations only, no work).
     from envfence.rules import (  # noqa: F401
+        audit,
+        compute,
         coverage,
         data,
         identity,
@@ -148,6 +150,15 @@ def get_rule(rule_id: str) -> Rule:
 
 
 UNKNOWN_RULE_ID = "EF902"
+
+
+def undecided(urn: str, rule_id: str, what: str) -> Finding:
+    """A finding for a value a rule needs but cannot know yet: reported as EF902."""
+    return Finding(
+        urn,
+        f"[{rule_id}] cannot decide: {what} is unknown until deployment; this fails closed",
+        other=UNKNOWN_RULE_ID,
+    )
 
 
 def run_rule(r: Rule, state: StackState | None, ctx: Context) -> Iterator[Finding | FlowUse]:

@@ -9,7 +9,7 @@ from typing import Any
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, is_unknown, need
-from envfence.rules.engine import Finding, rule
+from envfence.rules.engine import Finding, rule, undecided
 
 
 @rule(
@@ -155,9 +155,7 @@ def ingress_own_vpc(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
     }
     for kind, value in _ingress_sources(r):
         if is_unknown(value):
-            yield Finding(
-                r.urn, f"[EF104] cannot decide: {kind} of {r.name} is unknown; fails closed"
-            )
+            yield undecided(r.urn, "EF104", f"{kind} of {r.name}")
             continue
         if kind == "cidrIpv4":
             net = _network(value)
@@ -166,18 +164,31 @@ def ingress_own_vpc(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
                 or env.cidr is None
                 or not (net.version == 4 and net.subnet_of(env.cidr))
             ):
+                # Name another environment only when the range lies inside its VPC; a wider range
+                # (0.0.0.0/0) admits everyone, which is said as such.
                 other = next(
                     (
                         o.stack
                         for o in ctx.others(state.stack)
-                        if o.cidr and net is not None and net.version == 4 and net.overlaps(o.cidr)
+                        if o.cidr and net is not None and net.version == 4 and net.subnet_of(o.cidr)
                     ),
                     None,
                 )
+                reaches = [
+                    o.stack
+                    for o in ctx.others(state.stack)
+                    if o.cidr and net is not None and net.version == 4 and net.overlaps(o.cidr)
+                ]
+                where = (
+                    f" (inside the VPC of stack '{other}')"
+                    if other
+                    else f" (which includes the VPC of {', '.join(reaches)})"
+                    if reaches
+                    else ""
+                )
                 yield Finding(
                     r.urn,
-                    f"{r.name} admits {value}, outside the VPC CIDR {env.cidr}"
-                    + (f" (inside stack '{other}')" if other else ""),
+                    f"{r.name} admits {value}, outside the VPC CIDR {env.cidr}{where}",
                     other,
                 )
         elif kind == "cidrIpv6":

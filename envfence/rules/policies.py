@@ -40,6 +40,23 @@ READ_ACTIONS = (
     "kms:Decrypt",
     "kms:DescribeKey",
 )
+# Actions that act on no resource (AWS accepts only Resource "*" for them): they cannot reach
+# another environment's data whatever the statement's Resource says.
+RESOURCELESS_ACTIONS = frozenset(
+    a.lower()
+    for a in (
+        "ecr:GetAuthorizationToken",
+        "sts:GetCallerIdentity",
+        "logs:DescribeLogGroups",
+        "kms:ListKeys",
+        "kms:ListAliases",
+        "s3:ListAllMyBuckets",
+        "sqs:ListQueues",
+        "appconfig:ListApplications",
+        "ecs:DescribeClusters",
+        "secretsmanager:ListSecrets",
+    )
+)
 # Condition keys that identify the caller and that a caller cannot set.
 PINNING_KEYS = (
     "aws:principalarn",
@@ -81,6 +98,8 @@ def actions_for_service(stmt: dict[str, Any], service: str) -> list[str]:
     out = []
     for p in patterns:
         svc, _, _ = p.partition(":")
+        if p.lower() in RESOURCELESS_ACTIONS:
+            continue
         if p == "*" or wildcard_match(svc, service, case_insensitive=True):
             out.append(p)
     return out

@@ -8,7 +8,7 @@ from typing import Any
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, is_unknown, provider_tags
-from envfence.rules.engine import Finding, rule
+from envfence.rules.engine import Finding, rule, undecided
 from infra import naming
 
 
@@ -47,9 +47,7 @@ def tags_present(state: StackState, ctx: Context) -> Iterator[Finding]:
             continue
         tags = merged_tags(r, state)
         if is_unknown(tags):
-            yield Finding(
-                r.urn, f"[EF501] cannot decide: tags of {r.name} are unknown; fails closed"
-            )
+            yield undecided(r.urn, "EF501", f"the tags of {r.name}")
             continue
         missing = [t for t in required if not tags.get(t)]
         if missing:
@@ -72,6 +70,9 @@ def tags_match(state: StackState, ctx: Context) -> Iterator[Finding]:
         tags = merged_tags(r, state)
         for key, want in expected.items():
             have = tags.get(key)
+            if is_unknown(have):
+                yield undecided(r.urn, "EF502", f"tag {key} of {r.name}")
+                continue
             if have is not None and want is not None and have != want:
                 other = have if key == naming.TAG_ENVIRONMENT and have in ctx.envs else None
                 yield Finding(

@@ -1,8 +1,9 @@
 """One isolated environment: the component every stack builds exactly once.
 
 Children are created in dependency order: the key (everything is encrypted with it), the
-identity (boundary and roles, which the network's flow logs and the data policies name), the
-network, the data, and last the permissions that name the data resources.
+identity (boundary and roles, which everything else names), the network, the data, the
+ingestion pipeline, the feature flags, the audit trail, the containers, and last the
+permissions that name all of those resources.
 """
 
 from __future__ import annotations
@@ -11,10 +12,20 @@ from dataclasses import dataclass
 
 import pulumi
 
+from infra.components.audit import Audit, AuditArgs
+from infra.components.compute import Compute, ComputeArgs
 from infra.components.data import Data, DataArgs
-from infra.components.identity import Identity, IdentityArgs, Permissions, PermissionsArgs
+from infra.components.flags import Flags, FlagsArgs
+from infra.components.identity import (
+    EnvironmentResources,
+    Identity,
+    IdentityArgs,
+    Permissions,
+    PermissionsArgs,
+)
 from infra.components.keys import Keys, KeysArgs
 from infra.components.network import Network, NetworkArgs
+from infra.components.pipeline import Pipeline, PipelineArgs
 from infra.settings import Settings
 
 
@@ -28,6 +39,10 @@ class Environment(pulumi.ComponentResource):
     identity: Identity
     network: Network
     data: Data
+    pipeline: Pipeline
+    flags: Flags
+    audit: Audit
+    compute: Compute
 
     def __init__(
         self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
@@ -38,11 +53,10 @@ class Environment(pulumi.ComponentResource):
         self.keys = Keys("keys", KeysArgs(settings=s), child)
         key_arn = self.keys.key.arn
         self.identity = Identity("identity", IdentityArgs(settings=s, key_arn=key_arn), child)
+        roles = self.identity.roles
         self.network = Network(
             "network",
-            NetworkArgs(
-                settings=s, key_arn=key_arn, flow_logs_role_arn=self.identity.flow_logs_role.arn
-            ),
+            NetworkArgs(settings=s, key_arn=key_arn, flow_logs_role_arn=roles["flowlogs"].arn),
             child,
         )
         self.data = Data(
@@ -50,9 +64,50 @@ class Environment(pulumi.ComponentResource):
             DataArgs(
                 settings=s,
                 key_arn=key_arn,
-                role_arns={r: role.arn for r, role in self.identity.roles.items()},
+                role_arns={r: role.arn for r, role in roles.items()},
                 data_subnet_ids=[sn.id for sn in self.network.data_subnets],
                 db_security_group_id=self.network.db_security_group.id,
+            ),
+            child,
+        )
+        self.pipeline = Pipeline("pipeline", PipelineArgs(settings=s, key_arn=key_arn), child)
+        self.flags = Flags("flags", FlagsArgs(settings=s), child)
+        self.audit = Audit(
+            "audit",
+            AuditArgs(
+                settings=s,
+                key_arn=key_arn,
+                trail_role_arn=roles["trail"].arn,
+                data_bucket_arns=[b.arn for b in self.data.buckets.values()],
+            ),
+            child,
+        )
+        worker_env: dict[str, pulumi.Input[str]] = {
+            "ENVFENCE_ENVIRONMENT": s.stack,
+            "ENVFENCE_TIER": s.tier,
+            "QUEUE_URL": self.pipeline.queue.url,
+            "RAW_BUCKET": self.data.buckets["raw"].bucket if "raw" in self.data.buckets else "",
+            "DB_HOST": self.data.database.address,
+            "DB_PORT": "5432",
+            "DB_NAME": "envfence",
+            "DB_USER": "worker",
+            "AWS_REGION": s.region,
+            "APPCONFIG_APPLICATION": self.flags.application.id,
+            "APPCONFIG_ENVIRONMENT": self.flags.environment.environment_id,
+            "APPCONFIG_PROFILE": self.flags.profile.configuration_profile_id,
+        }
+        if s.experiment_id:
+            worker_env["ENVFENCE_EXPERIMENT_ID"] = s.experiment_id
+        self.compute = Compute(
+            "compute",
+            ComputeArgs(
+                settings=s,
+                key_arn=key_arn,
+                service_role_arn=roles["service"].arn,
+                execution_role_arn=roles["execution"].arn,
+                app_subnet_ids=[sn.id for sn in self.network.app_subnets],
+                app_security_group_id=self.network.app_security_group.id,
+                environment=worker_env,
             ),
             child,
         )
@@ -60,12 +115,19 @@ class Environment(pulumi.ComponentResource):
             "permissions",
             PermissionsArgs(
                 settings=s,
-                roles=self.identity.roles,
-                flow_logs_role=self.identity.flow_logs_role,
-                key_arn=key_arn,
-                bucket_arns={k: b.arn for k, b in self.data.buckets.items()},
-                db_resource_id=self.data.database.resource_id,
-                flow_log_group_arn=self.network.flow_log_group.arn,
+                roles=roles,
+                resources=EnvironmentResources(
+                    key_arn=key_arn,
+                    bucket_arns={k: b.arn for k, b in self.data.buckets.items()},
+                    db_resource_id=self.data.database.resource_id,
+                    flow_log_group_arn=self.network.flow_log_group.arn,
+                    queue_arn=self.pipeline.queue.arn,
+                    dead_letter_queue_arn=self.pipeline.dead_letter_queue.arn,
+                    repository_arn=self.compute.repository.arn,
+                    worker_log_group_arn=self.compute.log_group.arn,
+                    trail_log_group_arn=self.audit.log_group.arn,
+                    flags_configuration_arn=self.flags.configuration_arn,
+                ),
             ),
             child,
         )

@@ -11,7 +11,7 @@ change to the environment tags or to IAM itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
@@ -90,8 +90,9 @@ def flow_stores(s: Settings) -> list[tuple[str, str, str]]:
 
 
 def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[str]:
-    own_roles = s.role_arns() + [
-        naming.role_arn(s.project, s.stack, r, s.account) for r in ("flowlogs",)
+    own_roles = [
+        naming.role_arn(s.project, s.stack, r, s.account)
+        for r in (*naming.ROLES, *naming.SUPPORT_ROLES)
     ]
     flows = flow_stores(s)
     peer_key_arns = sorted({f"arn:aws:kms:{s.region}:{acct}:key/*" for _, _, acct in flows})
@@ -183,6 +184,24 @@ def analyst_trust(s: Settings) -> pulumi.Output[str]:
     )
 
 
+def trail_trust(s: Settings) -> pulumi.Output[str]:
+    trail = (
+        f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/{naming.trail_name(s.project, s.stack)}"
+    )
+    return document(
+        statement(
+            "CloudTrailOfThisEnvironment",
+            "Allow",
+            ["sts:AssumeRole"],
+            principal={"Service": "cloudtrail.amazonaws.com"},
+            condition={
+                "StringEquals": {"aws:SourceAccount": s.account},
+                "ArnEquals": {"aws:SourceArn": trail},
+            },
+        )
+    )
+
+
 def flow_logs_trust(s: Settings) -> pulumi.Output[str]:
     return document(
         statement(
@@ -205,9 +224,11 @@ class IdentityArgs:
 
 
 class Identity(pulumi.ComponentResource):
+    """The boundary and every role of the environment: the three roles that act on data and
+    the support roles AWS services assume for it. All carry the boundary."""
+
     boundary: aws.iam.Policy
     roles: dict[str, aws.iam.Role]
-    flow_logs_role: aws.iam.Role
 
     def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Identity", name, None, opts)
@@ -220,42 +241,63 @@ class Identity(pulumi.ComponentResource):
             policy=boundary_document(s, args.key_arn),
             opts=child,
         )
-        trusts = {"service": ecs_trust(s), "pipeline": ecs_trust(s), "analyst": analyst_trust(s)}
+        trusts = {
+            "service": ecs_trust(s),
+            "pipeline": ecs_trust(s),
+            "analyst": analyst_trust(s),
+            "flowlogs": flow_logs_trust(s),
+            "execution": ecs_trust(s),
+            "trail": trail_trust(s),
+        }
+        purposes = {
+            "service": "the worker: consumes the ingestion queue, writes raw data and rows",
+            "pipeline": "processing jobs: reads and writes the environment's data stores",
+            "analyst": "people: reads curated data and results",
+            "flowlogs": "delivers VPC flow logs",
+            "execution": "pulls the worker image and writes its logs (ECS)",
+            "trail": "delivers CloudTrail events to the environment's log group",
+        }
         self.roles = {
             role: aws.iam.Role(
                 f"role-{role}",
                 name=naming.role_name(s.project, s.stack, role),
-                description=f"envfence {s.stack}: {role} role",
+                description=f"envfence {s.stack}: {purposes[role]}",
                 assume_role_policy=trusts[role],
                 permissions_boundary=self.boundary.arn,
                 max_session_duration=3600,
                 tags={"role": role},
                 opts=child,
             )
-            for role in naming.ROLES
+            for role in (*naming.ROLES, *naming.SUPPORT_ROLES)
         }
-        self.flow_logs_role = aws.iam.Role(
-            "role-flowlogs",
-            name=naming.role_name(s.project, s.stack, "flowlogs"),
-            description=f"envfence {s.stack}: delivers VPC flow logs",
-            assume_role_policy=flow_logs_trust(s),
-            permissions_boundary=self.boundary.arn,
-            tags={"role": "flowlogs"},
-            opts=child,
-        )
         self.register_outputs({name: r.arn for name, r in self.roles.items()})
+
+
+@dataclass
+class EnvironmentResources:
+    """The ARNs the roles' policies name, collected once the resources exist."""
+
+    key_arn: pulumi.Input[str]
+    bucket_arns: dict[str, pulumi.Input[str]]
+    db_resource_id: pulumi.Input[str]
+    flow_log_group_arn: pulumi.Input[str]
+    queue_arn: pulumi.Input[str]
+    dead_letter_queue_arn: pulumi.Input[str]
+    repository_arn: pulumi.Input[str]
+    worker_log_group_arn: pulumi.Input[str]
+    trail_log_group_arn: pulumi.Input[str]
+    flags_configuration_arn: pulumi.Input[str]
 
 
 @dataclass
 class PermissionsArgs:
     settings: Settings
     roles: dict[str, aws.iam.Role]
-    flow_logs_role: aws.iam.Role
-    key_arn: pulumi.Input[str]
-    bucket_arns: dict[str, pulumi.Input[str]]
-    db_resource_id: pulumi.Input[str]
-    flow_log_group_arn: pulumi.Input[str]
-    extra: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    resources: EnvironmentResources
+
+
+def _log_streams(group_arn: pulumi.Input[str]) -> list[pulumi.Input[str]]:
+    return [group_arn, pulumi.Output.concat(group_arn, ":log-stream:*")]
 
 
 class Permissions(pulumi.ComponentResource):
@@ -266,7 +308,8 @@ class Permissions(pulumi.ComponentResource):
     ):
         super().__init__("envfence:index:Permissions", name, None, opts)
         s = args.settings
-        b = args.bucket_arns
+        res = args.resources
+        b = res.bucket_arns
 
         def objects(*stores: str) -> list[pulumi.Output[str]]:
             return [pulumi.Output.concat(b[st], "/*") for st in stores if st in b]
@@ -276,7 +319,7 @@ class Permissions(pulumi.ComponentResource):
 
         def db_user(user: str) -> pulumi.Output[str]:
             return pulumi.Output.concat(
-                f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:", args.db_resource_id, f"/{user}"
+                f"arn:aws:rds-db:{s.region}:{s.account}:dbuser:", res.db_resource_id, f"/{user}"
             )
 
         all_stores = list(s.data_stores)
@@ -284,14 +327,34 @@ class Permissions(pulumi.ComponentResource):
             "UseTheEnvironmentKey",
             "Allow",
             ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
-            [args.key_arn],
+            [res.key_arn],
         )
         grants: dict[str, list[dict[str, object]]] = {
             "service": [
                 statement(
-                    "WriteRawRecords", "Allow", ["s3:PutObject", "s3:GetObject"], objects("raw")
+                    "WriteRawRecords",
+                    "Allow",
+                    ["s3:PutObject", "s3:PutObjectTagging", "s3:GetObject"],
+                    objects("raw"),
+                ),
+                statement(
+                    "ConsumeTheIngestionQueue",
+                    "Allow",
+                    [
+                        "sqs:ReceiveMessage",
+                        "sqs:DeleteMessage",
+                        "sqs:ChangeMessageVisibility",
+                        "sqs:GetQueueAttributes",
+                    ],
+                    [res.queue_arn],
                 ),
                 statement("ConnectAsWorker", "Allow", ["rds-db:connect"], [db_user("worker")]),
+                statement(
+                    "ReadOwnFeatureFlags",
+                    "Allow",
+                    ["appconfig:StartConfigurationSession", "appconfig:GetLatestConfiguration"],
+                    [res.flags_configuration_arn],
+                ),
                 key_use,
             ],
             "pipeline": [
@@ -301,6 +364,13 @@ class Permissions(pulumi.ComponentResource):
                     "Allow",
                     ["s3:GetObject", "s3:PutObject", "s3:GetObjectVersion"],
                     objects(*all_stores),
+                ),
+                statement("FeedTheIngestionQueue", "Allow", ["sqs:SendMessage"], [res.queue_arn]),
+                statement(
+                    "InspectDeadLetters",
+                    "Allow",
+                    ["sqs:ReceiveMessage", "sqs:GetQueueAttributes"],
+                    [res.dead_letter_queue_arn],
                 ),
                 statement("ConnectAsWorker", "Allow", ["rds-db:connect"], [db_user("worker")]),
                 key_use,
@@ -320,8 +390,44 @@ class Permissions(pulumi.ComponentResource):
                     "DecryptWithTheEnvironmentKey",
                     "Allow",
                     ["kms:Decrypt", "kms:DescribeKey"],
-                    [args.key_arn],
+                    [res.key_arn],
                 ),
+            ],
+            "flowlogs": [
+                statement(
+                    "DeliverFlowLogs",
+                    "Allow",
+                    ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                    _log_streams(res.flow_log_group_arn),
+                )
+            ],
+            "execution": [
+                # GetAuthorizationToken acts on no resource: AWS only accepts Resource "*".
+                statement("EcrLogin", "Allow", ["ecr:GetAuthorizationToken"], ["*"]),
+                statement(
+                    "PullTheWorkerImage",
+                    "Allow",
+                    [
+                        "ecr:BatchGetImage",
+                        "ecr:GetDownloadUrlForLayer",
+                        "ecr:BatchCheckLayerAvailability",
+                    ],
+                    [res.repository_arn],
+                ),
+                statement(
+                    "WriteWorkerLogs",
+                    "Allow",
+                    ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    _log_streams(res.worker_log_group_arn),
+                ),
+            ],
+            "trail": [
+                statement(
+                    "DeliverTrailEvents",
+                    "Allow",
+                    ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    _log_streams(res.trail_log_group_arn),
+                )
             ],
         }
         for flow in s.outbound_flows():
@@ -346,8 +452,6 @@ class Permissions(pulumi.ComponentResource):
                     },
                 ),
             ]
-        for role, extra in args.extra.items():
-            grants[role] += extra
 
         for role, stmts in grants.items():
             aws.iam.RolePolicy(
@@ -356,17 +460,4 @@ class Permissions(pulumi.ComponentResource):
                 policy=document(*stmts),
                 opts=pulumi.ResourceOptions(parent=self),
             )
-        aws.iam.RolePolicy(
-            "policy-flowlogs",
-            role=args.flow_logs_role.id,
-            policy=document(
-                statement(
-                    "DeliverFlowLogs",
-                    "Allow",
-                    ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                    [args.flow_log_group_arn, pulumi.Output.concat(args.flow_log_group_arn, ":*")],
-                )
-            ),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
         self.register_outputs({})

@@ -81,6 +81,7 @@ class Keys(pulumi.ComponentResource):
                         "kms:ViaService": [
                             f"rds.{s.region}.amazonaws.com",
                             f"secretsmanager.{s.region}.amazonaws.com",
+                            f"ecr.{s.region}.amazonaws.com",
                         ],
                     }
                 },
@@ -105,6 +106,36 @@ class Keys(pulumi.ComponentResource):
                         )
                     }
                 },
+            ),
+        ]
+        trail = (
+            f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/"
+            f"{naming.trail_name(s.project, s.stack)}"
+        )
+        statements += [
+            statement(
+                "CloudTrailOfThisEnvironment",
+                "Allow",
+                ["kms:GenerateDataKey*", "kms:DescribeKey"],
+                ["*"],
+                principal={"Service": "cloudtrail.amazonaws.com"},
+                condition={
+                    "StringEquals": {"aws:SourceArn": trail},
+                    "StringLike": {
+                        "kms:EncryptionContext:aws:cloudtrail:arn": (
+                            f"arn:aws:cloudtrail:*:{s.account}:trail/*"
+                        )
+                    },
+                },
+            ),
+            # Alarms publish to the environment's encrypted SNS topic.
+            statement(
+                "CloudWatchAlarmsOfThisAccount",
+                "Allow",
+                ["kms:Decrypt", "kms:GenerateDataKey*"],
+                ["*"],
+                principal={"Service": "cloudwatch.amazonaws.com"},
+                condition={"StringEquals": {"aws:SourceAccount": s.account}},
             ),
         ]
         for flow in s.inbound_flows():

@@ -18,6 +18,9 @@ from infra.components.identity import bucket_arns, flow_stores, own_stores
 from infra.components.policies import document, statement
 from infra.settings import Settings
 
+# AWS services the environment reaches through interface endpoints instead of the internet.
+INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "sqs", "appconfigdata")
+
 
 @dataclass
 class NetworkArgs:
@@ -194,10 +197,63 @@ class Network(pulumi.ComponentResource):
                     ["s3:*"],
                     bucket_arns(s, own_stores(s) + flow_stores(s)),
                     principal="*",
-                )
+                ),
+                # ECR serves image layers from this AWS-owned bucket; reading it is how ECS
+                # pulls the worker image without a NAT.
+                statement(
+                    "EcrImageLayers",
+                    "Allow",
+                    ["s3:GetObject"],
+                    [f"arn:aws:s3:::prod-{s.region}-starport-layer-bucket/*"],
+                    principal="*",
+                ),
             ),
             opts=child,
         )
+        # Interface endpoints: the worker reaches ECR, logs, SQS and AppConfig inside the VPC,
+        # and only for principals and resources of this account.
+        endpoint_sg = aws.ec2.SecurityGroup(
+            "sg-endpoints",
+            vpc_id=self.vpc.id,
+            description=f"envfence {s.stack}: interface endpoints, HTTPS from this VPC only",
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            "sg-endpoints-in-https",
+            security_group_id=endpoint_sg.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            cidr_ipv4=cidr,
+            description="HTTPS from this environment's VPC",
+            opts=child,
+        )
+        for service in INTERFACE_ENDPOINTS:
+            aws.ec2.VpcEndpoint(
+                f"endpoint-{service.replace('.', '-')}",
+                vpc_id=self.vpc.id,
+                vpc_endpoint_type="Interface",
+                service_name=f"com.amazonaws.{s.region}.{service}",
+                subnet_ids=[sn.id for sn in self.app_subnets],
+                security_group_ids=[endpoint_sg.id],
+                private_dns_enabled=True,
+                policy=document(
+                    statement(
+                        "ThisAccountOnly",
+                        "Allow",
+                        ["*"],
+                        ["*"],
+                        principal="*",
+                        condition={
+                            "StringEquals": {
+                                "aws:PrincipalAccount": s.account,
+                                "aws:ResourceAccount": s.account,
+                            }
+                        },
+                    )
+                ),
+                opts=child,
+            )
         aws.vpc.SecurityGroupEgressRule(
             "sg-app-out-https-s3",
             security_group_id=self.app_security_group.id,

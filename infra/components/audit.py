@@ -1,0 +1,281 @@
+"""The environment's audit trail: who touched which data, kept where no environment role can
+alter it, and an alarm on access attempts that were denied (a cross-environment probe shows up
+here first).
+
+CloudTrail records management events and S3 data events for every data store of this
+environment into an audit bucket that is encrypted with the environment key, versioned, object-
+locked in production, and whose policy denies every role of the environment any write, delete or
+re-configuration. Events also go to a log group, where a metric filter counts AccessDenied errors
+against this environment's data services and an alarm notifies an SNS topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import naming
+from infra.components.policies import document, statement
+from infra.settings import Settings
+
+# Services whose denied calls count as an attempt on this environment's data.
+WATCHED_SOURCES = (
+    "s3.amazonaws.com",
+    "kms.amazonaws.com",
+    "sqs.amazonaws.com",
+    "rds.amazonaws.com",
+    "secretsmanager.amazonaws.com",
+    "ecr.amazonaws.com",
+    "appconfig.amazonaws.com",
+)
+# What an environment role must never do to its audit log.
+TAMPERING = [
+    "s3:PutObject*",
+    "s3:DeleteObject*",
+    "s3:PutBucket*",
+    "s3:DeleteBucket*",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutEncryptionConfiguration",
+    "s3:BypassGovernanceRetention",
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:PutReplicationConfiguration",
+]
+
+
+def denied_access_pattern() -> str:
+    sources = " || ".join(f'($.eventSource = "{src}")' for src in WATCHED_SOURCES)
+    return (
+        f'{{ (($.errorCode = "AccessDenied*") || ($.errorCode = "*UnauthorizedOperation")) '
+        f"&& ({sources}) }}"
+    )
+
+
+@dataclass
+class AuditArgs:
+    settings: Settings
+    key_arn: pulumi.Input[str]
+    trail_role_arn: pulumi.Input[str]
+    data_bucket_arns: list[pulumi.Input[str]]
+
+
+class Audit(pulumi.ComponentResource):
+    bucket: aws.s3.Bucket
+    trail: aws.cloudtrail.Trail
+    log_group: aws.cloudwatch.LogGroup
+    topic: aws.sns.Topic
+
+    def __init__(self, name: str, args: AuditArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("envfence:index:Audit", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        keep = pulumi.ResourceOptions(
+            parent=self, protect=s.is_production, retain_on_delete=s.is_production
+        )
+        trail_name = naming.trail_name(s.project, s.stack)
+        trail_arn = f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/{trail_name}"
+        locked = s.audit.object_lock_days > 0
+
+        self.bucket = aws.s3.Bucket(
+            "audit-bucket",
+            bucket=naming.audit_bucket_name(s.project, s.stack, s.account),
+            object_lock_enabled=locked,
+            force_destroy=not s.is_production,
+            tags={naming.TAG_DATA_STORE: "audit"},
+            opts=keep,
+        )
+        aws.s3.BucketPublicAccessBlock(
+            "audit-public-access",
+            bucket=self.bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            "audit-ownership",
+            bucket=self.bucket.id,
+            rule={"object_ownership": "BucketOwnerEnforced"},
+            opts=child,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            "audit-encryption",
+            bucket=self.bucket.id,
+            rules=[
+                {
+                    "apply_server_side_encryption_by_default": {
+                        "sse_algorithm": "aws:kms",
+                        "kms_master_key_id": args.key_arn,
+                    },
+                    "bucket_key_enabled": True,
+                }
+            ],
+            opts=child,
+        )
+        aws.s3.BucketVersioning(
+            "audit-versioning",
+            bucket=self.bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=keep,
+        )
+        if locked:
+            # COMPLIANCE mode: not even the account's root user can shorten or remove it.
+            aws.s3.BucketObjectLockConfiguration(
+                "audit-object-lock",
+                bucket=self.bucket.id,
+                rule={
+                    "default_retention": {"mode": "COMPLIANCE", "days": s.audit.object_lock_days}
+                },
+                opts=keep,
+            )
+        lifecycle: dict[str, object] = {"id": "audit-retention", "status": "Enabled", "filter": {}}
+        if s.is_production:
+            lifecycle["transitions"] = [{"days": 90, "storage_class": "GLACIER"}]
+        else:
+            lifecycle["expiration"] = {"days": max(s.log_retention_days, 30)}
+            lifecycle["noncurrent_version_expiration"] = {"noncurrent_days": 7}
+        aws.s3.BucketLifecycleConfiguration(
+            "audit-lifecycle", bucket=self.bucket.id, rules=[lifecycle], opts=child
+        )
+        every_role = [
+            naming.role_arn(s.project, s.stack, r, s.account)
+            for r in (*naming.ROLES, *naming.SUPPORT_ROLES)
+        ]
+        objects = pulumi.Output.concat(self.bucket.arn, "/*")
+        policy = aws.s3.BucketPolicy(
+            "audit-policy",
+            bucket=self.bucket.id,
+            policy=document(
+                statement(
+                    "DenyInsecureTransport",
+                    "Deny",
+                    ["s3:*"],
+                    [self.bucket.arn, objects],
+                    principal="*",
+                    condition={"Bool": {"aws:SecureTransport": "false"}},
+                ),
+                statement(
+                    "DenyTamperingByEnvironmentRoles",
+                    "Deny",
+                    TAMPERING,
+                    [self.bucket.arn, objects],
+                    principal="*",
+                    condition={"ArnEquals": {"aws:PrincipalArn": every_role}},
+                ),
+                # Requests from AWS services carry no aws:PrincipalArn; the Null test keeps
+                # CloudTrail's own writes out of this Deny.
+                statement(
+                    "DenyPrincipalsOutsideThisEnvironment",
+                    "Deny",
+                    ["s3:GetObject*", "s3:ListBucket*", "s3:RestoreObject"],
+                    [self.bucket.arn, objects],
+                    principal="*",
+                    condition={
+                        "ArnNotEquals": {"aws:PrincipalArn": every_role + list(s.admin_principals)},
+                        "Null": {"aws:PrincipalArn": "false"},
+                    },
+                ),
+                statement(
+                    "CloudTrailAclCheck",
+                    "Allow",
+                    ["s3:GetBucketAcl"],
+                    [self.bucket.arn],
+                    principal={"Service": "cloudtrail.amazonaws.com"},
+                    condition={"StringEquals": {"aws:SourceArn": trail_arn}},
+                ),
+                statement(
+                    "CloudTrailWrite",
+                    "Allow",
+                    ["s3:PutObject"],
+                    [pulumi.Output.concat(self.bucket.arn, f"/AWSLogs/{s.account}/*")],
+                    principal={"Service": "cloudtrail.amazonaws.com"},
+                    condition={"StringEquals": {"aws:SourceArn": trail_arn}},
+                ),
+            ),
+            opts=child,
+        )
+
+        self.log_group = aws.cloudwatch.LogGroup(
+            "trail-logs",
+            name=naming.log_group_name(s.project, s.stack, "cloudtrail"),
+            kms_key_id=args.key_arn,
+            retention_in_days=s.log_retention_days,
+            opts=child,
+        )
+        object_selectors = [pulumi.Output.concat(arn, "/") for arn in args.data_bucket_arns]
+        self.trail = aws.cloudtrail.Trail(
+            "trail",
+            name=trail_name,
+            s3_bucket_name=self.bucket.id,
+            kms_key_id=args.key_arn,
+            is_multi_region_trail=True,
+            include_global_service_events=True,
+            enable_log_file_validation=True,
+            cloud_watch_logs_group_arn=pulumi.Output.concat(self.log_group.arn, ":*"),
+            cloud_watch_logs_role_arn=args.trail_role_arn,
+            advanced_event_selectors=[
+                {
+                    "name": "Management events",
+                    "field_selectors": [{"field": "eventCategory", "equals": ["Management"]}],
+                },
+                {
+                    "name": "Data events on this environment's data stores",
+                    "field_selectors": [
+                        {"field": "eventCategory", "equals": ["Data"]},
+                        {"field": "resources.type", "equals": ["AWS::S3::Object"]},
+                        {"field": "resources.ARN", "starts_withs": object_selectors},
+                    ],
+                },
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
+        )
+
+        self.topic = aws.sns.Topic(
+            "alerts",
+            name=f"{naming.prefix(s.project, s.stack)}-alerts",
+            kms_master_key_id=args.key_arn,
+            opts=child,
+        )
+        for i, email in enumerate(s.audit.alert_emails):
+            aws.sns.TopicSubscription(
+                f"alerts-email-{i}",
+                topic=self.topic.arn,
+                protocol="email",
+                endpoint=email,
+                opts=child,
+            )
+        namespace = f"envfence/{s.stack}"
+        aws.cloudwatch.LogMetricFilter(
+            "denied-access-filter",
+            log_group_name=self.log_group.name,
+            pattern=denied_access_pattern(),
+            metric_transformation={
+                "name": "DeniedDataAccess",
+                "namespace": namespace,
+                "value": "1",
+                "default_value": "0",
+            },
+            opts=child,
+        )
+        aws.cloudwatch.MetricAlarm(
+            "denied-access-alarm",
+            name=f"{naming.prefix(s.project, s.stack)}-denied-data-access",
+            alarm_description=(
+                f"Access to {s.stack}'s data was denied: a principal of another "
+                "environment (or a broken job) tried to reach it"
+            ),
+            namespace=namespace,
+            metric_name="DeniedDataAccess",
+            statistic="Sum",
+            period=300,
+            evaluation_periods=1,
+            threshold=1,
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            treat_missing_data="notBreaching",
+            alarm_actions=[self.topic.arn],
+            opts=child,
+        )
+        self.register_outputs({"trailArn": self.trail.arn, "auditBucket": self.bucket.bucket})
