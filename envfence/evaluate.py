@@ -82,6 +82,22 @@ _AUTONAMED = {
 }
 
 
+def _appconfig_id(kind: str, out: dict[str, Any], short: str) -> str:
+    """AppConfig's own ids: a random 7-character id, composite for what lives in an application.
+
+    Their names are unique only inside their application, so an id made from the name, as for
+    other types, would look shared between environments that share nothing.
+    """
+    app = out.get("applicationId")
+    if kind in ("Environment", "ConfigurationProfile"):
+        return f"{short}:{app}"
+    if kind == "HostedConfigurationVersion":
+        return f"{app}/{out.get('configurationProfileId')}/1"
+    if kind == "Deployment":
+        return f"{app}/{out.get('environmentId')}/1"
+    return short
+
+
 def _has_arn(typ: str) -> bool:
     from envfence.rules.classify import resource_class
 
@@ -170,6 +186,8 @@ class CloudMocks:
     def _id(typ: str, name: str, out: dict[str, Any], h: str) -> str:
         if typ in _EC2_IDS:
             return f"{_EC2_IDS[typ]}-{h}"
+        if typ.startswith("aws:appconfig/"):
+            return _appconfig_id(typ.rsplit(":", 1)[-1], out, h[:7])
         for key in ("bucket", "identifier", "name"):
             if isinstance(out.get(key), str) and out[key]:
                 return str(out[key])
@@ -261,25 +279,27 @@ class CloudMocks:
         if typ.startswith("aws:appconfig/"):
             kind = typ.rsplit(":", 1)[-1]
             short = h[:7]
-            field = {
-                "Environment": "environmentId",
-                "ConfigurationProfile": "configurationProfileId",
-                "Application": None,
-                "DeploymentStrategy": None,
-                "HostedConfigurationVersion": None,
-                "Deployment": None,
-            }.get(kind)
-            extra = {
-                "id": short,
-                "arn": f"arn:aws:appconfig:{region}:{account}:{kind[0].lower() + kind[1:]}/{short}",
-            }
-            if field:
-                extra[field] = short
+            app = out.get("applicationId")
+            path = {
+                "Application": f"application/{short}",
+                "Environment": f"application/{app}/environment/{short}",
+                "ConfigurationProfile": f"application/{app}/configurationprofile/{short}",
+                "DeploymentStrategy": f"deploymentstrategy/{short}",
+                "HostedConfigurationVersion": f"application/{app}/configurationprofile/"
+                f"{out.get('configurationProfileId')}/hostedconfigurationversion/1",
+                "Deployment": f"application/{app}/environment/{out.get('environmentId')}"
+                "/deployment/1",
+            }.get(kind, f"{kind[0].lower() + kind[1:]}/{short}")
+            ids: dict[str, Any] = {"arn": f"arn:aws:appconfig:{region}:{account}:{path}"}
+            if kind == "Environment":
+                ids["environmentId"] = short
+            if kind == "ConfigurationProfile":
+                ids["configurationProfileId"] = short
             if kind == "HostedConfigurationVersion":
-                extra["versionNumber"] = 1
+                ids["versionNumber"] = 1
             if kind == "Deployment":
-                extra["deploymentNumber"] = 1
-            return extra
+                ids["deploymentNumber"] = 1
+            return ids
         if typ.startswith("aws:ecs/"):
             kind = typ.rsplit(":", 1)[-1]
             ident = out.get("name") or out.get("family") or rid
@@ -471,6 +491,17 @@ def _purge_program_modules() -> None:
             del sys.modules[name]
 
 
+def _is_config_error(exc: BaseException) -> bool:
+    """Whether `exc` is the ConfigError of the infra.settings the program just imported.
+
+    Every run re-imports the program's modules, so that class is a new one each time: a
+    ConfigError imported at the top of this module (or by a caller) never matches it.
+    """
+    settings = sys.modules.get("infra.settings")
+    error = getattr(settings, "ConfigError", None)
+    return isinstance(error, type) and isinstance(exc, error)
+
+
 def evaluate(stack: str, project: Project | None = None, *, preview: bool = False) -> StackState:
     """Evaluate the program for `stack` offline. Raises EvaluationError with a clear message."""
     import pulumi
@@ -510,13 +541,14 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         _purge_program_modules()
         try:
             _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
-        except RunError as exc:
-            # ConfigError is a RunError; catch the base: the program re-imported infra.settings,
-            # so its ConfigError is not the class imported here.
-            raise EvaluationError(str(exc)) from None
         except EvaluationError:
             raise
-        except Exception as exc:  # the program itself failed: report, never a traceback
+        except Exception as exc:
+            if _is_config_error(exc):  # its message already names the stack and the key
+                raise EvaluationError(str(exc)) from None
+            if isinstance(exc, RunError):  # Pulumi's own clean stop (a missing config key, ...)
+                raise EvaluationError(f"stack '{stack}': {exc}") from None
+            # The program itself failed: one line for the user, the cause kept for debugging.
             raise EvaluationError(
                 f"stack '{stack}': the program failed: {type(exc).__name__}: {exc}"
             ) from exc

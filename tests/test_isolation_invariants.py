@@ -73,27 +73,33 @@ def owned(state: StackState) -> Owned:
             role_policy: Where = ("role-policy", f"{project}-{source}-{role}")
             for arn in (bucket, f"{bucket}/*"):
                 allowances.setdefault(arn, set()).update(
-                    {("boundary", None), ("endpoint", None), role_policy})
+                    {("boundary", None), ("endpoint", None), role_policy}
+                )
             peer_keys = f"arn:aws:kms:{region}:{_account(target)}:key/*"
             allowances.setdefault(peer_keys, set()).update({("boundary", None), role_policy})
         if target == state.stack:  # a peer role reads our store
             peer = _account(source)
             bucket_policy: Where = ("bucket-policy", f"{project}-{target}-{store}-{account}")
-            for arn in (f"arn:aws:iam::{peer}:role/{project}-{source}-{role}",
-                        f"arn:aws:iam::{peer}:root"):
+            for arn in (
+                f"arn:aws:iam::{peer}:role/{project}-{source}-{role}",
+                f"arn:aws:iam::{peer}:root",
+            ):
                 allowances.setdefault(arn, set()).update({("key-policy", None), bucket_policy})
     return Owned(
         project=project,
         stack=state.stack,
         account=account,
         region=region,
-        principals=set(access.get("analystPrincipals", [])) | set(access.get("adminPrincipals",
-                                                                             [])),
+        principals=set(access.get("analystPrincipals", []))
+        | set(access.get("adminPrincipals", [])),
         buckets={r.inputs["bucket"] for r in state.of_type("aws:s3/bucket:Bucket")},
-        iam_names={r.inputs["name"] for r in state.of_type("aws:iam/role:Role",
-                                                            "aws:iam/policy:Policy")},
+        iam_names={
+            r.inputs["name"] for r in state.of_type("aws:iam/role:Role", "aws:iam/policy:Policy")
+        },
         key_ids={r.outputs["keyId"] for r in state.of_type("aws:kms/key:Key")},
-        db_resource_ids={r.outputs["resourceId"] for r in state.of_type("aws:rds/instance:Instance")},
+        db_resource_ids={
+            r.outputs["resourceId"] for r in state.of_type("aws:rds/instance:Instance")
+        },
         allowances=allowances,
     )
 
@@ -195,9 +201,11 @@ def statement_arns(doc: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
 
 def _ecr_layers(arn: str, st: dict[str, Any], where: Where, me: Owned) -> bool:
     """The AWS-owned bucket of ECR image layers, read-only, in the S3 endpoint's policy."""
-    return (where[0] == "endpoint"
-            and arn == f"arn:aws:s3:::prod-{me.region}-starport-layer-bucket/*"
-            and st.get("Action") in (["s3:GetObject"], "s3:GetObject"))
+    return (
+        where[0] == "endpoint"
+        and arn == f"arn:aws:s3:::prod-{me.region}-starport-layer-bucket/*"
+        and st.get("Action") in (["s3:GetObject"], "s3:GetObject")
+    )
 
 
 def isolation_violations(state: StackState) -> list[str]:
@@ -218,8 +226,12 @@ def isolation_violations(state: StackState) -> list[str]:
 def flow_arns_named(state: StackState) -> set[str]:
     """The declared flows' ARNs that the stack's documents actually name."""
     me = owned(state)
-    return {arn for _, _, doc in documents(state) for _, arn in statement_arns(doc)
-            if arn in me.allowances}
+    return {
+        arn
+        for _, _, doc in documents(state)
+        for _, arn in statement_arns(doc)
+        if arn in me.allowances
+    }
 
 
 # -- the invariants --------------------------------------------------------------------------
@@ -229,8 +241,7 @@ def flow_arns_named(state: StackState) -> set[str]:
 def test_policies_name_only_this_stacks_arns(stacks: dict[str, StackState], name: str) -> None:
     state = stacks[name]
     kinds = {where[0] for where, _, _ in documents(state)}
-    assert {"role-policy", "trust", "boundary", "key-policy", "bucket-policy",
-            "endpoint"} <= kinds
+    assert {"role-policy", "trust", "boundary", "key-policy", "bucket-policy", "endpoint"} <= kinds
     assert isolation_violations(state) == []
 
 
@@ -244,8 +255,12 @@ def test_declared_flows_are_named_exactly(stacks: dict[str, StackState], name: s
     assert flow_arns_named(state) | peer_roots == expected
 
 
-def _with_policy(state: StackState, type_: str, pick: Callable[[Resource], bool],
-                 edit: Callable[[dict[str, Any]], None]) -> StackState:
+def _with_policy(
+    state: StackState,
+    type_: str,
+    pick: Callable[[Resource], bool],
+    edit: Callable[[dict[str, Any]], None],
+) -> StackState:
     copy_ = copy.deepcopy(state)
     targets = [r for r in copy_.of_type(type_) if pick(r)]
     assert targets
@@ -266,44 +281,69 @@ def test_the_check_finds_an_undeclared_cross_environment_arn(
     """The invariant above is not vacuous: leaks of each kind are reported."""
     prod, exp = stacks["prod"], stacks["experiment"]
     exp_raw = "arn:aws:s3:::envfence-experiment-raw-210987654321/*"
-    leaky = _with_policy(prod, "aws:iam/rolePolicy:RolePolicy",
-                         lambda r: r.inputs["role"] == "envfence-prod-analyst",
-                         lambda d: _statements(d)[0]["Resource"].append(exp_raw))
+    leaky = _with_policy(
+        prod,
+        "aws:iam/rolePolicy:RolePolicy",
+        lambda r: r.inputs["role"] == "envfence-prod-analyst",
+        lambda d: _statements(d)[0]["Resource"].append(exp_raw),
+    )
     assert [v for v in isolation_violations(leaky) if exp_raw in v]
 
     # A declared ARN in the wrong place: the flow's bucket in another role's policy.
     exp_results = "arn:aws:s3:::envfence-experiment-results-210987654321/*"
-    misplaced = _with_policy(prod, "aws:iam/rolePolicy:RolePolicy",
-                             lambda r: r.inputs["role"] == "envfence-prod-service",
-                             lambda d: _statements(d)[0]["Resource"].append(exp_results))
+    misplaced = _with_policy(
+        prod,
+        "aws:iam/rolePolicy:RolePolicy",
+        lambda r: r.inputs["role"] == "envfence-prod-service",
+        lambda d: _statements(d)[0]["Resource"].append(exp_results),
+    )
     assert [v for v in isolation_violations(misplaced) if exp_results in v]
 
     # The peer role admitted to a store that is not the declared one.
     prod_pipeline = "arn:aws:iam::123456789012:role/envfence-prod-pipeline"
     wrong_store = _with_policy(
-        exp, "aws:s3/bucketPolicy:BucketPolicy", lambda r: "-raw-" in r.inputs["bucket"],
+        exp,
+        "aws:s3/bucketPolicy:BucketPolicy",
+        lambda r: "-raw-" in r.inputs["bucket"],
         lambda d: _statements(d)[1]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"].append(
-            prod_pipeline))
+            prod_pipeline
+        ),
+    )
     assert [v for v in isolation_violations(wrong_store) if prod_pipeline in v]
 
     # Another account in a key policy, and a role of a stack sharing the account.
     other = "arn:aws:iam::999999999999:root"
-    foreign_key = _with_policy(prod, "aws:kms/key:Key", lambda r: True,
-                               lambda d: _statements(d).append(
-                                   {"Effect": "Allow", "Principal": {"AWS": other},
-                                    "Action": "kms:Decrypt", "Resource": "*"}))
+    foreign_key = _with_policy(
+        prod,
+        "aws:kms/key:Key",
+        lambda r: True,
+        lambda d: _statements(d).append(
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": other},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+            }
+        ),
+    )
     assert [v for v in isolation_violations(foreign_key) if other in v]
     sibling = "arn:aws:iam::210987654321:role/envfence-experiment-ab12-service"
-    shared_account = _with_policy(exp, "aws:kms/key:Key", lambda r: True,
-                                  lambda d: _statements(d)[1]["Condition"]["ArnEquals"][
-                                      "aws:PrincipalArn"].append(sibling))
+    shared_account = _with_policy(
+        exp,
+        "aws:kms/key:Key",
+        lambda r: True,
+        lambda d: _statements(d)[1]["Condition"]["ArnEquals"]["aws:PrincipalArn"].append(sibling),
+    )
     assert [v for v in isolation_violations(shared_account) if sibling in v]
 
 
 def test_flows_are_declared_by_both_stacks() -> None:
-    declared = {stack: {json.dumps(f, sort_keys=True)
-                        for f in _stack_file(stack).get("envfence:flows") or []}
-                for stack in STACKS}
+    declared = {
+        stack: {
+            json.dumps(f, sort_keys=True) for f in _stack_file(stack).get("envfence:flows") or []
+        }
+        for stack in STACKS
+    }
     assert any(declared.values()), "the repository declares at least one flow"
     for stack, flows in declared.items():
         for text in flows:
@@ -316,8 +356,10 @@ def test_flows_are_declared_by_both_stacks() -> None:
 def test_no_two_stack_files_have_overlapping_cidrs(project: Project) -> None:
     import ipaddress
 
-    cidrs = {stack: ipaddress.IPv4Network(_stack_file(stack)["envfence:network"]["cidr"])
-             for stack in project.stacks()}
+    cidrs = {
+        stack: ipaddress.IPv4Network(_stack_file(stack)["envfence:network"]["cidr"])
+        for stack in project.stacks()
+    }
     assert len(cidrs) >= 2
     for (a, net_a), (b, net_b) in itertools.combinations(cidrs.items(), 2):
         assert not net_a.overlaps(net_b), f"{a} {net_a} overlaps {b} {net_b}"
@@ -326,8 +368,11 @@ def test_no_two_stack_files_have_overlapping_cidrs(project: Project) -> None:
 def test_evaluated_vpcs_do_not_overlap(stacks: dict[str, StackState]) -> None:
     import ipaddress
 
-    nets = {name: ipaddress.IPv4Network(r.inputs["cidrBlock"])
-            for name, s in stacks.items() for r in s.of_type("aws:ec2/vpc:Vpc")}
+    nets = {
+        name: ipaddress.IPv4Network(r.inputs["cidrBlock"])
+        for name, s in stacks.items()
+        for r in s.of_type("aws:ec2/vpc:Vpc")
+    }
     assert set(nets) == set(STACKS)
     for (a, net_a), (b, net_b) in itertools.combinations(nets.items(), 2):
         assert not net_a.overlaps(net_b), (a, b)
@@ -363,20 +408,31 @@ def test_every_aws_resource_carries_the_environment_tags(
         provider = providers.get(r.provider or "")
         default = json.loads(provider.inputs["defaultTags"])["tags"] if provider else {}
         tags = {**default, **(r.inputs.get("tags") or {})}
-        wrong += [f"{r.name}: {k}={tags.get(k)!r}" for k, v in expected.items()
-                  if tags.get(k) != v]
+        wrong += [f"{r.name}: {k}={tags.get(k)!r}" for k, v in expected.items() if tags.get(k) != v]
     assert wrong == []
+
+
+NAME_INPUTS = ("bucket", "name", "identifier", "finalSnapshotIdentifier", "namePrefix")
+# `family` names an ECS task definition, but on an RDS parameter group it is the engine
+# ("postgres16"), which every parameter group of that engine has.
+FAMILY_IS_A_NAME = {"aws:ecs/taskDefinition:TaskDefinition"}
+# Names AWS keeps unique only inside a parent resource: the parent is part of the name.
+NAME_SCOPES = {
+    "aws:appconfig/environment:Environment": "applicationId",
+    "aws:appconfig/configurationProfile:ConfigurationProfile": "applicationId",
+}
 
 
 def physical_names(state: StackState) -> dict[str, str]:
     """Names and ids the cloud would see, mapped to the resource that holds them."""
     names: dict[str, str] = {}
     for r in state.custom():
-        for key in ("bucket", "name", "identifier", "finalSnapshotIdentifier", "family",
-                    "namePrefix"):
+        keys = NAME_INPUTS + (("family",) if r.type in FAMILY_IS_A_NAME else ())
+        scope = r.inputs.get(NAME_SCOPES[r.type]) if r.type in NAME_SCOPES else None
+        for key in keys:
             value = r.inputs.get(key)
             if isinstance(value, str) and r.type != "aws:s3/bucketPolicy:BucketPolicy":
-                names[value] = f"{r.type} {r.name}.{key}"
+                names[f"{scope}/{value}" if scope else value] = f"{r.type} {r.name}.{key}"
         if r.id:
             names[r.id] = f"{r.type} {r.name} id"
         if isinstance(r.outputs.get("arn"), str):
@@ -387,9 +443,16 @@ def physical_names(state: StackState) -> dict[str, str]:
 def test_no_physical_name_or_id_is_shared_between_stacks(stacks: dict[str, StackState]) -> None:
     by_stack = {name: physical_names(s) for name, s in stacks.items()}
     kinds = {v.split(" ")[0] for names in by_stack.values() for v in names.values()}
-    for type_ in ("aws:s3/bucket:Bucket", "aws:iam/role:Role", "aws:iam/policy:Policy",
-                  "aws:cloudwatch/logGroup:LogGroup", "aws:rds/instance:Instance",
-                  "aws:kms/alias:Alias"):
+    for type_ in (
+        "aws:s3/bucket:Bucket",
+        "aws:iam/role:Role",
+        "aws:iam/policy:Policy",
+        "aws:cloudwatch/logGroup:LogGroup",
+        "aws:rds/instance:Instance",
+        "aws:kms/alias:Alias",
+        "aws:ecs/taskDefinition:TaskDefinition",
+        "aws:appconfig/configurationProfile:ConfigurationProfile",
+    ):
         assert type_ in kinds
     for (a, names_a), (b, names_b) in itertools.combinations(by_stack.items(), 2):
         shared = {n: (names_a[n], names_b[n]) for n in set(names_a) & set(names_b)}
@@ -411,14 +474,16 @@ def test_physical_names_carry_the_stack_name(stacks: dict[str, StackState]) -> N
             assert resources, (name, type_)
             for r in resources:
                 value = r.inputs[key]
-                assert (owner_of(value, state.project) == name
-                        or value.startswith((f"/{state.project}/{name}/",
-                                             f"alias/{state.project}/{name}"))), (name, value)
+                assert owner_of(value, state.project) == name or value.startswith(
+                    (f"/{state.project}/{name}/", f"alias/{state.project}/{name}")
+                ), (name, value)
 
 
 def _snapshot(state: StackState) -> dict[str, tuple[str, str, Any, bool]]:
-    return {r.urn: (r.type, json.dumps(r.inputs, sort_keys=True), r.parent, r.protect)
-            for r in state.resources}
+    return {
+        r.urn: (r.type, json.dumps(r.inputs, sort_keys=True), r.parent, r.protect)
+        for r in state.resources
+    }
 
 
 def test_evaluating_stacks_in_turn_leaks_nothing(project: Project) -> None:
@@ -432,7 +497,10 @@ def test_evaluating_stacks_in_turn_leaks_nothing(project: Project) -> None:
     # None of the experiment's ids, names or account shows up in prod's inputs, beyond the
     # declared flow's store and the peer key ARN pattern.
     prod_inputs = json.dumps([r.inputs for r in again.resources])
-    leaked = [i for i in (r.id for r in other.custom())
-              if i and re.fullmatch(r"[a-z]+-[0-9a-f]{8,}", i) and i in prod_inputs]
+    leaked = [
+        i
+        for i in (r.id for r in other.custom())
+        if i and re.fullmatch(r"[a-z]+-[0-9a-f]{8,}", i) and i in prod_inputs
+    ]
     assert leaked == []
     assert {r.id for r in first.custom()} == {r.id for r in again.custom()}

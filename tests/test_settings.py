@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import envfence.evaluate as evaluate_module
+from envfence.cli import main as cli_main
 from envfence.evaluate import EvaluationError, evaluate
 from envfence.model import STACK_TYPE
 from infra.project import ROOT, Project, load_project
@@ -64,14 +65,22 @@ def raw_config(
     return raw
 
 
-def parse(stack: str, raw: Mapping[str, str], peers: Mapping[str, PeerStack] | None = None,
-          as_stack: str | None = None) -> Settings:
+def parse(
+    stack: str,
+    raw: Mapping[str, str],
+    peers: Mapping[str, PeerStack] | None = None,
+    as_stack: str | None = None,
+) -> Settings:
     name = as_stack or stack
     return parse_settings(NAME, name, raw, PEERS.get(stack, {}) if peers is None else peers)
 
 
-def refused(stack: str, raw: Mapping[str, str], peers: Mapping[str, PeerStack] | None = None,
-            as_stack: str | None = None) -> str:
+def refused(
+    stack: str,
+    raw: Mapping[str, str],
+    peers: Mapping[str, PeerStack] | None = None,
+    as_stack: str | None = None,
+) -> str:
     with pytest.raises(ConfigError) as info:
         parse(stack, raw, peers, as_stack)
     return str(info.value)
@@ -82,7 +91,7 @@ def assert_message(msg: str, stack: str, key: str, value: Any, *allowed: str) ->
     shown = "missing" if value is None else f"is {json.dumps(value)}"
     head = f"stack '{stack}': config {key} {shown}; allowed: "
     assert msg.startswith(head), f"{msg!r} does not start with {head!r}"
-    rest = msg[len(head):]
+    rest = msg[len(head) :]
     assert rest.strip(), f"{msg!r} says nothing about what is allowed"
     for fragment in allowed:
         assert fragment in rest, f"{fragment!r} missing from what is allowed: {rest!r}"
@@ -118,8 +127,11 @@ def test_real_stack_files_parse(stack: str) -> None:
 def test_real_stack_files_are_the_pair_the_tests_assume() -> None:
     for peer in (PROD_PEER, EXPERIMENT_PEER):
         s = settings_for(PROJECT, peer.name, PROJECT.stack_config(peer.name))
-        assert (s.network.cidr, s.account, s.data_stores) == (peer.cidr, peer.account,
-                                                               peer.data_stores)
+        assert (s.network.cidr, s.account, s.data_stores) == (
+            peer.cidr,
+            peer.account,
+            peer.data_stores,
+        )
 
 
 def test_project_disables_default_providers() -> None:
@@ -152,15 +164,21 @@ def test_malformed_cidr(cidr: str) -> None:
 )
 def test_cidr_outside_the_allowed_prefixes_or_not_private(cidr: str) -> None:
     msg = refused("prod", raw_config("prod", merge={"envfence:network": {"cidr": cidr}}))
-    assert_message(msg, "prod", "envfence:network.cidr", cidr,
-                   "10/8, 172.16/12 or 192.168/16", "/16 to /24")
+    assert_message(
+        msg, "prod", "envfence:network.cidr", cidr, "10/8, 172.16/12 or 192.168/16", "/16 to /24"
+    )
 
 
 def test_cidr_overlapping_a_sibling_stack() -> None:
     raw = raw_config("prod", merge={"envfence:network": {"cidr": "10.20.128.0/20"}})
     msg = refused("prod", raw)
-    assert_message(msg, "prod", "envfence:network.cidr", "10.20.128.0/20",
-                   "does not overlap stack 'experiment' (10.20.0.0/16)")
+    assert_message(
+        msg,
+        "prod",
+        "envfence:network.cidr",
+        "10.20.128.0/20",
+        "does not overlap stack 'experiment' (10.20.0.0/16)",
+    )
     # The control: the same CIDR parses once the sibling holds another one.
     moved = PeerStack("experiment", ipaddress.IPv4Network("10.99.0.0/16"), "210987654321", STORES)
     assert str(parse("prod", raw, peers={"experiment": moved}).network.cidr) == "10.20.128.0/20"
@@ -176,40 +194,47 @@ def test_az_count_out_of_range(az_count: Any) -> None:
 def test_more_nat_gateways_than_azs() -> None:
     raw = raw_config("experiment", merge={"envfence:network": {"azCount": 2, "natGateways": 3}})
     msg = refused("experiment", raw)
-    assert_message(msg, "experiment", "envfence:network.natGateways", 3,
-                   "from 0 to azCount (2)")
+    assert_message(msg, "experiment", "envfence:network.natGateways", 3, "from 0 to azCount (2)")
 
 
 def test_experiment_id_on_production() -> None:
     msg = refused("prod", raw_config("prod", {"envfence:experimentId": "abc"}))
-    assert_message(msg, "prod", "envfence:experimentId", "abc",
-                   "forbidden for the production tier")
+    assert_message(msg, "prod", "envfence:experimentId", "abc", "forbidden for the production tier")
 
 
 def test_experiment_id_missing_for_experiment() -> None:
     msg = refused("experiment", raw_config("experiment", drop=("envfence:experimentId",)))
-    assert_message(msg, "experiment", "envfence:experimentId", None,
-                   "required for tier experiment")
+    assert_message(msg, "experiment", "envfence:experimentId", None, "required for tier experiment")
 
 
 def test_experiment_id_not_matching_the_stack_name() -> None:
     raw = raw_config("experiment", {"envfence:experimentId": "shared"})
     msg = refused("experiment", raw, peers={}, as_stack="experiment-ab12")
-    assert_message(msg, "experiment-ab12", "envfence:experimentId", "shared",
-                   "'ab12', the id in the stack name")
+    assert_message(
+        msg,
+        "experiment-ab12",
+        "envfence:experimentId",
+        "shared",
+        "'ab12', the id in the stack name",
+    )
 
 
 def test_experiment_id_matching_the_stack_name_is_accepted() -> None:
-    raw = raw_config("experiment", {"envfence:experimentId": "ab12"},
-                     merge={"envfence:network": {"cidr": "10.30.0.0/16"}}, drop=("envfence:flows",))
+    raw = raw_config(
+        "experiment",
+        {"envfence:experimentId": "ab12"},
+        merge={"envfence:network": {"cidr": "10.30.0.0/16"}},
+        drop=("envfence:flows",),
+    )
     s = parse("experiment", raw, peers={}, as_stack="experiment-ab12")
     assert (s.stack, s.experiment_id) == ("experiment-ab12", "ab12")
 
 
 def test_expires_on_production() -> None:
     msg = refused("prod", raw_config("prod", {"envfence:expiresOn": "2030-01-31"}))
-    assert_message(msg, "prod", "envfence:expiresOn", "2030-01-31",
-                   "production stacks do not expire")
+    assert_message(
+        msg, "prod", "envfence:expiresOn", "2030-01-31", "production stacks do not expire"
+    )
 
 
 def test_expires_on_is_read_for_an_experiment() -> None:
@@ -218,16 +243,26 @@ def test_expires_on_is_read_for_an_experiment() -> None:
 
 
 def _prod_flow(**changes: Any) -> dict[str, str]:
-    flow = {"from": "prod", "to": "experiment", "role": "pipeline", "store": "results",
-            "access": "read"}
+    flow = {
+        "from": "prod",
+        "to": "experiment",
+        "role": "pipeline",
+        "store": "results",
+        "access": "read",
+    }
     flow.update(changes)
     return raw_config("prod", {"envfence:flows": [flow]})
 
 
 def test_flow_naming_an_unknown_data_store() -> None:
     msg = refused("prod", _prod_flow(store="scratch"))
-    assert_message(msg, "prod", "envfence:flows[0].store", "scratch",
-                   "a data store of stack 'experiment': raw, curated, results")
+    assert_message(
+        msg,
+        "prod",
+        "envfence:flows[0].store",
+        "scratch",
+        "a data store of stack 'experiment': raw, curated, results",
+    )
 
 
 def test_flow_naming_an_unknown_stack() -> None:
@@ -242,16 +277,17 @@ def test_flow_with_write_access() -> None:
 
 
 def test_flow_not_involving_the_current_stack() -> None:
-    other = PeerStack("experiment-ab12", ipaddress.IPv4Network("10.30.0.0/16"), "210987654321",
-                      STORES)
+    other = PeerStack(
+        "experiment-ab12", ipaddress.IPv4Network("10.30.0.0/16"), "210987654321", STORES
+    )
     raw = _prod_flow(**{"from": "experiment", "to": "experiment-ab12"})
     msg = refused("prod", raw, peers={"experiment": EXPERIMENT_PEER, "experiment-ab12": other})
-    assert_message(msg, "prod", "envfence:flows[0].from", "experiment",
-                   "'prod' on one side")
+    assert_message(msg, "prod", "envfence:flows[0].from", "experiment", "'prod' on one side")
 
 
-@pytest.mark.parametrize("key", ["envfence:tier", "envfence:owner", "envfence:allowedAccountIds",
-                                 "aws:region"])
+@pytest.mark.parametrize(
+    "key", ["envfence:tier", "envfence:owner", "envfence:allowedAccountIds", "aws:region"]
+)
 def test_missing_required_key(key: str) -> None:
     msg = refused("prod", raw_config("prod", drop=(key,)))
     assert_message(msg, "prod", key, None)
@@ -280,8 +316,7 @@ def test_missing_network_object_means_missing_cidr() -> None:
 def test_allowed_account_ids_not_a_quoted_12_digit_id(accounts: str) -> None:
     msg = refused("prod", raw_config("prod", {"envfence:allowedAccountIds": accounts}))
     value = json.loads(accounts) if accounts.startswith("[") else accounts
-    assert_message(msg, "prod", "envfence:allowedAccountIds", value, "12-digit",
-                   "quoted string")
+    assert_message(msg, "prod", "envfence:allowedAccountIds", value, "12-digit", "quoted string")
 
 
 def test_allowed_account_ids_with_two_accounts() -> None:
@@ -296,22 +331,29 @@ def test_unquoted_account_id_in_a_stack_file_is_refused(tmp_path: Path) -> None:
     assert written["config"]["envfence:allowedAccountIds"] == [123456789012]
     with pytest.raises(ConfigError) as info:
         settings_for(project, "prod", project.stack_config("prod"))
-    assert_message(str(info.value), "prod", "envfence:allowedAccountIds", [123456789012],
-                   "quoted string")
+    assert_message(
+        str(info.value), "prod", "envfence:allowedAccountIds", [123456789012], "quoted string"
+    )
 
 
 @pytest.mark.parametrize("key", ["analystPrincipals", "adminPrincipals"])
 def test_principal_of_another_account(key: str) -> None:
     arn = "arn:aws:iam::999999999999:role/data-analysts"
     msg = refused("prod", raw_config("prod", merge={"envfence:access": {key: [arn]}}))
-    assert_message(msg, "prod", f"envfence:access.{key}", arn, "of account 123456789012",
-                   "no wildcards")
+    assert_message(
+        msg, "prod", f"envfence:access.{key}", arn, "of account 123456789012", "no wildcards"
+    )
 
 
 @pytest.mark.parametrize(
     "arn",
-    ["arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012:role/data-*", "*",
-     "arn:aws:iam::123456789012:root", "arn:aws:iam::*:role/data-analysts"],
+    [
+        "arn:aws:iam::123456789012:role/*",
+        "arn:aws:iam::123456789012:role/data-*",
+        "*",
+        "arn:aws:iam::123456789012:root",
+        "arn:aws:iam::*:role/data-analysts",
+    ],
 )
 def test_analyst_principal_with_a_wildcard_or_not_a_role(arn: str) -> None:
     raw = raw_config("prod", merge={"envfence:access": {"analystPrincipals": [arn]}})
@@ -334,8 +376,9 @@ def test_experiment_may_turn_deletion_protection_off() -> None:
 def test_production_backup_retention_below_seven_days(days: int) -> None:
     raw = raw_config("prod", merge={"envfence:database": {"backupRetentionDays": days}})
     msg = refused("prod", raw)
-    assert_message(msg, "prod", "envfence:database.backupRetentionDays", days,
-                   "from 7 to 35 for production")
+    assert_message(
+        msg, "prod", "envfence:database.backupRetentionDays", days, "from 7 to 35 for production"
+    )
 
 
 def test_production_backup_retention_of_seven_days_is_accepted() -> None:
@@ -382,8 +425,9 @@ def test_invalid_stack_name(stack: str) -> None:
 
 
 def test_production_defaults() -> None:
-    raw = raw_config("prod", drop=("envfence:database", "envfence:logRetentionDays",
-                                   "envfence:retention"))
+    raw = raw_config(
+        "prod", drop=("envfence:database", "envfence:logRetentionDays", "envfence:retention")
+    )
     s = parse("prod", raw)
     assert s.is_production
     assert s.database.multi_az is True
@@ -396,8 +440,9 @@ def test_production_defaults() -> None:
 
 
 def test_experiment_defaults() -> None:
-    raw = raw_config("experiment", drop=("envfence:database", "envfence:logRetentionDays",
-                                         "envfence:retention"))
+    raw = raw_config(
+        "experiment", drop=("envfence:database", "envfence:logRetentionDays", "envfence:retention")
+    )
     s = parse("experiment", raw)
     assert not s.is_production
     assert s.retention.expire_after_days == 30
@@ -417,8 +462,9 @@ def test_network_defaults() -> None:
 # -- a bad stack file under the evaluator -----------------------------------------------------
 
 
-def _project_copy(tmp_path: Path, changes: Mapping[str, Mapping[str, Any]],
-                  with_program: bool = False) -> Project:
+def _project_copy(
+    tmp_path: Path, changes: Mapping[str, Mapping[str, Any]], with_program: bool = False
+) -> Project:
     """Pulumi.yaml and every stack file copied into tmp_path, `changes[stack]` applied to that
     stack's config (None removes a key); optionally infra/ too, so the program runs there."""
     shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
@@ -431,8 +477,9 @@ def _project_copy(tmp_path: Path, changes: Mapping[str, Mapping[str, Any]],
                 doc["config"][key] = value
         (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     if with_program:
-        shutil.copytree(ROOT / "infra", tmp_path / "infra",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / "infra", tmp_path / "infra", ignore=shutil.ignore_patterns("__pycache__")
+        )
     return load_project(tmp_path)
 
 
@@ -501,12 +548,6 @@ class _BadTierProject(Project):
         return config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: envfence/evaluate.py `except ConfigError` never matches: _purge_program_modules()"
-    " re-imports infra.settings, so the program raises a different ConfigError class and a config"
-    " error is reported as 'the program failed: ConfigError: ...' with the traceback chained",
-)
 def test_config_error_is_reported_as_the_config_error_itself() -> None:
     bad = _BadTierProject(PROJECT.root, NAME, PROJECT.defaults)
     with pytest.raises(ConfigError) as expected:
@@ -517,11 +558,21 @@ def test_config_error_is_reported_as_the_config_error_itself() -> None:
     assert info.value.__cause__ is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: infra/project.py to_cli_string() renders a YAML date (expiresOn: 2030-01-31,"
-    " unquoted) as the JSON string '\"2030-01-31\"' with quotes, so a valid expiresOn is refused",
-)
+@pytest.mark.parametrize("command", ["plan", "check"])
+def test_config_error_is_one_line_and_exit_code_2_in_the_cli(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _BadTierProject(PROJECT.root, NAME, PROJECT.defaults)
+    monkeypatch.setattr(evaluate_module, "load_project", lambda: bad)
+    assert cli_main([command, "--stack", "prod"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("envfence: error: stack 'prod': config envfence:tier is \"staging\"")
+    assert "allowed: production | experiment" in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
 def test_unquoted_yaml_date_for_expires_on_is_a_date(tmp_path: Path) -> None:
     project = _project_copy(tmp_path, {"experiment": {"envfence:expiresOn": dt.date(2030, 1, 31)}})
     assert "envfence:expiresOn: 2030-01-31\n" in (tmp_path / "Pulumi.experiment.yaml").read_text()

@@ -73,13 +73,27 @@ DATA_ROLES = ("service", "pipeline", "analyst")
 CLASSIFICATION = {"production": "production", "experiment": "experimental"}
 # What reads or writes data under a KMS key (CreateGrant hands these out to a grantee).
 KMS_DATA_ACTIONS = (
-    "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
-    "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair",
-    "kms:GenerateDataKeyPairWithoutPlaintext", "kms:GenerateMac", "kms:VerifyMac",
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateDataKeyPairWithoutPlaintext",
+    "kms:GenerateMac",
+    "kms:VerifyMac",
 )
-S3_OBJECT_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
-                     "s3:DeleteObjectVersion", "s3:ListBucket", "s3:ListBucketVersions",
-                     "s3:RestoreObject")
+S3_OBJECT_ACTIONS = (
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:ListBucket",
+    "s3:ListBucketVersions",
+    "s3:RestoreObject",
+)
 
 
 # -- expectations from the stack file --------------------------------------------------------
@@ -185,8 +199,7 @@ def facts_of(state: StackState) -> Facts:
         stores=tuple(_value(c, "envfence:dataStores", ["raw", "curated", "results"])),
         analysts=tuple(access.get("analystPrincipals", ())),
         admins=tuple(access.get("adminPrincipals", ())),
-        log_retention=int(c.get("envfence:logRetentionDays", 365 if tier == "production"
-                                else 30)),
+        log_retention=int(c.get("envfence:logRetentionDays", 365 if tier == "production" else 30)),
         retention=_value(c, "envfence:retention", {}),
         flows=flows,
         peer_accounts=peer_accounts,
@@ -218,9 +231,9 @@ def statements(document: str) -> list[dict[str, Any]]:
 
 def grants(st: dict[str, Any], action: str) -> bool:
     """Whether the statement's Action (or NotAction) covers `action`."""
+
     def hit(patterns: Any) -> bool:
-        return any(fnmatch.fnmatchcase(action.lower(), str(p).lower())
-                   for p in as_list(patterns))
+        return any(fnmatch.fnmatchcase(action.lower(), str(p).lower()) for p in as_list(patterns))
 
     if "Action" in st:
         return hit(st["Action"])
@@ -246,8 +259,7 @@ def only(items: list[Resource], what: str) -> Resource:
 
 
 def with_inputs(state: StackState, type_: str, **inputs: Any) -> list[Resource]:
-    return [r for r in state.of_type(type_)
-            if all(r.inputs.get(k) == v for k, v in inputs.items())]
+    return [r for r in state.of_type(type_) if all(r.inputs.get(k) == v for k, v in inputs.items())]
 
 
 def subnets(state: StackState, tier: str) -> list[Resource]:
@@ -255,8 +267,11 @@ def subnets(state: StackState, tier: str) -> list[Resource]:
 
 
 def route_tables_of(state: StackState, subnet_ids: set[str]) -> set[str]:
-    return {a.inputs["routeTableId"] for a in state.of_type(RTA)
-            if a.inputs.get("subnetId") in subnet_ids}
+    return {
+        a.inputs["routeTableId"]
+        for a in state.of_type(RTA)
+        if a.inputs.get("subnetId") in subnet_ids
+    }
 
 
 def provider_of(state: StackState, r: Resource) -> Resource:
@@ -291,8 +306,10 @@ def role_named(state: StackState, name: str) -> Resource:
 
 
 def boundary_of(state: StackState, facts: Facts) -> Resource:
-    return only(with_inputs(state, IAM_POLICY, name=f"{facts.project}-{facts.stack}-boundary"),
-                "permission boundary")
+    return only(
+        with_inputs(state, IAM_POLICY, name=f"{facts.project}-{facts.stack}-boundary"),
+        "permission boundary",
+    )
 
 
 # -- network ---------------------------------------------------------------------------------
@@ -323,7 +340,7 @@ def test_subnets_do_not_overlap(state: StackState, facts: Facts) -> None:
     assert len(nets) >= 2 * facts.az_count
     for i, a in enumerate(nets):
         assert a.subnet_of(facts.cidr)
-        for b in nets[i + 1:]:
+        for b in nets[i + 1 :]:
             assert not a.overlaps(b), (a, b)
 
 
@@ -346,19 +363,14 @@ def test_data_subnets_route_table_has_no_route(state: StackState) -> None:
             assert not route.inputs.get(target), route.inputs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: infra/components/network.py adds the data route table to the S3 gateway "
-    "endpoint (route_tables.append(data_rt)), giving data subnets a route out of the VPC "
-    "although the code says 'the local route only ... nothing leaves the VPC'",
-)
 def test_data_route_table_is_not_routed_to_the_s3_endpoint(state: StackState) -> None:
     data_rts = route_tables_of(state, {sn.id for sn in subnets(state, "data")})
     assert data_rts
     for endpoint in state.of_type(ENDPOINT):
         assert not set(endpoint.inputs.get("routeTableIds") or []) & data_rts, endpoint.name
-    assert [r.name for r in state.of_type(ENDPOINT_RTA)
-            if r.inputs.get("routeTableId") in data_rts] == []
+    assert [
+        r.name for r in state.of_type(ENDPOINT_RTA) if r.inputs.get("routeTableId") in data_rts
+    ] == []
 
 
 def test_nat_only_where_configured(state: StackState, facts: Facts) -> None:
@@ -370,8 +382,9 @@ def test_nat_only_where_configured(state: StackState, facts: Facts) -> None:
     if facts.nat_gateways == 0:
         assert igws == [] and eips == [] and public == []
         assert [r.name for r in state.of_type(ROUTE)] == []
-        assert [r.name for r in state.of_type(EGRESS)
-                if r.inputs.get("cidrIpv4") == "0.0.0.0/0"] == []
+        assert [
+            r.name for r in state.of_type(EGRESS) if r.inputs.get("cidrIpv4") == "0.0.0.0/0"
+        ] == []
         return
     igw = only(igws, "internet gateway")
     assert igw.inputs["vpcId"] == vpc.id
@@ -403,12 +416,15 @@ def test_default_security_group_is_emptied(state: StackState) -> None:
 
 def test_database_security_group_admits_postgres_from_the_app_only(state: StackState) -> None:
     db = only(state.of_type(DB), "database")
-    sg_db = only([sg for sg in state.of_type(SG) if sg.id in db.inputs["vpcSecurityGroupIds"]],
-                 "database security group")
+    sg_db = only(
+        [sg for sg in state.of_type(SG) if sg.id in db.inputs["vpcSecurityGroupIds"]],
+        "database security group",
+    )
     assert db.inputs["vpcSecurityGroupIds"] == [sg_db.id]
     assert not sg_db.inputs.get("ingress")
-    assert [r.name for r in state.of_type(SG_RULE)
-            if r.inputs.get("securityGroupId") == sg_db.id] == []
+    assert [
+        r.name for r in state.of_type(SG_RULE) if r.inputs.get("securityGroupId") == sg_db.id
+    ] == []
     rules = [r.inputs for r in state.of_type(INGRESS) if r.inputs["securityGroupId"] == sg_db.id]
     assert len(rules) == 1, rules
     rule = rules[0]
@@ -418,8 +434,9 @@ def test_database_security_group_admits_postgres_from_the_app_only(state: StackS
     sg_app = only([sg for sg in state.of_type(SG) if sg.name == "sg-app"], "app security group")
     assert rule["referencedSecurityGroupId"] == sg_app.id
     # And nothing at all comes in to the application tasks.
-    assert [r.name for r in state.of_type(INGRESS)
-            if r.inputs["securityGroupId"] == sg_app.id] == []
+    assert [
+        r.name for r in state.of_type(INGRESS) if r.inputs["securityGroupId"] == sg_app.id
+    ] == []
 
 
 def test_no_ingress_from_outside_the_vpc(state: StackState, facts: Facts) -> None:
@@ -431,13 +448,12 @@ def test_no_ingress_from_outside_the_vpc(state: StackState, facts: Facts) -> Non
 
 
 def _s3_endpoint(state: StackState, facts: Facts) -> Resource:
-    return only(with_inputs(state, ENDPOINT, serviceName=f"com.amazonaws.{facts.region}.s3"),
-                "S3 endpoint")
+    return only(
+        with_inputs(state, ENDPOINT, serviceName=f"com.amazonaws.{facts.region}.s3"), "S3 endpoint"
+    )
 
 
-def test_s3_endpoint_admits_only_this_environments_buckets(
-    state: StackState, facts: Facts
-) -> None:
+def test_s3_endpoint_admits_only_this_environments_buckets(state: StackState, facts: Facts) -> None:
     endpoint = _s3_endpoint(state, facts)
     assert endpoint.inputs["vpcEndpointType"] == "Gateway"
     assert endpoint.inputs["vpcId"] == vpc_of(state).id
@@ -469,8 +485,14 @@ def test_flow_logs_go_to_an_encrypted_log_group_with_retention(
     flow_log = only(with_inputs(state, FLOW_LOG, vpcId=vpc.id), "VPC flow log")
     assert flow_log.inputs["trafficType"] == "ALL"
     assert flow_log.inputs["logDestinationType"] == "cloud-watch-logs"
-    group = only([g for g in state.of_type(LOG_GROUP)
-                  if g.outputs["arn"] == flow_log.inputs["logDestination"]], "flow log group")
+    group = only(
+        [
+            g
+            for g in state.of_type(LOG_GROUP)
+            if g.outputs["arn"] == flow_log.inputs["logDestination"]
+        ],
+        "flow log group",
+    )
     assert group.inputs["name"].startswith(f"/{facts.project}/{facts.stack}/")
     assert group.inputs["kmsKeyId"] == key_of(state).outputs["arn"]
     assert group.inputs["retentionInDays"] == facts.log_retention
@@ -513,18 +535,25 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
             return None  # the environment's roles
         for flow in facts.inbound():
             src = flow["from"]
-            if (aws == {f"arn:aws:iam::{facts.account_of(src)}:root"}
-                    and arns == {facts.role_arn(flow["role"], src)}
-                    and as_list(cond.get("StringEquals", {}).get("kms:ViaService"))
-                    == [f"s3.{facts.region}.amazonaws.com"]
-                    and not grants_any(st, ("kms:Encrypt", "kms:GenerateDataKey"))):
+            if (
+                aws == {f"arn:aws:iam::{facts.account_of(src)}:root"}
+                and arns == {facts.role_arn(flow["role"], src)}
+                and as_list(cond.get("StringEquals", {}).get("kms:ViaService"))
+                == [f"s3.{facts.region}.amazonaws.com"]
+                and not grants_any(st, ("kms:Encrypt", "kms:GenerateDataKey"))
+            ):
                 return None  # a declared flow: decrypt through S3 only
         admins = set(facts.admins) or {facts.root}
         equals = cond.get("StringEquals", {})
         via = set(as_list(equals.get("kms:ViaService", [])))
-        if (aws <= admins and not arns and equals.get("kms:CallerAccount") == facts.account
-                and via and all(v.endswith(f".{facts.region}.amazonaws.com") for v in via)
-                and not via & {f"s3.{facts.region}.amazonaws.com"}):
+        if (
+            aws <= admins
+            and not arns
+            and equals.get("kms:CallerAccount") == facts.account
+            and via
+            and all(v.endswith(f".{facts.region}.amazonaws.com") for v in via)
+            and not via & {f"s3.{facts.region}.amazonaws.com"}
+        ):
             return None  # administrators, only through AWS services that encrypt for them
         return f"data use by {sorted(aws)} not limited to this environment's roles"
     if services:
@@ -549,20 +578,25 @@ def test_key_policy_data_use_is_limited_to_this_environment(
     assert {sid: why for sid, why in problems.items() if why} == {}
     # The roles' use is narrowed by aws:PrincipalArn to exactly the environment's data roles.
     own_roles = {facts.role_arn(r) for r in DATA_ROLES}
-    role_use = [st for st in data if principals(st, "AWS") == {facts.root}
-                and set(as_list(st.get("Condition", {}).get("ArnEquals", {})
-                                .get("aws:PrincipalArn", []))) == own_roles]
+    role_use = [
+        st
+        for st in data
+        if principals(st, "AWS") == {facts.root}
+        and set(as_list(st.get("Condition", {}).get("ArnEquals", {}).get("aws:PrincipalArn", [])))
+        == own_roles
+    ]
     assert len(role_use) == 1
     assert grants(role_use[0], "kms:Decrypt") and grants(role_use[0], "kms:GenerateDataKey")
     # CloudWatch Logs may use it only for this environment's log groups.
-    logs = [st for st in data if principals(st, "Service") == {f"logs.{facts.region}.amazonaws.com"}]
+    logs = [
+        st for st in data if principals(st, "Service") == {f"logs.{facts.region}.amazonaws.com"}
+    ]
     assert len(logs) == 1
     assert logs[0]["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"] == (
         f"arn:aws:logs:{facts.region}:{facts.account}:log-group:/{facts.project}/{facts.stack}/*"
     )
     # Each declared inbound flow has its own decrypt statement, and nothing else from outside.
-    foreign = [st for st in data if principals(st, "AWS") - {facts.root}
-               - set(facts.admins)]
+    foreign = [st for st in data if principals(st, "AWS") - {facts.root} - set(facts.admins)]
     assert len(foreign) == len(facts.inbound())
 
 
@@ -576,8 +610,12 @@ def test_key_administration_grants_no_data_use(state: StackState, facts: Facts) 
         assert not principals(st, "Service"), st
         assert not grants_any(st, KMS_DATA_ACTIONS), st
     if facts.production:
-        assert any(st["Effect"] == "Deny" and grants(st, "kms:ScheduleKeyDeletion")
-                   and principals(st, "AWS") == {"*"} for st in stmts)
+        assert any(
+            st["Effect"] == "Deny"
+            and grants(st, "kms:ScheduleKeyDeletion")
+            and principals(st, "AWS") == {"*"}
+            for st in stmts
+        )
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -595,13 +633,17 @@ def test_database_is_private_encrypted_and_iam_authenticated(
     assert db["manageMasterUserPassword"] is True
     assert db["masterUserSecretKmsKeyId"] == key_arn
     assert "password" not in db
-    params = only([p for p in state.of_type(DB_PARAMS)
-                   if p.outputs["name"] == db["parameterGroupName"]], "parameter group")
+    params = only(
+        [p for p in state.of_type(DB_PARAMS) if p.outputs["name"] == db["parameterGroupName"]],
+        "parameter group",
+    )
     values = {p["name"]: p["value"] for p in params.inputs["parameters"]}
     assert values["rds.force_ssl"] == "1"
     assert params.inputs["family"] == f"postgres{db['engineVersion'].split('.')[0]}"
-    group = only([g for g in state.of_type(DB_SUBNETS)
-                  if g.outputs["name"] == db["dbSubnetGroupName"]], "DB subnet group")
+    group = only(
+        [g for g in state.of_type(DB_SUBNETS) if g.outputs["name"] == db["dbSubnetGroupName"]],
+        "DB subnet group",
+    )
     assert set(group.inputs["subnetIds"]) == {sn.id for sn in subnets(state, "data")}
 
 
@@ -613,8 +655,12 @@ def test_every_bucket_is_private_encrypted_and_versioned(state: StackState, chec
     for bucket in buckets:
         if check == "public-access":
             block = attached(state, PUBLIC_ACCESS, bucket).inputs
-            for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                         "restrictPublicBuckets"):
+            for flag in (
+                "blockPublicAcls",
+                "blockPublicPolicy",
+                "ignorePublicAcls",
+                "restrictPublicBuckets",
+            ):
                 assert block[flag] is True, (bucket.id, flag)
         elif check == "encryption":
             rules = attached(state, ENCRYPTION, bucket).inputs["rules"]
@@ -670,23 +716,31 @@ def test_data_store_policies_fence_the_environment(state: StackState, facts: Fac
         stmts = statements(attached(state, BUCKET_POLICY, bucket).inputs["policy"])
         denies = [st for st in stmts if st["Effect"] == "Deny"]
 
-        tls = [st for st in denies if st.get("Condition", {}).get("Bool", {})
-               .get("aws:SecureTransport") in ("false", False)]
+        tls = [
+            st
+            for st in denies
+            if st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")
+            in ("false", False)
+        ]
         assert len(tls) == 1, store
         assert principals(tls[0], "*") == {"*"} or tls[0]["Principal"] == {"AWS": "*"}
         assert grants(tls[0], "s3:GetObject") and grants(tls[0], "s3:PutBucketPolicy")
         assert set(as_list(tls[0]["Resource"])) == {arn, f"{arn}/*"}
 
-        fence = [st for st in denies if "aws:PrincipalArn" in st.get("Condition", {})
-                 .get("ArnNotEquals", {})]
+        fence = [
+            st
+            for st in denies
+            if "aws:PrincipalArn" in st.get("Condition", {}).get("ArnNotEquals", {})
+        ]
         assert len(fence) == 1, store
         st = fence[0]
         assert st["Principal"] in ("*", {"AWS": "*"})
         assert set(as_list(st["Resource"])) == {arn, f"{arn}/*"}
         for action in S3_OBJECT_ACTIONS:
             assert grants(st, action), (store, action)
-        flow_roles = {facts.role_arn(f["role"], f["from"]) for f in facts.inbound()
-                      if f["store"] == store}
+        flow_roles = {
+            facts.role_arn(f["role"], f["from"]) for f in facts.inbound() if f["store"] == store
+        }
         expected = {facts.role_arn(r) for r in DATA_ROLES} | flow_roles
         exempt = set(as_list(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
         if facts.production:
@@ -699,8 +753,7 @@ def test_data_store_policies_fence_the_environment(state: StackState, facts: Fac
         for allow in [s for s in stmts if s["Effect"] == "Allow"]:
             roles = set(as_list(allow["Condition"]["ArnEquals"]["aws:PrincipalArn"]))
             assert roles and roles <= flow_roles, (store, allow)
-            assert not grants_any(allow, ("s3:PutObject", "s3:DeleteObject",
-                                          "s3:PutBucketPolicy"))
+            assert not grants_any(allow, ("s3:PutObject", "s3:DeleteObject", "s3:PutBucketPolicy"))
         assert bool([s for s in stmts if s["Effect"] == "Allow"]) == bool(flow_roles)
 
 
@@ -723,12 +776,18 @@ def test_roles_carry_the_environment_boundary_and_tags(state: StackState, facts:
 def test_boundary_denies_session_tags_and_environment_tag_changes(
     state: StackState, facts: Facts
 ) -> None:
-    denies = [st for st in statements(boundary_of(state, facts).inputs["policy"])
-              if st["Effect"] == "Deny"]
+    denies = [
+        st
+        for st in statements(boundary_of(state, facts).inputs["policy"])
+        if st["Effect"] == "Deny"
+    ]
     session = [st for st in denies if grants(st, "sts:TagSession") and not st.get("Condition")]
     assert session and "*" in as_list(session[0]["Resource"])
-    tag_changes = [st for st in denies
-                   if "aws:TagKeys" in st.get("Condition", {}).get("ForAnyValue:StringEquals", {})]
+    tag_changes = [
+        st
+        for st in denies
+        if "aws:TagKeys" in st.get("Condition", {}).get("ForAnyValue:StringEquals", {})
+    ]
     assert len(tag_changes) == 1
     keys = set(as_list(tag_changes[0]["Condition"]["ForAnyValue:StringEquals"]["aws:TagKeys"]))
     assert {"environment", "tier", "data-classification", "experiment-id"} <= keys
@@ -739,8 +798,11 @@ def test_boundary_denies_session_tags_and_environment_tag_changes(
 def test_boundary_denies_data_and_keys_of_other_environments(
     state: StackState, facts: Facts
 ) -> None:
-    denies = [st for st in statements(boundary_of(state, facts).inputs["policy"])
-              if st["Effect"] == "Deny" and not st.get("Condition")]
+    denies = [
+        st
+        for st in statements(boundary_of(state, facts).inputs["policy"])
+        if st["Effect"] == "Deny" and not st.get("Condition")
+    ]
     s3 = [st for st in denies if grants(st, "s3:GetObject") and "NotResource" in st]
     assert len(s3) == 1
     expected = facts.own_bucket_arns()
@@ -750,8 +812,9 @@ def test_boundary_denies_data_and_keys_of_other_environments(
 
     kms = [st for st in denies if grants(st, "kms:Decrypt") and "NotResource" in st]
     assert len(kms) == 1
-    peer_keys = {f"arn:aws:kms:{facts.region}:{facts.account_of(f['to'])}:key/*"
-                 for f in facts.outbound()}
+    peer_keys = {
+        f"arn:aws:kms:{facts.region}:{facts.account_of(f['to'])}:key/*" for f in facts.outbound()
+    }
     assert set(as_list(kms[0]["NotResource"])) == {key_of(state).outputs["arn"]} | peer_keys
 
     assume = [st for st in denies if grants(st, "sts:AssumeRole") and "NotResource" in st]
@@ -761,8 +824,9 @@ def test_boundary_denies_data_and_keys_of_other_environments(
 
 
 def _trust(state: StackState, facts: Facts, role: str) -> list[dict[str, Any]]:
-    return statements(role_named(state, f"{facts.project}-{facts.stack}-{role}")
-                      .inputs["assumeRolePolicy"])
+    return statements(
+        role_named(state, f"{facts.project}-{facts.stack}-{role}").inputs["assumeRolePolicy"]
+    )
 
 
 @pytest.mark.parametrize("role", ["service", "pipeline"])
@@ -789,8 +853,7 @@ def test_analyst_role_trusts_only_the_configured_principals(
         assert as_list(st["Action"]) == ["sts:AssumeRole"]
         assert set(st["Principal"]) == {"AWS"}
         assert principals(st, "AWS") == set(facts.analysts)
-        assert set(as_list(st["Condition"]["ArnEquals"]["aws:PrincipalArn"])) == set(
-            facts.analysts)
+        assert set(as_list(st["Condition"]["ArnEquals"]["aws:PrincipalArn"])) == set(facts.analysts)
 
 
 def test_every_trust_policy_is_bound_to_this_account(state: StackState, facts: Facts) -> None:
@@ -811,7 +874,8 @@ def test_role_policies_are_attached_to_this_environments_roles(
     roles = {r.outputs["id"] for r in state.of_type(ROLE)} | {r.id for r in state.of_type(ROLE)}
     policies = state.of_type(ROLE_POLICY)
     assert {p.inputs["role"] for p in policies} >= {
-        f"{facts.project}-{facts.stack}-{r}" for r in (*DATA_ROLES, "flowlogs")}
+        f"{facts.project}-{facts.stack}-{r}" for r in (*DATA_ROLES, "flowlogs")
+    }
     for policy in policies:
         assert policy.inputs["role"] in roles
         for st in statements(policy.inputs["policy"]):
@@ -859,8 +923,11 @@ def test_experiment_is_disposable(stacks: dict[str, StackState], name: str) -> N
 def test_every_aws_resource_uses_the_stacks_explicit_provider(state: StackState) -> None:
     provider = only(state.of_type(PROVIDER), "aws provider")
     assert not provider.name.startswith("default")
-    assert [r.name for r in state.resources if r.type.startswith("pulumi:providers:")
-            and r.name.startswith("default")] == []
+    assert [
+        r.name
+        for r in state.resources
+        if r.type.startswith("pulumi:providers:") and r.name.startswith("default")
+    ] == []
     ref = f"{provider.urn}::{provider.id}"
     aws_resources = [r for r in state.resources if r.type.startswith("aws:")]
     assert len(aws_resources) > 30

@@ -1,9 +1,9 @@
 """The environment's own VPC: nothing is shared with, peered to or routed towards another one.
 
 Application subnets hold the containers; data subnets hold the database and have no route out of
-the VPC at all. S3 is reached through a gateway endpoint whose policy admits only this
-environment's buckets (and the buckets of declared flows), so even a leaked credential of another
-environment cannot be used from inside this network to move data there.
+the VPC at all, not even to S3. The application subnets reach S3 through a gateway endpoint whose
+policy admits only this environment's buckets (and the buckets of declared flows), so even a leaked
+credential of another environment cannot be used from inside this network to move data there.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Network(pulumi.ComponentResource):
                     )
                 )
 
-        route_tables = []
+        app_route_tables = []
         for i, subnet in enumerate(self.app_subnets):
             rt = aws.ec2.RouteTable(f"rt-app-{i}", vpc_id=self.vpc.id, opts=child)
             if nats:
@@ -132,14 +132,15 @@ class Network(pulumi.ComponentResource):
             aws.ec2.RouteTableAssociation(
                 f"rta-app-{i}", subnet_id=subnet.id, route_table_id=rt.id, opts=child
             )
-            route_tables.append(rt)
-        # Data subnets: the local route only. No NAT, no gateway, nothing leaves the VPC.
+            app_route_tables.append(rt)
+        # Data subnets: the local route only. No NAT, no gateway, nothing leaves the VPC. They
+        # hold only the database, which needs nothing outside the VPC (no S3 import or export),
+        # so this table stays out of the S3 gateway endpoint below as well.
         data_rt = aws.ec2.RouteTable("rt-data", vpc_id=self.vpc.id, opts=child)
         for i, subnet in enumerate(self.data_subnets):
             aws.ec2.RouteTableAssociation(
                 f"rta-data-{i}", subnet_id=subnet.id, route_table_id=data_rt.id, opts=child
             )
-        route_tables.append(data_rt)
 
         self.app_security_group = aws.ec2.SecurityGroup(
             "sg-app",
@@ -189,7 +190,7 @@ class Network(pulumi.ComponentResource):
             vpc_id=self.vpc.id,
             vpc_endpoint_type="Gateway",
             service_name=f"com.amazonaws.{s.region}.s3",
-            route_table_ids=[rt.id for rt in route_tables],
+            route_table_ids=[rt.id for rt in app_route_tables],
             policy=document(
                 statement(
                     "OnlyThisEnvironmentsBuckets",
