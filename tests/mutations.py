@@ -74,6 +74,14 @@ ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 LAMBDA = "aws:lambda/function:Function"
+KEY_ALIAS = "aws:kms/alias:Alias"
+QUEUE = "aws:sqs/queue:Queue"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+REPOSITORY = "aws:ecr/repository:Repository"
+TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
+ECS_SERVICE = "aws:ecs/service:Service"
+IMAGE = "docker:index/image:Image"
+TRAIL = "aws:cloudtrail/trail:Trail"
 AWS_PROVIDER = "pulumi:providers:aws"
 
 S3_FULL_ACCESS = "arn:aws:iam::aws:policy/AmazonS3FullAccess"
@@ -781,6 +789,92 @@ def prod_bucket_force_destroy(stacks: Stacks, at: str = PROD, store: str = "raw"
     return r
 
 
+@leak
+def queue_other_key(
+    stacks: Stacks, at: str = EXPERIMENT, peer: str = PROD, queue: str = "ingest"
+) -> Resource:
+    """`at`'s queue is encrypted with `peer`'s key (EF210)."""
+    r = stacks[at].named(queue, QUEUE)
+    r.set("kmsMasterKeyId", key_arn(stacks[peer]))
+    return r
+
+
+@leak
+def queue_without_kms(stacks: Stacks, at: str = PROD, queue: str = "ingest-dlq") -> Resource:
+    """The queue switched from the environment's key to SQS-managed encryption, which any
+    principal with sqs:ReceiveMessage can read through (EF210)."""
+    r = stacks[at].named(queue, QUEUE)
+    r.drop("kmsMasterKeyId")
+    r.drop("kmsDataKeyReusePeriodSeconds")
+    r.set("sqsManagedSseEnabled", True)
+    return r
+
+
+@near_miss
+def queue_key_by_alias(stacks: Stacks, at: str = PROD, queue: str = "ingest") -> Resource:
+    """Near miss: the queue names its key by the environment's own alias ARN (allowed)."""
+    s = stacks[at]
+    r = s.named(queue, QUEUE)
+    r.set("kmsMasterKeyId", str(s.named("key-alias", KEY_ALIAS).get("arn")))
+    return r
+
+
+@leak
+def log_group_without_key(stacks: Stacks, at: str = PROD, group: str = "worker-logs") -> Resource:
+    """The log group is no longer encrypted with the environment's key (EF211)."""
+    r = stacks[at].named(group, LOG_GROUP)
+    r.drop("kmsKeyId")
+    return r
+
+
+@leak
+def log_group_kept_forever(
+    stacks: Stacks, at: str = EXPERIMENT, group: str = "flow-logs"
+) -> Resource:
+    """The log group lost its retention: an experiment's logs outlive it (EF211)."""
+    r = stacks[at].named(group, LOG_GROUP)
+    r.drop("retentionInDays")
+    return r
+
+
+@near_miss
+def log_group_longer_retention(
+    stacks: Stacks, at: str = PROD, group: str = "worker-logs"
+) -> Resource:
+    """Near miss: a longer, still finite retention (allowed)."""
+    r = stacks[at].named(group, LOG_GROUP)
+    r.set("retentionInDays", 731)
+    return r
+
+
+def _repository(stacks: Stacks, at: str) -> Resource:
+    return stacks[at].named("repository", REPOSITORY)
+
+
+@leak
+def repository_mutable_tags(stacks: Stacks, at: str = PROD) -> Resource:
+    """The image repository lets a tag be pushed again: a deployed tag can change (EF212)."""
+    r = _repository(stacks, at)
+    r.set("imageTagMutability", "MUTABLE")
+    return r
+
+
+@leak
+def repository_without_scan(stacks: Stacks, at: str = PROD) -> Resource:
+    """The image repository no longer scans images on push (EF212)."""
+    r = _repository(stacks, at)
+    r.set("imageScanningConfiguration", {"scanOnPush": False})
+    return r
+
+
+@leak
+def repository_aes256(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
+    """The image repository uses AES256, not the environment's key (EF212)."""
+    r = _repository(stacks, at)
+    r.set("encryptionConfigurations", [{"encryptionType": "AES256"}])
+    return r
+
+
 # --------------------------------------------------------------------------------------------
 # EF3xx identity
 
@@ -1071,6 +1165,225 @@ def lifecycle_without_expiration(
 def experiment_expired(stacks: Stacks, at: str = EXPERIMENT, on: str = "2020-01-31") -> None:
     """The experiment's envfence:expiresOn is in the past (EF504)."""
     stacks[at].config["envfence:expiresOn"] = on
+
+
+# --------------------------------------------------------------------------------------------
+# EF6xx compute
+
+
+def _task(stacks: Stacks, at: str) -> Resource:
+    return stacks[at].named("worker-task", TASK_DEFINITION)
+
+
+def containers(r: Resource) -> list[dict[str, Any]]:
+    raw = r.get("containerDefinitions")
+    return json.loads(raw) if isinstance(raw, str) else copy.deepcopy(raw)
+
+
+def set_container(r: Resource, **changes: Any) -> None:
+    """Change the (only) container of a task definition; a value None removes the key."""
+    defs = containers(r)
+    for k, v in changes.items():
+        if v is None:
+            defs[0].pop(k, None)
+        else:
+            defs[0][k] = v
+    r.set("containerDefinitions", json.dumps(defs))
+
+
+@leak
+def task_privileged(stacks: Stacks, at: str = PROD) -> Resource:
+    """The worker container runs privileged (EF601)."""
+    r = _task(stacks, at)
+    set_container(r, privileged=True)
+    return r
+
+
+@leak
+def task_runs_as_root(stacks: Stacks, at: str = PROD) -> Resource:
+    """The worker container runs as root, on a writable root filesystem (EF601)."""
+    r = _task(stacks, at)
+    set_container(r, user="root", readonlyRootFilesystem=None)
+    return r
+
+
+@leak
+def task_role_of_other_env(
+    stacks: Stacks, at: str = EXPERIMENT, peer: str = PROD, role: str = "service"
+) -> Resource:
+    """`at`'s task runs with `peer`'s task role: its containers act as `peer` (EF601)."""
+    r = _task(stacks, at)
+    r.set("taskRoleArn", role_arn(stacks[peer], role))
+    return r
+
+
+@leak
+def task_logs_to_other_env(stacks: Stacks, at: str = EXPERIMENT, peer: str = PROD) -> Resource:
+    """`at`'s container ships its logs into `peer`'s worker log group (EF601)."""
+    r = _task(stacks, at)
+    options = containers(r)[0]["logConfiguration"]["options"]
+    group = str(stacks[peer].named("worker-logs", LOG_GROUP).get("name"))
+    set_container(
+        r, logConfiguration={"logDriver": "awslogs", "options": {**options, "awslogs-group": group}}
+    )
+    return r
+
+
+def _service(stacks: Stacks, at: str) -> Resource:
+    return stacks[at].named("worker-service", ECS_SERVICE)
+
+
+def _set_network(r: Resource, **changes: Any) -> None:
+    r.set("networkConfiguration", {**copy.deepcopy(r.get("networkConfiguration")), **changes})
+
+
+@leak
+def service_public_ip(stacks: Stacks, at: str = PROD) -> Resource:
+    """The service gives its tasks public IP addresses (EF602)."""
+    r = _service(stacks, at)
+    _set_network(r, assignPublicIp=True)
+    return r
+
+
+@leak
+def service_in_other_subnet(stacks: Stacks, at: str = EXPERIMENT, peer: str = PROD) -> Resource:
+    """`at`'s service also places tasks in an app subnet of `peer` (EF602)."""
+    r = _service(stacks, at)
+    subnets = r.get("networkConfiguration")["subnets"]
+    _set_network(r, subnets=[*subnets, stacks[peer].named("subnet-app-0", SUBNET).id])
+    return r
+
+
+@leak
+def service_exec(stacks: Stacks, at: str = PROD) -> Resource:
+    """ECS Exec is on: a shell in the container with its role (EF602)."""
+    r = _service(stacks, at)
+    r.set("enableExecuteCommand", True)
+    return r
+
+
+@near_miss
+def service_one_subnet(stacks: Stacks, at: str = PROD) -> Resource:
+    """Near miss: the service runs in one of its own app subnets only (allowed)."""
+    r = _service(stacks, at)
+    _set_network(r, subnets=r.get("networkConfiguration")["subnets"][:1])
+    return r
+
+
+def _repository_url(state: StackState) -> str:
+    return str(state.named("repository", REPOSITORY).get("repositoryUrl"))
+
+
+@leak
+def image_from_other_repository(
+    stacks: Stacks, at: str = EXPERIMENT, peer: str = PROD
+) -> list[Resource]:
+    """`at` builds its worker image into `peer`'s repository and its task runs it (EF603)."""
+    s = stacks[at]
+    image = s.named("worker-image", IMAGE)
+    repo = _repository_url(stacks[peer])
+    tag = str(image.get("imageName")).rsplit(":", 1)[1]
+    digest = str(image.get("repoDigest")).rsplit("@", 1)[1]
+    image.set("registry", {**image.get("registry"), "server": repo})
+    image.set("imageName", f"{repo}:{tag}")
+    image.outputs["repoDigest"] = image.outputs["id"] = f"{repo}@{digest}"
+    image.id = image.outputs["id"]
+    task = _task(stacks, at)
+    set_container(task, image=f"{repo}@{digest}")
+    return [image, task]
+
+
+@leak
+def task_image_public(stacks: Stacks, at: str = PROD) -> Resource:
+    """The task runs a public image instead of one of its own repository (EF603)."""
+    r = _task(stacks, at)
+    set_container(r, image="public.ecr.aws/docker/library/python:3.12-slim")
+    return r
+
+
+@near_miss
+def task_image_by_tag(stacks: Stacks, at: str = PROD) -> Resource:
+    """Near miss: the task names its image by tag, in its own repository with immutable tags
+    (allowed)."""
+    s = stacks[at]
+    tag = str(s.named("worker-image", IMAGE).get("imageName")).rsplit(":", 1)[1]
+    r = _task(stacks, at)
+    set_container(r, image=f"{_repository_url(s)}:{tag}")
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# EF7xx audit
+
+
+@leak
+def trail_single_region(stacks: Stacks, at: str = PROD) -> Resource:
+    """The trail records its home region only (EF701)."""
+    r = stacks[at].named("trail", TRAIL)
+    r.set("isMultiRegionTrail", False)
+    return r
+
+
+@leak
+def trail_without_data_events(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
+    """The trail records management events only: no S3 data events of the stores (EF701)."""
+    r = stacks[at].named("trail", TRAIL)
+    selectors = [
+        sel
+        for sel in r.get("advancedEventSelectors")
+        if not any(f.get("equals") == ["Data"] for f in sel["fieldSelectors"])
+    ]
+    r.set("advancedEventSelectors", selectors)
+    return r
+
+
+def _audit_policy(stacks: Stacks, at: str) -> Resource:
+    return stacks[at].named("audit-policy", BUCKET_POLICY)
+
+
+@leak
+def audit_deny_exempts_role(stacks: Stacks, at: str = PROD, role: str = "pipeline") -> Resource:
+    """The audit bucket's tamper Deny no longer covers `role`: it may rewrite or delete the
+    logs (EF702)."""
+    r = _audit_policy(stacks, at)
+    doc = policy(r)
+    arn = role_arn(stacks[at], role)
+    for st in doc["Statement"]:
+        if st.get("Sid") == "DenyTamperingByEnvironmentRoles":
+            arns = st["Condition"]["ArnEquals"]["aws:PrincipalArn"]
+            st["Condition"]["ArnEquals"]["aws:PrincipalArn"] = [a for a in arns if a != arn]
+    set_policy(r, doc)
+    return r
+
+
+@leak
+def audit_policy_allows_role_delete(
+    stacks: Stacks, at: str = EXPERIMENT, role: str = "pipeline"
+) -> Resource:
+    """The audit bucket policy lets `role` delete log files (EF702)."""
+    r = _audit_policy(stacks, at)
+    arn = str(stacks[at].named("audit-bucket", BUCKET).get("arn"))
+    add_statement(
+        r,
+        {
+            "Sid": "PipelineCleansLogs",
+            "Effect": "Allow",
+            "Principal": {"AWS": role_arn(stacks[at], role)},
+            "Action": ["s3:DeleteObject"],
+            "Resource": [f"{arn}/*"],
+        },
+    )
+    return r
+
+
+@leak
+def audit_without_object_lock(stacks: Stacks, at: str = PROD) -> Resource:
+    """The production audit bucket is created without object lock (EF702)."""
+    s = stacks[at]
+    remove(s, s.named("audit-object-lock"))
+    r = s.named("audit-bucket", BUCKET)
+    r.set("objectLockEnabled", False)
+    return r
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,13 +24,6 @@ from envfence.rules import all_rules
 
 SHAPES = ("plan", "export", "preview", "preview+config")
 
-BUG_NO_CONFIG = (
-    "BUG: a state without config (a bare `pulumi stack export`, or a preview without its "
-    "`config`) loses the stack's declared flows: env_from_state (envfence/rules/context.py) "
-    "parses settings only `if state.config.get(\"envfence:tier\")` and never falls back to the "
-    "repository's Pulumi.<stack>.yaml, although run_all has the project; the clean pair then "
-    "fails with EF206, EF207 x2, EF401 on experiment and EF301 x3 on prod")
-
 
 def document(state: StackState, shape: str) -> dict[str, Any]:
     doc = state.to_document()
@@ -64,19 +57,14 @@ def check(paths: list[str], fmt: str, capsys: pytest.CaptureFixture[str]) -> tup
     return code, out, err
 
 
-def _shape_param(shape: str) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason=BUG_NO_CONFIG)] \
-        if shape in ("export", "preview") else []
-    return pytest.param(shape, marks=marks, id=shape)
-
-
 # --------------------------------------------------------------------------------------------
 # Clean and leaky pairs
 
 
-@pytest.mark.parametrize("shape", [_shape_param(s) for s in SHAPES])
-def test_clean_pair_passes(shape: str, stacks: dict[str, StackState], tmp_path: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("shape", SHAPES)
+def test_clean_pair_passes(
+    shape: str, stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = check(write(tmp_path, stacks, shape), "json", capsys)
     report = json.loads(out)
     assert report["violations"] == [], [v["message"] for v in report["violations"]]
@@ -87,8 +75,9 @@ def test_clean_pair_passes(shape: str, stacks: dict[str, StackState], tmp_path: 
 
 
 @pytest.mark.parametrize("shape", ["export", "preview"])
-def test_tier_comes_from_the_provider_default_tags(shape: str, stacks: dict[str, StackState],
-                                                   tmp_path: Path) -> None:
+def test_tier_comes_from_the_provider_default_tags(
+    shape: str, stacks: dict[str, StackState], tmp_path: Path
+) -> None:
     from envfence.state import load_file
 
     for path in write(tmp_path, stacks, shape):
@@ -96,14 +85,15 @@ def test_tier_comes_from_the_provider_default_tags(shape: str, stacks: dict[str,
         assert state.config == {}
         assert state.tier == stacks[state.stack].tier
         assert state.experiment_id == stacks[state.stack].experiment_id
-        assert [r.to_dict() for r in state.resources] == \
-            [r.to_dict() for r in stacks[state.stack].resources]
+        assert [r.to_dict() for r in state.resources] == [
+            r.to_dict() for r in stacks[state.stack].resources
+        ]
 
 
-@pytest.mark.parametrize("shape", ["plan", "export", "preview+config"])
-def test_leaky_pair_fails_with_the_violation(shape: str, stacks: dict[str, StackState],
-                                             tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("shape", SHAPES)
+def test_leaky_pair_fails_with_the_violation(
+    shape: str, stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     leaky = m.mutated(stacks, m.vpc_peering)
     code, out, err = check(write(tmp_path, leaky, shape), "json", capsys)
     report = json.loads(out)
@@ -115,8 +105,7 @@ def test_leaky_pair_fails_with_the_violation(shape: str, stacks: dict[str, Stack
         assert {"rule", "severity", "stack", "urn", "message"} <= set(v)
         assert v["urn"].startswith(f"urn:pulumi:{v['stack']}::")
     peering = [v for v in violations if v["rule"] == "EF101"]
-    if shape != "export":  # the bare export's flow false positives are covered above
-        assert violations == peering
+    assert violations == peering
     [v] = peering
     assert v["stack"] == "prod" and v["otherStack"] == "experiment"
     assert v["severity"] == "critical"
@@ -125,8 +114,9 @@ def test_leaky_pair_fails_with_the_violation(shape: str, stacks: dict[str, Stack
     assert report["summary"]["violations"] == len(violations)
 
 
-def test_sarif_output_is_sarif_2_1_0(stacks: dict[str, StackState], tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_sarif_output_is_sarif_2_1_0(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     leaky = m.mutated(stacks, m.vpc_peering, m.key_rotation_off)
     code, out, _ = check(write(tmp_path, leaky, "plan"), "sarif", capsys)
     assert code == 1
@@ -153,15 +143,17 @@ def test_sarif_output_is_sarif_2_1_0(stacks: dict[str, StackState], tmp_path: Pa
     assert levels == {"EF101": "error", "EF402": "warning"}  # critical, medium
 
 
-def test_sarif_of_a_clean_pair_has_no_results(stacks: dict[str, StackState], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_sarif_of_a_clean_pair_has_no_results(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = check(write(tmp_path, stacks, "plan"), "sarif", capsys)
     assert code == 0
     assert json.loads(out)["runs"][0]["results"] == []
 
 
-def test_text_output_groups_by_environment_pair(stacks: dict[str, StackState], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_output_groups_by_environment_pair(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     leaky = m.mutated(stacks, m.vpc_peering, m.key_rotation_off)
     code, out, _ = check(write(tmp_path, leaky, "plan"), "text", capsys)
     assert code == 1
@@ -176,8 +168,9 @@ def test_text_output_groups_by_environment_pair(stacks: dict[str, StackState], t
     assert lines[-1].startswith("FAIL: 2 violation(s)")
 
 
-def test_text_output_of_a_clean_pair(stacks: dict[str, StackState], tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_output_of_a_clean_pair(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = check(write(tmp_path, stacks, "plan"), "text", capsys)
     assert code == 0
     assert "prod -> experiment: clean" in out.splitlines()
@@ -200,8 +193,10 @@ BAD_FILES = {
     "not-a-state": ('{"foo": 1}', "not a Pulumi state"),
     "empty-deployment": ('{"version": 3, "deployment": {"resources": []}}', "no resources"),
     "not-an-object": ("[1, 2]", "expected a JSON object"),
-    "bad-urn": ('{"version": 3, "deployment": {"resources": [{"urn": "x", "type": "t"}]}}',
-                "not a Pulumi URN"),
+    "bad-urn": (
+        '{"version": 3, "deployment": {"resources": [{"urn": "x", "type": "t"}]}}',
+        "not a Pulumi URN",
+    ),
 }
 
 
@@ -215,8 +210,9 @@ def assert_one_error_line(err: str, *needles: str) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_state_file(case: str, stacks: dict[str, StackState], tmp_path: Path,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_state_file(
+    case: str, stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text, needle = BAD_FILES[case]
     good = write(tmp_path, {"prod": stacks["prod"]}, "plan")
     bad = _bad(tmp_path, f"{case}.json", text)
@@ -234,8 +230,9 @@ def test_missing_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert_one_error_line(err, missing, "cannot be read")
 
 
-def test_two_files_for_one_stack(stacks: dict[str, StackState], tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_files_for_one_stack(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     [plan] = write(tmp_path, {"prod": stacks["prod"]}, "plan")
     [export] = write(tmp_path, {"prod": stacks["prod"]}, "export")
     code, _, err = check([plan, export], "json", capsys)
@@ -251,8 +248,9 @@ def test_unknown_stack(capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_error_line(err, "nope")
 
 
-def test_stack_and_state_together(stacks: dict[str, StackState], tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_stack_and_state_together(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     [f] = write(tmp_path, {"prod": stacks["prod"]}, "plan")
     code = main(["check", "--stack", "prod", "--state", f])
     out, err = capsys.readouterr()

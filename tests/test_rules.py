@@ -39,8 +39,13 @@ def ids(result: Result) -> set[str]:
 
 
 def describe(result: Result) -> str:
-    return "\n".join(f"{v.rule} {v.stack} other={v.other} {v.urn.rsplit('::', 1)[-1]}: "
-                     f"{v.message}" for v in result.violations) or "(no violations)"
+    return (
+        "\n".join(
+            f"{v.rule} {v.stack} other={v.other} {v.urn.rsplit('::', 1)[-1]}: {v.message}"
+            for v in result.violations
+        )
+        or "(no violations)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,8 +59,9 @@ def test_clean_stacks_have_no_violations(stacks: dict[str, StackState], project:
     assert all(result.checked[s] > 0 for s in result.stacks)
 
 
-def test_clean_stacks_use_exactly_the_declared_flow(stacks: dict[str, StackState],
-                                                    project: Project) -> None:
+def test_clean_stacks_use_exactly_the_declared_flow(
+    stacks: dict[str, StackState], project: Project
+) -> None:
     result = check(stacks, project)
     assert {f.flow for f in result.flows} == {FLOW}
     # Both sides of the flow are listed: prod's read permission, experiment's grants.
@@ -65,8 +71,9 @@ def test_clean_stacks_use_exactly_the_declared_flow(stacks: dict[str, StackState
     assert ("experiment", "key") in by_stack
 
 
-def test_checking_does_not_change_the_states(stacks: dict[str, StackState],
-                                             project: Project) -> None:
+def test_checking_does_not_change_the_states(
+    stacks: dict[str, StackState], project: Project
+) -> None:
     before = {n: [r.to_dict() for r in s.resources] for n, s in stacks.items()}
     check(stacks, project)
     assert {n: [r.to_dict() for r in s.resources] for n, s in stacks.items()} == before
@@ -98,44 +105,49 @@ def also(*rule_ids: str) -> frozenset[str]:
 
 
 P, E = "prod", "experiment"
-# Resource-policy types EF207 checks (all but bucket policies) are also reported by EF901 as
-# unclassified, a false positive: see test_resource_policy_types_are_classified (xfail).
-UNCLASSIFIED_POLICY = also("EF901")
 # One side of the flow gone: every grant the flow made becomes a plain cross-environment grant.
 FLOW_GRANTS = also("EF206", "EF207", "EF301", "EF401")
 
 CASES = [
     # EF101-EF107 network
-    Case("vpc_peering", "EF101", P, "connects this VPC to another network (the VPC of stack "
-         "'experiment')", E),
-    Case("vpc_peering", "EF101", E, "(the VPC of stack 'prod')", P,
-         kwargs={"at": E, "peer": P}),
+    Case(
+        "vpc_peering",
+        "EF101",
+        P,
+        "connects this VPC to another network (the VPC of stack 'experiment')",
+        E,
+    ),
+    Case("vpc_peering", "EF101", E, "(the VPC of stack 'prod')", P, kwargs={"at": E, "peer": P}),
     Case("transit_gateway_attachment", "EF102", P, "VpcAttachment tgw-attachment can route"),
-    Case("route_via_peering", "EF103", E, "leads into the VPC CIDR 10.10.0.0/16 of stack 'prod'",
-         P),
+    Case(
+        "route_via_peering", "EF103", E, "leads into the VPC CIDR 10.10.0.0/16 of stack 'prod'", P
+    ),
     Case("route_via_peering", "EF103", E, "targets vpcPeeringConnectionId pcx-"),
-    Case("route_via_peering", "EF103", P, "leads into the VPC CIDR 10.20.0.0/16", E,
-         kwargs={"at": P, "peer": E}),
-    Case("ingress_from_other_cidr", "EF104", P, "admits 10.20.0.0/16, outside the VPC CIDR "
-         "10.10.0.0/16", E),
-    Case("ingress_from_other_cidr", "EF104", E, "admits 10.10.0.0/16", P,
-         kwargs={"at": E, "peer": P}),
+    Case(
+        "route_via_peering",
+        "EF103",
+        P,
+        "leads into the VPC CIDR 10.20.0.0/16",
+        E,
+        kwargs={"at": P, "peer": E},
+    ),
+    Case(
+        "ingress_from_other_cidr",
+        "EF104",
+        P,
+        "admits 10.20.0.0/16, outside the VPC CIDR 10.10.0.0/16",
+        E,
+    ),
+    Case(
+        "ingress_from_other_cidr", "EF104", E, "admits 10.10.0.0/16", P, kwargs={"at": E, "peer": P}
+    ),
     Case("ingress_from_ipv6", "EF104", P, "admits IPv6 2001:db8:1234::/56"),
     Case("ingress_from_prefix_list", "EF104", P, "which is not an endpoint of this environment"),
     Case("ingress_from_other_sg", "EF104", P, "(it belongs to stack 'experiment')", E),
     Case("inline_sg_ingress", "EF104", P, "sg-db admits 10.20.0.0/16", E),
     Case("sg_rule_ingress", "EF104", P, "sg-db-in-postgres-legacy admits 10.20.0.0/16", E),
-    Case("default_sg_ingress", "EF104", P, "default-sg admits 10.20.0.0/16", E,
-         bug="EF104 (envfence/rules/network.py, ingress_own_vpc types=) checks "
-             "c.SECURITY_GROUPS, which lists only aws.ec2.SecurityGroup "
-             "(envfence/rules/classify.py SECURITY_GROUPS): inline ingress on the VPC's "
-             "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup is never inspected"),
-    Case("ingress_rule_on_other_sg", "EF105", P, "of stack 'experiment'", E, also=also("EF104"),
-         bug="an ingress rule of prod attached to experiment's security group (securityGroupId) "
-             "opens experiment's database to prod's CIDR, but EF104 compares the source with "
-             "prod's own CIDR and EF105 (envfence/rules/network.py no_shared_network, the "
-             "`for key in (\"subnetId\", \"subnetIds\", \"securityGroupIds\", "
-             "\"vpcSecurityGroupIds\")` loop) never looks at the singular securityGroupId"),
+    Case("default_sg_ingress", "EF104", P, "default-sg admits 10.20.0.0/16", E),
+    Case("ingress_rule_on_other_sg", "EF105", P, "of stack 'experiment'", E, also=also("EF104")),
     Case("subnet_in_other_vpc", "EF105", P, "is placed in VPC vpc-", E),
     Case("uses_other_subnet", "EF105", P, "db-subnets uses subnet-", E),
     Case("ram_share", "EF105", P, "ResourceShare share-subnets shares resources"),
@@ -148,111 +160,300 @@ CASES = [
     Case("db_other_key", "EF202", E, "kmsKeyId is arn:aws:kms:eu-west-1:123456789012:key/", P),
     Case("pab_setting_off", "EF203", P, "leaves blockPublicPolicy off"),
     Case("pab_missing", "EF203", P, "bucket store-raw has no public access block"),
-    Case("bucket_sse_other_key", "EF204", E, "is encrypted with arn:aws:kms:eu-west-1:"
-         "123456789012:key/", P),
+    Case(
+        "bucket_sse_other_key",
+        "EF204",
+        E,
+        "is encrypted with arn:aws:kms:eu-west-1:123456789012:key/",
+        P,
+    ),
     Case("bucket_sse_s3", "EF204", P, "uses AES256, not SSE-KMS"),
     Case("versioning_suspended", "EF205", P, "versioning is Suspended"),
     Case("bucket_policy_no_tls_deny", "EF206", P, "does not deny requests without TLS"),
-    Case("bucket_policy_no_foreign_deny", "EF206", P, "does not deny principals outside the "
-         "environment"),
-    Case("bucket_policy_no_foreign_deny", "EF206", E, "does not deny principals outside the "
-         "environment", kwargs={"at": E, "store": "results"}),
-    Case("bucket_policy_deny_exempts_flow_role", "EF206", E, "bucket store-raw policy does not "
-         "deny principals outside the environment",
-         bug="_declared_flow_principal (envfence/rules/data.py) accepts a principal as soon as "
-             "some flow of the bucket's stack has that source and role, whatever the flow's "
-             "store: experiment's raw bucket may exempt prod's pipeline from the "
-             "foreign-principal Deny although the flow only covers the results store"),
-    Case("bucket_policy_allow_other_root", "EF207", E, "statement ShareWithPeer allows "
-         "arn:aws:iam::123456789012:root (a principal of stack 'prod')", P),
-    Case("bucket_policy_allow_star", "EF207", P, "statement PublicRead allows Principal '*' "
-         "without a condition"),
-    Case("flow_bucket_allow_root", "EF207", E, "allows arn:aws:iam::123456789012:root", P,
-         bug="foreign_grant_findings (envfence/rules/data.py): principal_role() is None for "
-             "an account root and Env.flow_for(role=None) (envfence/rules/context.py) matches "
-             "any role, so an unconditioned grant to prod's whole account on the flow's store "
-             "is listed as the declared flow prod/pipeline instead of a violation"),
-    Case("flow_bucket_allow_write", "EF207", E, "DeclaredFlowProdPipelineRead", P,
-         bug="foreign_grant_findings (envfence/rules/data.py) never looks at the statement's "
-             "actions: a declared *read* flow's grant widened to s3:PutObject/s3:DeleteObject "
-             "is still a FlowUse (EF301 checks only_reads on the identity side; the resource "
-             "side does not)"),
-    Case("queue_policy_grant", "EF207", E, "jobs-policy statement PeerSends allows "
-         "arn:aws:iam::123456789012:role/envfence-prod-service", P, also=UNCLASSIFIED_POLICY),
-    Case("secret_policy_grant", "EF207", E, "statement PeerReads allows arn:aws:iam::"
-         "123456789012:role/envfence-prod-analyst", P, also=UNCLASSIFIED_POLICY),
+    Case(
+        "bucket_policy_no_foreign_deny",
+        "EF206",
+        P,
+        "does not deny principals outside the environment",
+    ),
+    Case(
+        "bucket_policy_no_foreign_deny",
+        "EF206",
+        E,
+        "does not deny principals outside the environment",
+        kwargs={"at": E, "store": "results"},
+    ),
+    Case(
+        "bucket_policy_deny_exempts_flow_role",
+        "EF206",
+        E,
+        "bucket store-raw policy does not deny principals outside the environment",
+    ),
+    Case(
+        "bucket_policy_allow_other_root",
+        "EF207",
+        E,
+        "statement ShareWithPeer allows "
+        "arn:aws:iam::123456789012:root (a principal of stack 'prod')",
+        P,
+    ),
+    Case(
+        "bucket_policy_allow_star",
+        "EF207",
+        P,
+        "statement PublicRead allows Principal '*' without a condition",
+    ),
+    Case("flow_bucket_allow_root", "EF207", E, "allows arn:aws:iam::123456789012:root", P),
+    Case("flow_bucket_allow_write", "EF207", E, "DeclaredFlowProdPipelineRead", P),
+    Case(
+        "queue_policy_grant",
+        "EF207",
+        E,
+        "jobs-policy statement PeerSends allows "
+        "arn:aws:iam::123456789012:role/envfence-prod-service",
+        P,
+    ),
+    Case(
+        "secret_policy_grant",
+        "EF207",
+        E,
+        "statement PeerReads allows arn:aws:iam::123456789012:role/envfence-prod-analyst",
+        P,
+    ),
     Case("snapshot_shared", "EF208", P, "db-snapshot is shared with 210987654321", E),
     Case("prod_db_unprotected", "EF209", P, "production db is not protected (protect)"),
     Case("prod_db_no_deletion_protection", "EF209", P, "has no deletion protection"),
     Case("prod_db_skip_final_snapshot", "EF209", P, "has no final snapshot"),
     Case("prod_bucket_force_destroy", "EF209", P, "production bucket store-raw has forceDestroy"),
+    # EF210-EF212 queues, log groups, image repositories
+    Case(
+        "queue_other_key",
+        "EF210",
+        E,
+        "queue ingest is encrypted with arn:aws:kms:eu-west-1:123456789012:key/",
+        P,
+    ),
+    Case("queue_without_kms", "EF210", P, "queue ingest-dlq is encrypted with no key"),
+    Case("log_group_without_key", "EF211", P, "log group worker-logs is encrypted with no key"),
+    Case("log_group_kept_forever", "EF211", E, "log group flow-logs keeps its logs forever"),
+    Case("repository_mutable_tags", "EF212", P, "repository repository tags are mutable"),
+    Case("repository_without_scan", "EF212", P, "does not scan images on push"),
+    Case(
+        "repository_aes256",
+        "EF212",
+        E,
+        "repository repository is not encrypted with this environment's key",
+    ),
     # EF301-EF306, EF320 identity
-    Case("identity_all_buckets", "EF301", P, "statement AllBuckets allows s3:GetObject, "
-         "s3:PutObject on arn:aws:s3:::envfence-experiment-", E),
-    Case("identity_all_buckets", "EF301", E, "on arn:aws:s3:::envfence-prod-", P,
-         kwargs={"at": E}),
-    Case("identity_results_wildcard", "EF301", P, "statement AllResults allows s3:GetObject on "
-         "arn:aws:s3:::envfence-experiment-results-210987654321", E),
+    Case(
+        "identity_all_buckets",
+        "EF301",
+        P,
+        "statement AllBuckets allows s3:GetObject, "
+        "s3:PutObject on arn:aws:s3:::envfence-experiment-",
+        E,
+    ),
+    Case("identity_all_buckets", "EF301", E, "on arn:aws:s3:::envfence-prod-", P, kwargs={"at": E}),
+    Case(
+        "identity_results_wildcard",
+        "EF301",
+        P,
+        "statement AllResults allows s3:GetObject on "
+        "arn:aws:s3:::envfence-experiment-results-210987654321",
+        E,
+    ),
     Case("identity_not_resource", "EF301", P, "statement EverythingElse allows s3:GetObject", E),
-    Case("identity_resource_star_data", "EF301", P, "statement ReadAnything allows s3:GetObject",
-         E),
-    Case("passrole_other_env", "EF305", P, "allows iam:PassRole on arn:aws:iam::210987654321:"
-         "role/envfence-experiment-service", E, also=also("EF301")),
+    Case(
+        "identity_resource_star_data", "EF301", P, "statement ReadAnything allows s3:GetObject", E
+    ),
+    Case(
+        "passrole_other_env",
+        "EF305",
+        P,
+        "allows iam:PassRole on arn:aws:iam::210987654321:role/envfence-experiment-service",
+        E,
+        also=also("EF301"),
+    ),
     Case("passrole_other_env", "EF301", P, "allows iam:PassRole", E, also=also("EF305")),
-    Case("trust_other_env_role", "EF302", E, "trusts arn:aws:iam::123456789012:role/"
-         "envfence-prod-pipeline, a principal of stack 'prod'", P),
-    Case("trust_service_without_source_account", "EF302", P, "trusts service "
-         "ecs-tasks.amazonaws.com without aws:SourceAccount = 123456789012"),
+    Case(
+        "trust_other_env_role",
+        "EF302",
+        E,
+        "trusts arn:aws:iam::123456789012:role/envfence-prod-pipeline, a principal of stack 'prod'",
+        P,
+    ),
+    Case(
+        "trust_service_without_source_account",
+        "EF302",
+        P,
+        "trusts service ecs-tasks.amazonaws.com without aws:SourceAccount = 123456789012",
+    ),
     Case("role_without_boundary", "EF303", P, "role role-analyst has no permission boundary"),
-    Case("role_other_boundary", "EF303", E, "boundary arn:aws:iam::123456789012:policy/"
-         "envfence-prod-boundary is not this environment's boundary", P),
+    Case(
+        "role_other_boundary",
+        "EF303",
+        E,
+        "boundary arn:aws:iam::123456789012:policy/"
+        "envfence-prod-boundary is not this environment's boundary",
+        P,
+    ),
     Case("boundary_without_tag_session_deny", "EF304", P, "does not deny sts:TagSession"),
-    Case("boundary_without_tag_keys_deny", "EF304", P, "does not deny changes to the environment "
-         "tag"),
-    Case("managed_policy_attached", "EF306", P, "attaches arn:aws:iam::aws:policy/"
-         "AmazonS3FullAccess"),
-    Case("flow_one_side", "EF320", P, "stack 'prod' declares '" + FLOW + "' but stack "
-         "'experiment' does not", E, also=FLOW_GRANTS),
-    Case("flow_one_side", "EF320", E, "stack 'experiment' declares '" + FLOW + "' but stack "
-         "'prod' does not", P, also=FLOW_GRANTS, kwargs={"at": P}),
+    Case(
+        "boundary_without_tag_keys_deny", "EF304", P, "does not deny changes to the environment tag"
+    ),
+    Case(
+        "managed_policy_attached", "EF306", P, "attaches arn:aws:iam::aws:policy/AmazonS3FullAccess"
+    ),
+    Case(
+        "flow_one_side",
+        "EF320",
+        P,
+        "stack 'prod' declares '" + FLOW + "' but stack 'experiment' does not",
+        E,
+        also=FLOW_GRANTS,
+    ),
+    Case(
+        "flow_one_side",
+        "EF320",
+        E,
+        "stack 'experiment' declares '" + FLOW + "' but stack 'prod' does not",
+        P,
+        also=FLOW_GRANTS,
+        kwargs={"at": P},
+    ),
     # EF401-EF402 keys
-    Case("key_policy_other_role", "EF401", E, "statement PeerServiceDecrypts allows "
-         "arn:aws:iam::123456789012:role/envfence-prod-service (a principal of stack 'prod')", P),
-    Case("key_policy_star", "EF401", P, "statement AnyoneDecrypts allows Principal '*' without "
-         "a condition"),
-    Case("flow_key_grant_widened", "EF401", E, "allows arn:aws:iam::123456789012:root", P,
-         bug="key policies go through the same foreign_grant_findings "
-             "(envfence/rules/data.py): the flow statement on experiment's key widened to "
-             "kms:* for prod's whole account (no aws:PrincipalArn, no kms:ViaService) is "
-             "still reported as the declared read flow, not as EF401"),
+    Case(
+        "key_policy_other_role",
+        "EF401",
+        E,
+        "statement PeerServiceDecrypts allows "
+        "arn:aws:iam::123456789012:role/envfence-prod-service (a principal of stack 'prod')",
+        P,
+    ),
+    Case(
+        "key_policy_star",
+        "EF401",
+        P,
+        "statement AnyoneDecrypts allows Principal '*' without a condition",
+    ),
+    Case("flow_key_grant_widened", "EF401", E, "allows arn:aws:iam::123456789012:root", P),
     Case("key_rotation_off", "EF402", P, "key key does not rotate"),
     # EF501-EF504 tagging and lifecycle
-    Case("provider_tags_removed", "EF501", P, "store-raw lacks the tag(s) environment, tier, "
-         "data-classification, owner, managed-by, project", also=also("EF903")),
-    Case("provider_tags_removed", "EF501", E, "lacks the tag(s) environment, tier, "
-         "data-classification, owner, managed-by, project, experiment-id", also=also("EF903"),
-         kwargs={"at": E}),
-    Case("tagged_other_env", "EF502", E, "store-raw is tagged environment=prod but belongs to "
-         "stack 'experiment'", P),
-    Case("lifecycle_without_expiration", "EF503", E, "experiment bucket store-raw has no enabled "
-         "expiration rule"),
+    Case(
+        "provider_tags_removed",
+        "EF501",
+        P,
+        "store-raw lacks the tag(s) environment, tier, "
+        "data-classification, owner, managed-by, project",
+        also=also("EF903"),
+    ),
+    Case(
+        "provider_tags_removed",
+        "EF501",
+        E,
+        "lacks the tag(s) environment, tier, "
+        "data-classification, owner, managed-by, project, experiment-id",
+        also=also("EF903"),
+        kwargs={"at": E},
+    ),
+    Case(
+        "tagged_other_env",
+        "EF502",
+        E,
+        "store-raw is tagged environment=prod but belongs to stack 'experiment'",
+        P,
+    ),
+    Case(
+        "lifecycle_without_expiration",
+        "EF503",
+        E,
+        "experiment bucket store-raw has no enabled expiration rule",
+    ),
     Case("experiment_expired", "EF504", E, "stack 'experiment' expired on 2020-01-31"),
+    # EF601-EF603 compute
+    Case("task_privileged", "EF601", P, "container worker is privileged"),
+    Case("task_runs_as_root", "EF601", P, "container worker runs as root"),
+    Case("task_runs_as_root", "EF601", P, "container worker has a writable root filesystem"),
+    Case(
+        "task_role_of_other_env",
+        "EF601",
+        E,
+        "taskRoleArn arn:aws:iam::123456789012:role/"
+        "envfence-prod-service is not a role of this environment",
+        P,
+    ),
+    Case(
+        "task_logs_to_other_env",
+        "EF601",
+        E,
+        "logs to /envfence/prod/worker, not a log group "
+        "of this environment (a log group of stack 'prod')",
+        P,
+    ),
+    Case("service_public_ip", "EF602", P, "service worker-service gives its tasks public IPs"),
+    Case("service_in_other_subnet", "EF602", E, "uses subnets subnet-", P),
+    Case("service_exec", "EF602", P, "allows ECS Exec"),
+    Case(
+        "image_from_other_repository",
+        "EF603",
+        E,
+        "worker-task runs image 123456789012.dkr.ecr."
+        "eu-west-1.amazonaws.com/envfence-prod-worker@sha256:",
+        P,
+    ),
+    Case(
+        "image_from_other_repository",
+        "EF603",
+        E,
+        "worker-image pushes image 123456789012.dkr."
+        "ecr.eu-west-1.amazonaws.com/envfence-prod-worker:",
+        P,
+    ),
+    Case(
+        "task_image_public",
+        "EF603",
+        P,
+        "runs image public.ecr.aws/docker/library/"
+        "python:3.12-slim, which is not from this environment's repository",
+    ),
+    # EF701-EF702 audit
+    Case("trail_single_region", "EF701", P, "trail trail records one region only"),
+    Case("trail_without_data_events", "EF701", E, "records no data events for store-results"),
+    Case(
+        "audit_deny_exempts_role",
+        "EF702",
+        P,
+        "nothing denies this environment's roles writing, deleting or re-configuring it",
+    ),
+    Case(
+        "audit_policy_allows_role_delete",
+        "EF702",
+        E,
+        "statement PipelineCleansLogs allows "
+        "arn:aws:iam::210987654321:role/envfence-experiment-pipeline: only AWS services",
+    ),
+    Case(
+        "audit_without_object_lock",
+        "EF702",
+        P,
+        "production audit bucket audit-bucket has no object lock",
+    ),
     # EF901-EF903 coverage
-    Case("unclassified_type", "EF901", E, "resource type aws:lambda/function:Function "
-         "(export-fn) is not classified"),
-    Case("unknown_value", "EF902", P, "[EF201] cannot decide: publiclyAccessible of db is "
-         "unknown"),
+    Case(
+        "unclassified_type",
+        "EF901",
+        E,
+        "resource type aws:lambda/function:Function (export-fn) is not classified",
+    ),
+    Case("unknown_value", "EF902", P, "[EF201] cannot decide: publiclyAccessible of db is unknown"),
     Case("unknown_value", "EF902", P, "[EF106] cannot decide: publiclyAccessible of db"),
     Case("unknown_provider_region", "EF902", P, "provider aws region is unknown"),
-    Case("unknown_tags", "EF902", P, "tags of store-raw", also=also("EF501", "EF502"),
-         bug="merged_tags (envfence/rules/tagging.py) replaces a `tags` value that is not a "
-             "dict — the UNKNOWN sentinel of a preview — by {}, so EF501/EF502 see only the "
-             "provider's default tags and pass: an unknown tags map never fails closed (the "
-             "`is_unknown(tags)` branch of EF501 is reached only for unknown tag values)"),
+    Case("unknown_tags", "EF902", P, "tags of store-raw", also=also("EF501", "EF502")),
     Case("no_provider", "EF903", P, "key-alias does not use the stack's explicit AWS provider"),
     Case("default_provider", "EF903", P, "default AWS provider default_7_0_0 is in use"),
-    Case("provider_tags_removed", "EF903", P, "provider aws has no defaultTags",
-         also=also("EF501")),
+    Case(
+        "provider_tags_removed", "EF903", P, "provider aws has no defaultTags", also=also("EF501")
+    ),
 ]
 
 
@@ -262,8 +463,7 @@ def _param(case: Case) -> Any:
 
 
 @pytest.fixture(scope="module")
-def leak_result(stacks: dict[str, StackState],
-                project: Project) -> Callable[[Case], Result]:
+def leak_result(stacks: dict[str, StackState], project: Project) -> Callable[[Case], Result]:
     """The result of checking a case's leaky pair; cases that share a leak share one run."""
     cache: dict[tuple[str, tuple[tuple[str, Any], ...]], Result] = {}
 
@@ -284,13 +484,22 @@ def test_leak_fires_its_rule(case: Case, leak_result: Callable[[Case], Result]) 
     assert case.rule in fired, describe(result)
     unexpected = fired - {case.rule} - case.also
     assert not unexpected, f"unrelated rules fired: {sorted(unexpected)}\n{describe(result)}"
-    hits = [v for v in result.violations if v.rule == case.rule and v.stack == case.stack
-            and case.message in v.message and v.other == case.other]
-    assert hits, (f"no {case.rule} violation in {case.stack} with otherStack={case.other!r} "
-                  f"and a message containing {case.message!r}:\n{describe(result)}")
+    hits = [
+        v
+        for v in result.violations
+        if v.rule == case.rule
+        and v.stack == case.stack
+        and case.message in v.message
+        and v.other == case.other
+    ]
+    assert hits, (
+        f"no {case.rule} violation in {case.stack} with otherStack={case.other!r} "
+        f"and a message containing {case.message!r}:\n{describe(result)}"
+    )
     rule = next(r for r in all_rules() if r.id == case.rule)
-    assert all(v.fix == rule.fix and v.severity == rule.severity and v.name == rule.name
-               for v in hits)
+    assert all(
+        v.fix == rule.fix and v.severity == rule.severity and v.name == rule.name for v in hits
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +514,9 @@ def test_every_rule_has_a_case_where_it_fires() -> None:
 
 def test_every_leak_of_the_mutations_module_is_in_the_table() -> None:
     assert sorted(set(m.MUTATIONS) - {cs.mutation for cs in CASES}) == [
-        "ingress_from_anywhere", "unknown_tag_value"]  # tested below, with their own asserts
+        "ingress_from_anywhere",
+        "unknown_tag_value",
+    ]  # tested below, with their own asserts
 
 
 def test_table_names_known_rules_only() -> None:
@@ -320,15 +531,15 @@ def test_table_names_known_rules_only() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(m.NEAR_MISSES))
-def test_near_miss_stays_quiet(name: str, stacks: dict[str, StackState],
-                               project: Project) -> None:
+def test_near_miss_stays_quiet(name: str, stacks: dict[str, StackState], project: Project) -> None:
     result = check(m.mutated(stacks, m.NEAR_MISSES[name]), project)
     assert result.violations == [], describe(result)
     assert {f.flow for f in result.flows} == {FLOW}
 
 
-def test_prod_key_deny_with_wildcard_principal_is_not_a_grant(stacks: dict[str, StackState],
-                                                              project: Project) -> None:
+def test_prod_key_deny_with_wildcard_principal_is_not_a_grant(
+    stacks: dict[str, StackState], project: Project
+) -> None:
     # The production key policy has a Deny for Principal {"AWS": "*"}: it must stay quiet.
     key = stacks["prod"].named("key", m.KEY)
     denies = [s for s in m.policy(key)["Statement"] if s["Effect"] == "Deny"]
@@ -336,8 +547,9 @@ def test_prod_key_deny_with_wildcard_principal_is_not_a_grant(stacks: dict[str, 
     assert not [v for v in check(stacks, project).violations if v.urn == key.urn]
 
 
-def test_declared_flow_grants_are_flows_not_violations(stacks: dict[str, StackState],
-                                                       project: Project) -> None:
+def test_declared_flow_grants_are_flows_not_violations(
+    stacks: dict[str, StackState], project: Project
+) -> None:
     result = check(stacks, project)
     flow_urns = {f.urn for f in result.flows}
     exp, prod = stacks["experiment"], stacks["prod"]
@@ -350,15 +562,17 @@ def test_declared_flow_grants_are_flows_not_violations(stacks: dict[str, StackSt
     assert not [v for v in result.violations if v.urn in flow_urns]
 
 
-def test_experiment_database_without_final_snapshot_is_fine(stacks: dict[str, StackState],
-                                                            project: Project) -> None:
+def test_experiment_database_without_final_snapshot_is_fine(
+    stacks: dict[str, StackState], project: Project
+) -> None:
     # EF209 is for production only; the experiment database skips its final snapshot by design.
     leaky = m.mutated(stacks, m.prod_db_skip_final_snapshot, at="experiment")
     assert check(leaky, project).violations == []
 
 
-def test_experiment_not_yet_expired_is_fine(stacks: dict[str, StackState],
-                                            project: Project) -> None:
+def test_experiment_not_yet_expired_is_fine(
+    stacks: dict[str, StackState], project: Project
+) -> None:
     leaky = m.mutated(stacks, m.experiment_expired, on="2999-12-31")
     assert check(leaky, project).violations == []
 
@@ -367,38 +581,27 @@ def test_experiment_not_yet_expired_is_fine(stacks: dict[str, StackState],
 # Rule behaviour outside the table
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: EF104 (envfence/rules/network.py ingress_own_vpc) names the first other stack whose "
-    "CIDR *overlaps* the admitted range and says the range is \"inside\" it: 0.0.0.0/0 is "
-    "reported as \"(inside stack 'experiment')\", otherStack experiment"))
 def test_ingress_from_anywhere_is_not_said_to_be_inside_another_stack(
-        stacks: dict[str, StackState], project: Project) -> None:
+    stacks: dict[str, StackState], project: Project
+) -> None:
     result = check(m.mutated(stacks, m.ingress_from_anywhere), project)
     [v] = [v for v in result.violations if v.rule == "EF104"]
     assert "admits 0.0.0.0/0" in v.message
     assert "inside stack" not in v.message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: EF502 (envfence/rules/tagging.py tags_match) compares an UNKNOWN tag value as if it "
-    "were a real tag and reports 'tagged environment=04da6b54-...' instead of failing closed "
-    "as 'cannot decide' like EF501 does for the same value"))
 def test_unknown_tag_value_is_reported_as_unknown_not_as_a_wrong_tag(
-        stacks: dict[str, StackState], project: Project) -> None:
+    stacks: dict[str, StackState], project: Project
+) -> None:
     result = check(m.mutated(stacks, m.unknown_tag_value), project)
     assert "EF501" in ids(result) or "EF902" in ids(result), describe(result)
     assert not [v for v in result.violations if m.UNKNOWN in v.message], describe(result)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: envfence/rules/classify.py CLASSES has no class for the resource-policy types that "
-    "EF207/EF401 check (RESOURCE_POLICIES: QueuePolicy, SecretPolicy, RepositoryPolicy, "
-    "TopicPolicy, LogResourcePolicy, KeyPolicy; only BucketPolicy is in NEUTRAL via "
-    "BUCKET_CONFIG), so EF901 reports them as 'not classified: no rule knows whether it holds "
-    "data or opens a path' — a false positive on any stack that declares one"))
 def test_resource_policy_types_are_classified() -> None:
-    unclassified = sorted(t for t in (*c.RESOURCE_POLICIES, *c.INLINE_RESOURCE_POLICIES)
-                          if c.classify(t) is None)
+    unclassified = sorted(
+        t for t in (*c.RESOURCE_POLICIES, *c.INLINE_RESOURCE_POLICIES) if c.classify(t) is None
+    )
     assert unclassified == []
 
 
@@ -446,13 +649,13 @@ def _registration_problems(
 
 
 def test_mutations_add_real_registrations_and_leave_the_session_alone(
-        stacks: dict[str, StackState]) -> None:
+    stacks: dict[str, StackState],
+) -> None:
     before = copy.deepcopy({n: [r.to_dict() for r in s.resources] for n, s in stacks.items()})
     configs = copy.deepcopy({n: s.config for n, s in stacks.items()})
     problems = []
     for name, fn in (*m.MUTATIONS.items(), *m.NEAR_MISSES.items()):
-        problems += [f"{name}: {p}" for p in _registration_problems(stacks,
-                                                                    m.mutated(stacks, fn))]
+        problems += [f"{name}: {p}" for p in _registration_problems(stacks, m.mutated(stacks, fn))]
     assert not problems, "\n".join(problems)
     assert {n: [r.to_dict() for r in s.resources] for n, s in stacks.items()} == before
     assert {n: s.config for n, s in stacks.items()} == configs

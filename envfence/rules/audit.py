@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
-from envfence.model import StackState
+from envfence.model import UNKNOWN, Resource, StackState
 from envfence.rules import classify as c
-from envfence.rules.context import Context, parse_policy, statements
+from envfence.rules.context import Context, is_unknown, parse_policy, statements
 from envfence.rules.data import own_key
-from envfence.rules.engine import Finding, rule
+from envfence.rules.engine import Finding, rule, undecided
 from envfence.rules.policies import action_allowed, condition_values, principals
 from infra import naming
+
+
+def _store_tag(bucket: Resource) -> Any:
+    """A bucket's data-store tag; UNKNOWN while its tags map is not known (preview)."""
+    tags = bucket.get("tags") or {}
+    return tags.get(naming.TAG_DATA_STORE) if isinstance(tags, dict) else UNKNOWN
 
 
 @rule(
@@ -38,8 +45,11 @@ def audit_trail(state: StackState, ctx: Context) -> Iterator[Finding]:
         yield Finding(t.urn, f"trail {t.name} is not encrypted with this environment's key")
     covered = json.dumps(t.get("advancedEventSelectors") or t.get("eventSelectors") or [])
     for bucket in state.of_type(*c.BUCKETS):
-        tags = bucket.get("tags") or {}
-        if tags.get(naming.TAG_DATA_STORE) in (None, "audit"):
+        store = _store_tag(bucket)
+        if is_unknown(store):
+            yield undecided(bucket.urn, "EF701", f"the data-store tag of {bucket.name}")
+            continue
+        if store in (None, "audit"):
             continue
         if str(bucket.get("arn")) not in covered:
             yield Finding(t.urn, f"trail {t.name} records no data events for {bucket.name}")
@@ -56,13 +66,14 @@ def audit_trail(state: StackState, ctx: Context) -> Iterator[Finding]:
 )
 def audit_tamper_proof(state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
-    audit = [
-        b
-        for b in state.of_type(*c.BUCKETS)
-        if (b.get("tags") or {}).get(naming.TAG_DATA_STORE) == "audit"
-    ]
+    buckets = state.of_type(*c.BUCKETS)
+    audit = [b for b in buckets if _store_tag(b) == "audit"]
     if not audit:
-        if state.of_type(*c.TRAILS):
+        # Any bucket whose tags are not known yet may be the audit store.
+        unknown = [b for b in buckets if is_unknown(_store_tag(b))]
+        for b in unknown:
+            yield undecided(b.urn, "EF702", f"the data-store tag of {b.name}")
+        if state.of_type(*c.TRAILS) and not unknown:
             yield Finding(
                 state.of_type(*c.TRAILS)[0].urn,
                 "the trail's bucket is not an audit store of this environment",

@@ -42,6 +42,7 @@ DATA = tokens(
     aws.dynamodb.Table,
 )
 BUCKETS = tokens(aws.s3.Bucket)
+BUCKET_POLICIES = tokens(aws.s3.BucketPolicy)
 DATABASES = tokens(aws.rds.Instance, aws.rds.Cluster)
 KEYS = tokens(aws.kms.Key)
 SNAPSHOT_SHARING = tokens(
@@ -124,7 +125,8 @@ ROUTES = tokens(aws.ec2.Route)
 ROUTE_TABLES = tokens(aws.ec2.RouteTable)
 SG_INGRESS_RULES = tokens(aws.vpc.SecurityGroupIngressRule)
 SG_RULES = tokens(aws.ec2.SecurityGroupRule)
-SECURITY_GROUPS = tokens(aws.ec2.SecurityGroup)
+# The VPC's default group is a group like any other: its inline ingress admits traffic too.
+SECURITY_GROUPS = tokens(aws.ec2.SecurityGroup, aws.ec2.DefaultSecurityGroup)
 SHARING = tokens(aws.ram.ResourceShare, aws.ram.ResourceAssociation, aws.ram.PrincipalAssociation)
 NETWORK = (
     PEERING
@@ -138,7 +140,6 @@ NETWORK = (
     | tokens(
         aws.ec2.Vpc,
         aws.ec2.Subnet,
-        aws.ec2.DefaultSecurityGroup,
         aws.ec2.RouteTableAssociation,
         aws.ec2.InternetGateway,
         aws.ec2.NatGateway,
@@ -188,7 +189,7 @@ TASK_DEFINITIONS = tokens(aws.ecs.TaskDefinition)
 ECS_SERVICES = tokens(aws.ecs.Service)
 TRAILS = tokens(aws.cloudtrail.Trail)
 IMAGES = tokens(docker.Image)
-COMPUTE = TASK_DEFINITIONS | ECS_SERVICES | tokens(aws.ecs.Cluster)
+COMPUTE = TASK_DEFINITIONS | ECS_SERVICES | IMAGES | tokens(aws.ecs.Cluster)
 AUDIT = TRAILS | tokens(aws.cloudwatch.LogMetricFilter, aws.cloudwatch.MetricAlarm)
 
 CLASSES: dict[str, frozenset[str]] = {
@@ -210,7 +211,8 @@ def classify(type_: str) -> str | None:
     return None
 
 
-_MODULES = {"ec2transitgateway": aws.ec2transitgateway}
+# Providers whose type tokens the rules name; `index` is the package's top-level module.
+_PACKAGES: dict[str, Any] = {"aws": aws, "docker": docker}
 
 
 @functools.cache
@@ -227,15 +229,16 @@ def is_taggable(type_: str) -> bool:
 
 @functools.cache
 def resource_class(type_: str) -> Any:
-    """The pulumi_aws class of a type token such as `aws:s3/bucket:Bucket`, or None."""
+    """The provider class of a type token such as `aws:s3/bucket:Bucket`, or None."""
     try:
         pkg, mod_path, name = type_.split(":")
     except ValueError:
         return None
-    if pkg != "aws":
+    package = _PACKAGES.get(pkg)
+    if package is None:
         return None
     module_name = mod_path.split("/")[0]
-    module = getattr(aws, module_name, None)
+    module = package if module_name == "index" else getattr(package, module_name, None)
     cls = getattr(module, name, None) if module is not None else None
     if cls is not None and getattr(cls, "pulumi_type", None) == type_:
         return cls

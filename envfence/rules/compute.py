@@ -10,6 +10,7 @@ from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, is_unknown, need
 from envfence.rules.engine import Finding, rule, undecided
+from infra import naming
 
 
 def _containers(r: Resource) -> list[dict[str, Any]]:
@@ -75,8 +76,19 @@ def task_hardened(r: Resource, state: StackState, ctx: Context) -> Iterator[Find
             yield Finding(r.urn, f"container {name} is privileged")
         group = ((d.get("logConfiguration") or {}).get("options") or {}).get("awslogs-group")
         if group not in own_groups:
+            owner = next(
+                (
+                    o.stack
+                    for o in ctx.others(state.stack)
+                    if str(group).startswith(f"{naming.log_group_prefix(o.project, o.stack)}/")
+                ),
+                None,
+            )
             yield Finding(
-                r.urn, f"container {name} logs to {group}, not a log group of this environment"
+                r.urn,
+                f"container {name} logs to {group}, not a log group of this environment"
+                + (f" (a log group of stack '{owner}')" if owner else ""),
+                owner,
             )
 
 
@@ -121,8 +133,10 @@ def service_private(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
 )
 def own_images(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     if r.type in c.IMAGES:
+        verb = "pushes"
         images = [str(need(r, "imageName"))]
     else:
+        verb = "runs"
         images = [str(d.get("image")) for d in _containers(r) if not d.get("_malformed")]
     for image in images:
         if not _from_own_repository(image, state):
@@ -139,6 +153,6 @@ def own_images(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding
             )
             yield Finding(
                 r.urn,
-                f"{r.name} runs image {image}, which is not from this environment's repository",
+                f"{r.name} {verb} image {image}, which is not from this environment's repository",
                 owner,
             )

@@ -163,11 +163,18 @@ class Env:
     def flow_for(
         self, source: str, role: str | None, target: str, store: str | None
     ) -> Flow | None:
+        """The flow this environment declares for `role` of `source` on `store` of `target`.
+
+        A flow names one role: a principal that is no role of `source` (`role` None: an account
+        root, a user, a role outside the environment) matches no flow. `store` None matches any
+        store, for what serves every store of `target` (its key)."""
+        if role is None:
+            return None
         for f in self.flows:
             if (
                 f.source == source
                 and f.target == target
-                and (role is None or f.role == role)
+                and f.role == role
                 and (store is None or f.store == store)
             ):
                 return f
@@ -175,9 +182,18 @@ class Env:
 
 
 def env_from_state(state: StackState, project: Project | None = None) -> Env:
-    """Environment facts from a stack's state; config where present, resources otherwise."""
+    """Environment facts from a stack's state: its config, else the repository's stack file
+    for it, else what its resources show (which knows no declared flow)."""
     settings = None
-    if state.config.get("envfence:tier"):
+    config = state.config
+    if not config.get("envfence:tier") and project is not None and project.name == state.project:
+        # A bare `pulumi stack export`, or a preview without its config, carries no config:
+        # the stack file is what the stack was deployed from.
+        try:
+            config = project.stack_config(state.stack)
+        except ProjectFileError:
+            config = {}
+    if config.get("envfence:tier"):
         peers: dict[str, PeerStack] = {}
         if project is not None:
             try:
@@ -185,7 +201,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
             except ProjectFileError:
                 peers = {}
         try:
-            settings = parse_settings(state.project, state.stack, state.config, peers)
+            settings = parse_settings(state.project, state.stack, config, peers)
         except Exception:
             settings = None
     tags = provider_tags(state)

@@ -9,8 +9,15 @@ from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, Env, as_list, need, parse_policy, statements
 from envfence.rules.engine import Finding, FlowUse, rule
-from envfence.rules.policies import condition_values, grants, is_own_principal, principal_role
+from envfence.rules.policies import (
+    Grant,
+    condition_values,
+    grants,
+    is_own_principal,
+    principal_role,
+)
 from infra import naming
+from infra.settings import Flow
 
 
 def own_key(state: StackState, ctx: Context, key: object) -> bool:
@@ -25,6 +32,15 @@ def own_key(state: StackState, ctx: Context, key: object) -> bool:
 def _configs(state: StackState, type_: str) -> dict[str, Resource]:
     """Bucket configuration resources of one type, by the bucket they configure."""
     return {str(r.get("bucket")): r for r in state.of_type(type_)}
+
+
+def _store_of_bucket(state: StackState, bucket: object) -> str | None:
+    """The data store (its `data-store` tag) of the stack's bucket named `bucket`."""
+    for b in state.of_type(*c.BUCKETS):
+        if b.get("bucket") == bucket:
+            tags = b.get("tags")
+            return tags.get(naming.TAG_DATA_STORE) if isinstance(tags, dict) else None
+    return None
 
 
 @rule(
@@ -147,20 +163,23 @@ def bucket_versioned(r: Resource, state: StackState, ctx: Context) -> Iterator[F
 )
 def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
-    bp = _configs(state, "aws:s3/bucketPolicy:BucketPolicy").get(str(need(r, "bucket")))
+    bucket = need(r, "bucket")
+    bp = _configs(state, "aws:s3/bucketPolicy:BucketPolicy").get(str(bucket))
     if bp is None:
         yield Finding(r.urn, f"bucket {r.name} has no bucket policy")
         return
     stmts = statements(parse_policy(bp, "policy"))
     denies = [s for s in stmts if s.get("Effect") == "Deny"]
     tls = any(condition_values(s, "aws:SecureTransport").get("Bool") == ["false"] for s in denies)
+    store = _store_of_bucket(state, bucket)
     foreign = False
     for s in denies:
         allowed = condition_values(s, "aws:PrincipalArn").get("ArnNotEquals") or condition_values(
             s, "aws:PrincipalArn"
         ).get("ArnNotLike")
         if allowed and all(
-            is_own_principal(env, ctx, a) or _declared_flow_principal(env, a, ctx) for a in allowed
+            is_own_principal(env, ctx, a) or _declared_flow_principal(env, a, ctx, store)
+            for a in allowed
         ):
             foreign = True
     if not tls:
@@ -173,13 +192,15 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
         )
 
 
-def _declared_flow_principal(env: Env, arn: str, ctx: Context) -> bool:
-    """Whether `arn` is the role of another environment that a flow into `env` declares."""
-    for other in ctx.envs.values():
-        role = principal_role(other, arn)
-        if role is not None and any(f.source == other.stack and f.role == role for f in env.flows):
-            return True
-    return False
+def _declared_flow_principal(env: Env, arn: str, ctx: Context, store: str | None) -> bool:
+    """Whether `arn` is the role of another environment that a flow into `env` declares on
+    `store`: a flow opens its own store, not every bucket of the environment."""
+    if store is None:
+        return False
+    return any(
+        env.flow_for(other.stack, principal_role(other, arn), env.stack, store) is not None
+        for other in ctx.others(env.stack)
+    )
 
 
 RESOURCE_POLICY_TYPES = (
@@ -212,35 +233,31 @@ def foreign_grant_findings(
     if policy and policy.get("_malformed"):
         yield Finding(r.urn, f"{r.name} {key} is not valid JSON; cannot verify it")
         return
-    store = None
-    if r.type == "aws:s3/bucketPolicy:BucketPolicy":
-        tags = next(
-            (
-                b.get("tags")
-                for b in state.of_type(*c.BUCKETS)
-                if b.get("bucket") == r.get("bucket")
-            ),
-            None,
-        )
-        store = (tags or {}).get(naming.TAG_DATA_STORE) if isinstance(tags, dict) else None
+    # A key serves every store of the environment and a bucket policy its bucket's store; no
+    # other resource policy serves a store, so no declared flow can allow its grants.
+    store = _store_of_bucket(state, r.get("bucket")) if r.type in c.BUCKET_POLICIES else None
+    serves_store = r.type in c.KEY_POLICIES or store is not None
     for g in grants(statements(policy), env, ctx):
-        if g.owner is not None and g.owner != env.stack:
-            role = principal_role(ctx.env(g.owner), g.principal)
-            flow = env.flow_for(g.owner, role, env.stack, store)
-            declared_by_peer = (
-                flow is not None
-                and ctx.env(g.owner).flow_for(g.owner, role, env.stack, store) is not None
+        flow = _declared_flow(g, env, ctx, store) if serves_store else None
+        # Declared flows are reads (infra.settings.FLOW_ACCESS): a grant that also writes or
+        # manages is more than the flow, whoever it names.
+        if flow is not None and flow.access == "read" and not g.beyond_reads:
+            yield FlowUse(
+                flow.describe(),
+                env.stack,
+                r.urn,
+                f"{r.name} statement {g.sid} lets {g.principal} in",
             )
-            if flow is not None and declared_by_peer:
-                yield FlowUse(
-                    flow.describe(),
-                    env.stack,
-                    r.urn,
-                    f"{r.name} statement {g.sid} lets {g.principal} in",
-                )
-                continue
+            continue
         who = f"stack '{g.owner}'" if g.owner else "no environment"
-        if g.principal == "*":
+        if flow is not None:
+            yield Finding(
+                r.urn,
+                f"{r.name} statement {g.sid} lets {g.principal} (a principal of {who}) use "
+                f"{', '.join(g.beyond_reads)}, beyond the declared flow '{flow.describe()}'",
+                g.owner,
+            )
+        elif g.principal == "*":
             yield Finding(
                 r.urn,
                 f"{r.name} statement {g.sid} allows Principal '*' without a "
@@ -252,6 +269,17 @@ def foreign_grant_findings(
                 f"{r.name} statement {g.sid} allows {g.principal} (a principal of {who})",
                 g.owner,
             )
+
+
+def _declared_flow(g: Grant, env: Env, ctx: Context, store: str | None) -> Flow | None:
+    """The flow both environments declare for the role a grant lets in, if any."""
+    if g.owner is None or g.owner == env.stack:
+        return None
+    role = principal_role(ctx.env(g.owner), g.principal)
+    flow = env.flow_for(g.owner, role, env.stack, store)
+    if flow is None or ctx.env(g.owner).flow_for(g.owner, role, env.stack, flow.store) is None:
+        return None
+    return flow
 
 
 @rule(

@@ -245,7 +245,15 @@ def no_shared_network(state: StackState, ctx: Context) -> Iterator[Finding]:
                     + (f" (the VPC of stack '{other}')" if other else ""),
                     other,
                 )
-        for key in ("subnetId", "subnetIds", "securityGroupIds", "vpcSecurityGroupIds"):
+        # securityGroupId: a rule this stack manages on another environment's group opens that
+        # environment's resources, whatever source the rule admits.
+        for key in (
+            "subnetId",
+            "subnetIds",
+            "securityGroupId",
+            "securityGroupIds",
+            "vpcSecurityGroupIds",
+        ):
             for v in as_list(r.get(key)):
                 if isinstance(v, str) and not is_unknown(v):
                     other = ctx.owner_of_id(v, exclude=state.stack)

@@ -189,6 +189,15 @@ def only_reads(actions: tuple[str, ...]) -> bool:
     return all(a in READ_ACTIONS for a in actions)
 
 
+def beyond_reads(stmt: dict[str, Any]) -> list[str]:
+    """The action patterns of a statement that a declared read flow may not use."""
+    patterns, negated = action_patterns(stmt)
+    if negated:
+        return [f"NotAction {', '.join(patterns)}"]
+    reads = {a.lower() for a in READ_ACTIONS}
+    return [p for p in patterns if p.lower() not in reads]
+
+
 def store_of(env: Env, arn: str) -> str | None:
     for store in env.stores:
         b = naming.bucket_arn(env.project, env.stack, store, env.account or "")
@@ -205,6 +214,7 @@ class Grant:
     principal: str
     owner: str | None  # stack of the principal; None = outside every environment
     pinned: list[str] | None
+    beyond_reads: tuple[str, ...] = ()  # actions a declared read flow may not use
 
 
 def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterator[Grant]:
@@ -214,15 +224,16 @@ def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterat
             continue
         sid = str(stmt.get("Sid") or f"statement {i}")
         pinned = pinned_principals(stmt)
+        extra = tuple(beyond_reads(stmt))
         for kind, value in principals(stmt):
             if kind in ("Service",):
                 continue  # an AWS service acting for this account's configuration
             if kind == "Federated":
-                yield Grant(sid, value, None, pinned)
+                yield Grant(sid, value, None, pinned, extra)
                 continue
             if value == "*":
                 if pinned is None or not all(is_own_principal(env, ctx, p) for p in pinned):
-                    yield Grant(sid, "*", None, pinned)
+                    yield Grant(sid, "*", None, pinned, extra)
                 continue
             account = (
                 value
@@ -240,13 +251,13 @@ def grants(policy_stmts: list[dict[str, Any]], env: Env, ctx: Context) -> Iterat
                 if pinned is not None:
                     for p in pinned:
                         if not is_own_principal(env, ctx, p):
-                            yield Grant(sid, p, ctx.owner_of_arn(p), pinned)
+                            yield Grant(sid, p, ctx.owner_of_arn(p), pinned, extra)
                     continue
-                yield Grant(sid, value, owner, pinned)
+                yield Grant(sid, value, owner, pinned, extra)
                 continue
             if is_own_principal(env, ctx, value):
                 continue
-            yield Grant(sid, value, ctx.owner_of_arn(value), pinned)
+            yield Grant(sid, value, ctx.owner_of_arn(value), pinned, extra)
 
 
 def is_own_principal(env: Env, ctx: Context, principal: str) -> bool:

@@ -12,10 +12,14 @@ from envfence.rules.engine import Finding, rule, undecided
 from infra import naming
 
 
-def merged_tags(r: Resource, state: StackState) -> dict[str, Any]:
-    """What AWS will apply: the provider's default tags under the resource's own tags."""
+def merged_tags(r: Resource, state: StackState) -> dict[str, Any] | None:
+    """What AWS will apply: the provider's default tags under the resource's own tags. None
+    when the resource's own tags are not a map yet (unknown at preview): any of them could
+    override a default tag, so nothing about the result is known."""
     own = r.get("tags") or {}
-    return {**provider_tags(state), **(own if isinstance(own, dict) else {})}
+    if not isinstance(own, dict):
+        return None
+    return {**provider_tags(state), **own}
 
 
 def _expected(state: StackState, ctx: Context) -> dict[str, str | None]:
@@ -46,7 +50,7 @@ def tags_present(state: StackState, ctx: Context) -> Iterator[Finding]:
         if not c.is_taggable(r.type):
             continue
         tags = merged_tags(r, state)
-        if is_unknown(tags):
+        if tags is None or is_unknown(tags):
             yield undecided(r.urn, "EF501", f"the tags of {r.name}")
             continue
         missing = [t for t in required if not tags.get(t)]
@@ -68,6 +72,9 @@ def tags_match(state: StackState, ctx: Context) -> Iterator[Finding]:
         if not c.is_taggable(r.type):
             continue
         tags = merged_tags(r, state)
+        if tags is None:
+            yield undecided(r.urn, "EF502", f"the tags of {r.name}")
+            continue
         for key, want in expected.items():
             have = tags.get(key)
             if is_unknown(have):
