@@ -1,9 +1,12 @@
 """The envfence command line.
 
     envfence plan  [--stack NAME ...] [--format table|json]
-    envfence check [--stack NAME ...] [--state FILE ...] [--format text|json|sarif]
+    envfence check [--stack NAME ...] [--state FILE ...] [--format text|json|sarif] [--no-prove]
+    envfence prove [--stack NAME ...] [--state FILE ...] [--format text|json]
 
-Exit codes: 0 clean, 1 violations found, 2 bad input (unknown stack, config error, unreadable or
+`check` runs every rule and then every proof; `prove` runs only the proofs.
+
+Exit codes: 0 clean (and proved), 1 violations found or a proof refuted or broken, 2 bad input (unknown stack, config error, unreadable or
 malformed state file). Bad input prints one line naming the key or file; never a traceback.
 """
 
@@ -64,6 +67,29 @@ def _parser() -> argparse.ArgumentParser:
         "--json, or envfence plan --format json output (repeatable)",
     )
     check.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    check.add_argument(
+        "--no-prove",
+        action="store_true",
+        help="run the rules only, not the isolation proofs",
+    )
+
+    prove = sub.add_parser(
+        "prove", help="prove that no principal or packet of one environment reaches another"
+    )
+    prove.add_argument(
+        "--stack",
+        action="append",
+        metavar="NAME",
+        help="evaluate only these stacks (repeatable; default: all)",
+    )
+    prove.add_argument(
+        "--state",
+        action="append",
+        metavar="FILE",
+        help="prove real state instead: pulumi stack export, pulumi preview --json, or "
+        "envfence plan --format json output (repeatable)",
+    )
+    prove.add_argument("--format", choices=("text", "json"), default="text")
     return p
 
 
@@ -115,27 +141,61 @@ def print_plan(state: StackState, out: Console, *, full: bool = True) -> None:
         out.print(f"  declared flow: {flow}")
 
 
-def cmd_check(args: argparse.Namespace, out: Console) -> int:
-    from envfence.report import render
-    from envfence.rules import run_all
+def _states(args: argparse.Namespace) -> list[StackState]:
+    """The stacks a command works on: evaluated offline (`--stack`), or read (`--state`)."""
     from envfence.state import StateError, load_file
 
     if args.state and args.stack:
         raise UsageError("use either --stack (evaluate offline) or --state (real state), not both")
-    if args.state:
-        try:
-            states = [load_file(path) for path in args.state]
-        except StateError as exc:
-            raise UsageError(str(exc)) from None
-        names = [s.stack for s in states]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise UsageError(f"several state files for stack {', '.join(dupes)}; give one each")
-    else:
-        states = _load_stacks(args.stack)
+    if not args.state:
+        return _load_stacks(args.stack)
+    try:
+        states = [load_file(path) for path in args.state]
+    except StateError as exc:
+        raise UsageError(str(exc)) from None
+    names = [s.stack for s in states]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"several state files for stack {', '.join(dupes)}; give one each")
+    return states
+
+
+def cmd_check(args: argparse.Namespace, out: Console) -> int:
+    from envfence import report
+    from envfence.rules import run_all
+
+    states = _states(args)
     result = run_all(states)
-    render(result, args.format, out)
-    return EXIT_VIOLATIONS if result.violations else EXIT_OK
+    if args.no_prove:
+        report.render(result, args.format, out)
+        return EXIT_VIOLATIONS if result.violations else EXIT_OK
+    from envfence.prove import run as proofs
+
+    proof = proofs.prove(states)
+    if args.format == "json":
+        doc = report.to_json(result)
+        doc["proofs"] = proofs.to_json(proof)
+        print(json.dumps(doc, indent=2))
+    elif args.format == "sarif":
+        doc = report.to_sarif(result)
+        proofs.add_to_sarif(doc, proof)
+        print(json.dumps(doc, indent=2))
+    else:
+        report.render(result, args.format, out)
+        out.print()
+        proofs.text(proof, out)
+    return EXIT_VIOLATIONS if result.violations or not proof.ok else EXIT_OK
+
+
+def cmd_prove(args: argparse.Namespace, out: Console) -> int:
+    from envfence.prove import run as proofs
+
+    proof = proofs.prove(_states(args))
+    if args.format == "json":
+        print(json.dumps(proofs.to_json(proof), indent=2))
+    else:
+        proofs.text(proof, out)
+    return EXIT_OK if proof.ok else EXIT_VIOLATIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return cmd_plan(args, out)
+        if args.command == "prove":
+            return cmd_prove(args, out)
         return cmd_check(args, out)
     except UsageError as exc:
         print(f"envfence: error: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Isolation proofs over evaluated stacks: SMT encodings with counterexamples."""

@@ -1,0 +1,314 @@
+"""The second method: split the request space into classes and ask the concrete evaluator.
+
+It shares nothing with the SMT encoding but the reading of the states: requests are built as
+plain strings and decided by `envfence.iam.evaluate`, the evaluator that is tested against the
+AWS documentation and against PMapper.
+
+Why a finite set of requests can stand for all of them: whether a statement applies depends on
+an action only through which of the policies' action patterns it matches, and likewise for
+resources and condition values. So two actions that match the same patterns are decided alike
+(the same holds for resources and values), and one witness per class suffices. Witnesses are
+drawn from the policies themselves: every pattern instantiated with its wildcards empty and
+filled, every condition value, a fresh value that matches no literal, and "absent"; each
+candidate is kept only if it lands in a class not seen yet. The classes of different keys are
+combined (a product), pruned to the action/resource pairs that some Allow statement could match
+at all (no Allow, no access, whatever the conditions).
+
+Where the SMT method covers every string by construction, this one covers the classes its
+witnesses reach; the two are run on every question and must agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from envfence import iam
+from envfence.prove.query import (
+    PRINCIPAL_TAG,
+    RESOURCE_TAG,
+    Query,
+    Witness,
+    action_fits,
+    decide,
+    fixed_values,
+    key_kind,
+    services_for,
+)
+from envfence.prove.smt import ProofError
+from envfence.prove.world import ANY, Target
+
+FRESH = "zzfresh"
+MAX_REQUESTS = 400_000
+
+
+def _statements(policy: iam.Policy) -> list[Mapping[str, Any]]:
+    raw = policy.document.get("Statement", [])
+    items = raw if isinstance(raw, list) else [raw]
+    return [s for s in items if isinstance(s, Mapping)]
+
+
+def _instances(pattern: str) -> list[str]:
+    """A wildcard pattern with its wildcards empty, and filled."""
+    out = [pattern.replace("*", "").replace("?", "z"), pattern.replace("*", "zz").replace("?", "z")]
+    return list(dict.fromkeys(out))
+
+
+@functools.lru_cache(maxsize=1024)
+def _action_classes(patterns: tuple[str, ...], candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """One action per class: classes are the sets of patterns an action matches."""
+    compiled = [iam.wildcard_to_regex(p, True) for p in patterns]
+    return tuple(
+        _dedupe(candidates, lambda a: tuple(rx.fullmatch(a) is not None for rx in compiled))
+    )
+
+
+def _dedupe(candidates: Iterable[Any], signature: Any) -> list[Any]:
+    seen: set[Any] = set()
+    out = []
+    for c in candidates:
+        s = signature(c)
+        if s not in seen:
+            seen.add(s)
+            out.append(c)
+    return out
+
+
+class Search:
+    def __init__(self, query: Query) -> None:
+        self.q = query
+        self.session = query.session()
+        self.evaluated = 0
+
+    # -- candidates ---------------------------------------------------------------------------
+    def _action_patterns(self) -> list[str]:
+        out: list[str] = []
+        for policy, _ in self.q.policies():
+            for stmt in _statements(policy):
+                for element in ("Action", "NotAction"):
+                    out += iam._strings(stmt.get(element, []), element)
+        return list(dict.fromkeys(out))
+
+    def actions(self) -> list[str]:
+        if self.q.action is not None:
+            return [self.q.action]
+        patterns = self._action_patterns()
+        literal = [p for p in patterns if "*" not in p and "?" not in p]
+        candidates = literal + [i for p in patterns for i in _instances(p)]
+        services = {p.split(":", 1)[0] for p in patterns if ":" in p}
+        services |= {svc for t in self.q.targets for svc in services_for(t)}
+        candidates += [f"{s}:{FRESH}" for s in sorted(services)] + [f"{FRESH}:{FRESH}"]
+        for e in self.q.exemptions:
+            candidates += sorted(e.actions)
+        return list(_action_classes(tuple(patterns), tuple(candidates)))
+
+    def _resource_patterns(self) -> list[str]:
+        out: list[str] = []
+        for policy, _ in self.q.policies():
+            for stmt in _statements(policy):
+                for element in ("Resource", "NotResource"):
+                    out += iam._strings(stmt.get(element, []), element)
+        return list(dict.fromkeys(out))
+
+    def resources(self, target: Target) -> list[str]:
+        patterns = self._resource_patterns()
+        fillers = ["example", "", FRESH]
+        candidates: list[str] = []
+        for shape in target.shapes:
+            holes = sum(1 for p in shape if p is ANY)
+            if holes == 0:
+                candidates.append("".join(p or "" for p in shape))
+                continue
+            for fill in fillers:
+                candidates.append("".join(fill if p is ANY else p for p in shape))
+        for p in patterns:
+            for inst in _instances(p):
+                if target.matches(inst):
+                    candidates.append(inst)
+        candidates = [c for c in candidates if target.matches(c)]
+        return _dedupe(
+            candidates, lambda r: tuple(iam.resource_matches(p, r) for p in patterns)
+        )
+
+    def _conditions(self, target: Target) -> list[tuple[iam.ConditionOperator, str, object, bool]]:
+        out = []
+        for policy in self._policies_for(target):
+            substitute = iam._version(policy) == iam.VERSION_2012
+            for stmt in _statements(policy):
+                for op_name, block in (stmt.get("Condition") or {}).items():
+                    op = iam.parse_condition_operator(op_name)
+                    for key, raw in block.items():
+                        out.append((op, key, raw, substitute))
+        return out
+
+    def _policies_for(self, target: Target) -> list[iam.Policy]:
+        p = self.q.principal
+        out = list(p.identity)
+        if p.boundary is not None:
+            out.append(p.boundary)
+        if target.policy is not None:
+            out.append(target.policy)
+        return out
+
+    def contexts(self, target: Target) -> list[dict[str, Any]]:
+        """Every combination of one witness per class of each caller-controlled key."""
+        fixed = fixed_values(self.q, target)
+        conditions = self._conditions(target)
+        by_key: dict[str, list[tuple[iam.ConditionOperator, str, object, bool]]] = {}
+        for cond in conditions:
+            lower = cond[1].lower()
+            if key_kind(lower, self.q) != "fixed":
+                by_key.setdefault(lower, []).append(cond)
+        choices: list[list[tuple[str, Any]]] = []
+        for lower, conds in by_key.items():
+            name = conds[0][1]
+            multi = any(op.set_operator for op, *_ in conds)
+            boolean = any(op.family == "bool" for op, *_ in conds)
+            kind = key_kind(lower, self.q)
+            values: list[str] = []
+            if kind == "resource-tag":
+                tag = lower[len(RESOURCE_TAG) :]
+                actual = next((v for k, v in target.tags.items() if k.lower() == tag), None)
+                values = [actual] if actual is not None else []
+            elif boolean:
+                values = ["true", "false"]
+            else:
+                for _op, _key, raw, substitute in conds:
+                    for v in iam._policy_values(raw, _op.name, _key):
+                        try:
+                            text = "".join(t for t, _ in iam._expand(v, fixed, substitute))
+                        except iam._Unresolved:
+                            text = v
+                        values += _instances(text) if _op.family in ("string_like", "arn") else [
+                            text
+                        ]
+                values.append(FRESH)
+            options: list[Any] = [None] + ([[v] for v in values] if multi else values)
+            if kind == "principal-tag":
+                tag = lower[len(PRINCIPAL_TAG) :]
+                if any(k.lower() == tag for k in self.q.principal.tags):
+                    options = options[1:]  # session tags override a tag, never remove it
+
+            def signature(value: Any, conds: list[Any] = conds, lower: str = lower) -> tuple[bool, ...]:
+                ctx = dict(fixed)
+                if value is not None:
+                    ctx[lower] = value if isinstance(value, list) else [value]
+                sig = []
+                for op, key, raw, substitute in conds:
+                    try:
+                        sig.append(iam._key_matches(op, key, raw, ctx, substitute))
+                    except iam._Unresolved:
+                        sig.append(False)
+                return tuple(sig)
+
+            kept = _dedupe(options, signature)
+            choices.append([(name, v) for v in kept])
+        combos = []
+        for combo in itertools.product(*choices):
+            combos.append({name: v for name, v in combo if v is not None})
+        return combos or [{}]
+
+    # -- pruning ----------------------------------------------------------------------------
+    def _allows(self, target: Target) -> list[tuple[Mapping[str, Any], bool]]:
+        """Allow statements that could apply to this principal on this target."""
+        p = self.q.principal
+        groups: list[tuple[iam.Policy, bool]] = [(pol, False) for pol in p.identity]
+        if target.policy is not None:
+            groups.append((target.policy, True))
+        out = []
+        for policy, principaled in groups:
+            substitute = iam._version(policy) == iam.VERSION_2012
+            for stmt in _statements(policy):
+                if stmt.get("Effect") != "Allow":
+                    continue
+                if principaled and iam.principal_match(stmt, self.session) is None:
+                    continue
+                out.append((stmt, substitute))
+        return out
+
+    def _unconditional_denies(self, target: Target) -> list[Mapping[str, Any]]:
+        """Deny statements without conditions: when one matches, no context can help."""
+        p = self.q.principal
+        groups: list[tuple[iam.Policy, bool]] = [(pol, False) for pol in p.identity]
+        if p.boundary is not None:
+            groups.append((p.boundary, False))
+        if target.policy is not None:
+            groups.append((target.policy, True))
+        out = []
+        for policy, principaled in groups:
+            for stmt in _statements(policy):
+                if stmt.get("Effect") != "Deny" or stmt.get("Condition"):
+                    continue
+                if any("${" in str(v) for v in iam._strings(stmt.get("Resource", stmt.get("NotResource", [])), "Resource")):
+                    continue
+                if principaled and iam.principal_match(
+                    stmt, self.session, has_boundary=p.boundary is not None
+                ) is None:
+                    continue
+                out.append(stmt)
+        return out
+
+    @staticmethod
+    def _resource_hit(
+        stmt: Mapping[str, Any], resource: str, fixed: dict[str, list[str]], substitute: bool
+    ) -> bool:
+        try:
+            return iam._resource_part(stmt, resource, fixed, substitute)
+        except iam._Unresolved:
+            return True  # depends on a caller-controlled value: keep it
+
+    # -- search -----------------------------------------------------------------------------
+    def requests(self) -> Iterator[tuple[Target, str, str, dict[str, Any]]]:
+        """Requests that some Allow statement matches, conditions aside (no Allow statement,
+        no access, whatever the conditions say)."""
+        actions = self.actions()
+        total = 0
+        for target in self.q.targets:
+            fixed = fixed_values(self.q, target)
+            allows = self._allows(target)
+            denies = self._unconditional_denies(target)
+            contexts: list[dict[str, Any]] | None = None
+            for resource in self.resources(target):
+                matching = [s for s, sub in allows if self._resource_hit(s, resource, fixed, sub)]
+                if not matching:
+                    continue
+                blocking = [s for s in denies if iam._resource_part(s, resource, fixed, False)]
+                for action in actions:
+                    if not action_fits(action, target):
+                        continue
+                    exempt = self.q.exempt(action, resource) is not None
+                    if exempt != self.q.only_exempt:
+                        continue
+                    if not any(iam._action_part(s, action) for s in matching):
+                        continue
+                    if any(iam._action_part(s, action) for s in blocking):
+                        continue
+                    if contexts is None:
+                        contexts = self.contexts(target)
+                    total += len(contexts)
+                    if total > MAX_REQUESTS:
+                        raise ProofError(
+                            f"the class method needs more than {MAX_REQUESTS} requests for "
+                            f"{self.q.principal.label}"
+                        )
+                    for ctx in contexts:
+                        yield target, action, resource, ctx
+
+    def find(self) -> Witness | None:
+        try:
+            for target, action, resource, ctx in self.requests():
+                self.evaluated += 1
+                decision, tags = decide(self.q, target, action, resource, ctx)
+                if decision.allowed:
+                    return Witness(
+                        self.q.principal.arn, action, resource, target, ctx, decision, tags
+                    )
+        except (iam.Unsupported, ValueError) as exc:
+            raise ProofError(str(exc)) from None
+        return None
+
+
+def search(query: Query) -> Witness | None:
+    return Search(query).find()

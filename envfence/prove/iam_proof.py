@@ -1,0 +1,427 @@
+"""The IAM proof: no principal of one environment can touch another environment's data.
+
+For every ordered pair of environments (A, B), A != B:
+
+1. The principals of A are A's roles, closed under role assumption (`sts:AssumeRole` allowed by
+   the caller's policies *and* the role's trust policy) and under `iam:PassRole` into a service
+   (the service then acts with the passed role's permissions). A chain that reaches a role of B
+   counts as A.
+2. For each such principal, one question over every data resource of B: is there any action,
+   any ARN of those resources, any value of the condition keys the caller controls, that is
+   allowed? Declared flows are exempt — and only the reads they declare, on the store they name
+   (and the target's key, to decrypt it): anything wider is a counterexample.
+3. Each question is answered twice, by the SMT encoding (`envfence.prove.smt`) and by the class
+   method (`envfence.prove.classes`); they must agree.
+
+Controls, which must *find* access or the proof is broken, not passed: each environment's
+`service`, `pipeline` and `analyst` roles reach their own environment's data, and each declared
+flow's role can do what the flow declares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envfence import iam
+from envfence.prove import classes, smt
+from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
+from envfence.prove.smt import ProofError
+from envfence.prove.world import Role, Target, World
+from envfence.rules.policies import READ_ACTIONS
+from infra import naming
+
+PROVED, REFUTED, BROKEN = "proved", "refuted", "broken"
+Solver = Callable[[Query], Witness | None]
+
+
+@dataclass(frozen=True)
+class Hop:
+    role: str  # label stack/name
+    via: str  # "start", "sts:AssumeRole" or "iam:PassRole"
+    statements: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.via == "start":
+            return self.role
+        return f"--{self.via} [{', '.join(self.statements)}]--> {self.role}"
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    chain: tuple[Hop, ...]
+    principal: str
+    action: str
+    resource: str
+    target: str
+    target_urn: str
+    context: Mapping[str, Any]
+    session_tags: Mapping[str, str]
+    statements: tuple[str, ...]
+
+    @classmethod
+    def of(cls, chain: tuple[Hop, ...], w: Witness) -> Counterexample:
+        return cls(
+            chain=chain,
+            principal=w.principal,
+            action=w.action,
+            resource=w.resource,
+            target=w.target.label,
+            target_urn=w.target.urn,
+            context=dict(w.context),
+            session_tags=dict(w.session_tags),
+            statements=tuple(w.statements()),
+        )
+
+    def lines(self) -> list[str]:
+        chain = " ".join(h.describe() for h in self.chain)
+        out = [
+            f"principal {self.principal} (via {chain})",
+            f"  may {self.action} on {self.resource}",
+            f"  target {self.target}",
+            f"  context {dict(self.context) or '{}'}"
+            + (f", forged session tags {dict(self.session_tags)}" if self.session_tags else ""),
+            f"  allowed by {', '.join(self.statements) or '(no statement named)'}",
+        ]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain": [{"role": h.role, "via": h.via, "statements": list(h.statements)} for h in self.chain],
+            "principal": self.principal,
+            "action": self.action,
+            "resource": self.resource,
+            "target": self.target,
+            "targetUrn": self.target_urn,
+            "context": dict(self.context),
+            "sessionTags": dict(self.session_tags),
+            "statements": list(self.statements),
+        }
+
+
+@dataclass
+class PairProof:
+    source: str
+    target: str
+    status: str = PROVED
+    seconds: float = 0.0
+    principals: int = 0
+    resources: int = 0
+    counterexamples: list[Counterexample] = field(default_factory=list)
+    flows: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Control:
+    stack: str
+    what: str
+    found: bool
+    detail: str = ""
+
+
+@dataclass
+class IamProof:
+    pairs: list[PairProof]
+    controls: list[Control]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+class _Both:
+    """Ask both methods; they must agree."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.queries = 0
+
+    def __call__(self, query: Query) -> Witness | None:
+        self.queries += 1
+        try:
+            by_smt = smt.solve(query)
+        except ProofError as exc:
+            raise ProofError(f"SMT: {exc}") from None
+        by_classes = classes.search(query)
+        if (by_smt is None) != (by_classes is None):
+            found = by_smt or by_classes
+            assert found is not None
+            raise ProofError(
+                f"the two methods disagree for {query.principal.label}: "
+                f"{'SMT' if by_smt else 'the class method'} found {found.action} on "
+                f"{found.resource}, the other found nothing"
+            )
+        return by_smt
+
+
+def _trust_names(role: Role, caller: Role) -> bool:
+    if role.trust is None:
+        return False
+    for _, stmt in iam._statements(role.trust):
+        if isinstance(stmt, dict) and stmt.get("Effect") == "Allow":
+            try:
+                named = iam.principal_match(stmt, caller.principal(), has_boundary=caller.boundary is not None)
+            except (iam.Unsupported, ValueError):
+                return True  # let the proof methods fail closed on it
+            if named is not None:
+                return True
+    return False
+
+
+def _trusts_a_service(role: Role) -> bool:
+    if role.trust is None:
+        return False
+    for _, stmt in iam._statements(role.trust):
+        principal = stmt.get("Principal") if isinstance(stmt, dict) else None
+        if stmt.get("Effect") == "Allow" and (
+            principal == "*" or (isinstance(principal, dict) and "Service" in principal)
+        ):
+            return True
+    return False
+
+
+def _tag_session_outsiders(role: Role, modelled: set[str]) -> bool:
+    """The trust policy lets someone outside the modelled roles tag sessions of this role."""
+    if role.trust is None:
+        return False
+    for _, stmt in iam._statements(role.trust):
+        if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
+            continue
+        actions = iam._strings(stmt.get("Action", []), "Action")
+        if "NotAction" in stmt or any(iam.action_matches(a, "sts:TagSession") for a in actions):
+            principal = stmt.get("Principal", "*")
+            if principal == "*" or "NotPrincipal" in stmt:
+                return True
+            values = principal.get("AWS", []) if isinstance(principal, dict) else []
+            values = values if isinstance(values, list) else [values]
+            if any(v not in modelled for v in values):
+                return True
+            if isinstance(principal, dict) and set(principal) - {"AWS"}:
+                return True
+    return False
+
+
+class Prover:
+    def __init__(self, world: World, project: str, solver: Solver | None = None) -> None:
+        self.world = world
+        self.project = project
+        self.ask = solver or _Both()
+        self.forgeable: dict[str, bool] = {}
+        self.edges: dict[str, list[tuple[Role, str, tuple[str, ...]]]] = {}
+        self.errors: dict[str, list[str]] = {}  # stack -> errors met while reasoning about it
+
+    # -- the principal closure ----------------------------------------------------------------
+    def _error(self, stack: str, message: str) -> None:
+        self.errors.setdefault(stack, []).append(message)
+
+    def _compute_forgeable(self) -> None:
+        roles = list(self.world.roles.values())
+        modelled = {r.arn for r in roles}
+        self.forgeable = {r.arn: _tag_session_outsiders(r, modelled) for r in roles}
+        changed = True
+        while changed:
+            changed = False
+            for target in roles:
+                if self.forgeable[target.arn]:
+                    continue
+                for caller in roles:
+                    if caller.arn == target.arn or not _trust_names(target, caller):
+                        continue
+                    q = Query(
+                        caller,
+                        (role_target(target),),
+                        action="sts:TagSession",
+                        tags_forgeable=self.forgeable[caller.arn],
+                    )
+                    try:
+                        if self.ask(q) is not None:
+                            self.forgeable[target.arn] = changed = True
+                            break
+                    except ProofError as exc:
+                        self._error(caller.stack, f"sts:TagSession on {target.label}: {exc}")
+
+    def _compute_edges(self) -> None:
+        roles = list(self.world.roles.values())
+        for caller in roles:
+            out: list[tuple[Role, str, tuple[str, ...]]] = []
+            for target in roles:
+                if target.arn == caller.arn:
+                    continue
+                questions: list[tuple[str, Target]] = []
+                if _trust_names(target, caller):
+                    questions.append(("sts:AssumeRole", role_target(target)))
+                if target.account == caller.account and _trusts_a_service(target):
+                    passed = Target(
+                        stack=target.stack,
+                        urn=target.urn,
+                        type="aws:iam/role:Role",
+                        name=target.name,
+                        shapes=((target.arn,),),
+                        account=target.account,
+                        tags=target.tags,
+                        policy=None,
+                    )
+                    questions.append(("iam:PassRole", passed))
+                for action, resource in questions:
+                    q = Query(
+                        caller,
+                        (resource,),
+                        action=action,
+                        tags_forgeable=self.forgeable.get(caller.arn, False),
+                    )
+                    try:
+                        w = self.ask(q)
+                    except ProofError as exc:
+                        self._error(caller.stack, f"{action} on {target.label}: {exc}")
+                        continue
+                    if w is not None:
+                        out.append((target, action, tuple(w.statements())))
+                        break
+            self.edges[caller.arn] = out
+
+    def closure(self, stack: str) -> list[tuple[Role, tuple[Hop, ...]]]:
+        """Every role a principal of `stack` can act as, with the shortest chain to it."""
+        seen: dict[str, tuple[Role, tuple[Hop, ...]]] = {}
+        frontier = [(r, (Hop(r.label, "start"),)) for r in self.world.roles_of(stack)]
+        for role, chain in frontier:
+            seen[role.arn] = (role, chain)
+        while frontier:
+            nxt = []
+            for role, chain in frontier:
+                for target, via, stmts in self.edges.get(role.arn, []):
+                    if target.arn not in seen:
+                        entry = (target, (*chain, Hop(target.label, via, stmts)))
+                        seen[target.arn] = entry
+                        nxt.append(entry)
+            frontier = nxt
+        return list(seen.values())
+
+    # -- flows ------------------------------------------------------------------------------
+    def _exemptions(self, principal: Role, source: str, target: str) -> tuple[Exemption, ...]:
+        out = []
+        for f in self.world.flows:
+            if f.source != source or f.target != target or principal.stack != source:
+                continue
+            if principal.name != naming.role_name(self.project, source, f.role):
+                continue
+            stores = [
+                t
+                for t in self.world.targets.get(target, [])
+                if t.store == f.store and t.type == "aws:s3/bucket:Bucket"
+            ]
+            keys = self.world.keys_of(target)
+            out.append(
+                Exemption(
+                    flow=f.describe(),
+                    actions=frozenset(a.lower() for a in READ_ACTIONS),
+                    targets=tuple(stores + keys),
+                )
+            )
+        return tuple(out)
+
+    # -- the proof ----------------------------------------------------------------------------
+    def controls(self) -> list[Control]:
+        out = []
+        for stack in self.world.stacks:
+            targets = tuple(self.world.targets.get(stack, []))
+            for kind in naming.ROLES:
+                name = naming.role_name(self.project, stack, kind)
+                role = next((r for r in self.world.roles_of(stack) if r.name == name), None)
+                what = f"{stack}/{kind} reaches {stack}'s data"
+                if role is None or not targets:
+                    out.append(Control(stack, what, False, f"no role {name} or no data resources"))
+                    continue
+                q = Query(role, targets, tags_forgeable=self.forgeable.get(role.arn, False))
+                try:
+                    w = self.ask(q)
+                except ProofError as exc:
+                    out.append(Control(stack, what, False, str(exc)))
+                    continue
+                out.append(
+                    Control(stack, what, w is not None, f"{w.action} on {w.resource}" if w else "no access found")
+                )
+        for f in self.world.flows:
+            name = naming.role_name(self.project, f.source, f.role)
+            role = next((r for r in self.world.roles_of(f.source) if r.name == name), None)
+            what = f"declared flow {f.describe()} is usable"
+            exemptions = self._exemptions(role, f.source, f.target) if role else ()
+            if role is None or not exemptions:
+                out.append(Control(f.source, what, False, f"no role {name} or no store {f.store}"))
+                continue
+            q = Query(
+                role,
+                tuple(self.world.targets.get(f.target, [])),
+                exemptions=exemptions,
+                only_exempt=True,
+                tags_forgeable=self.forgeable.get(role.arn, False),
+            )
+            try:
+                w = self.ask(q)
+            except ProofError as exc:
+                out.append(Control(f.source, what, False, str(exc)))
+                continue
+            out.append(Control(f.source, what, w is not None, f"{w.action} on {w.resource}" if w else "no access found"))
+        return out
+
+    def pair(self, source: str, target: str) -> PairProof:
+        started = time.perf_counter()
+        result = PairProof(source, target)
+        targets = tuple(self.world.targets.get(target, []))
+        result.resources = len(targets)
+        result.flows = [
+            f.describe() for f in self.world.flows if f.source == source and f.target == target
+        ]
+        for stack in (source, target):
+            for gap in self.world.gaps.get(stack, []):
+                result.details.append(f"{stack}: {gap}")
+        principals = self.closure(source)
+        result.principals = len(principals)
+        for role, chain in principals:
+            q = Query(
+                role,
+                targets,
+                exemptions=self._exemptions(role, source, target),
+                tags_forgeable=self.forgeable.get(role.arn, False),
+            )
+            try:
+                w = self.ask(q)
+            except ProofError as exc:
+                result.details.append(f"{role.label}: {exc}")
+                continue
+            if w is not None:
+                result.counterexamples.append(Counterexample.of(chain, w))
+        for stack in (source, target):
+            result.details += [f"{stack}: {e}" for e in self.errors.get(stack, [])]
+        if result.details:
+            result.status = BROKEN
+        elif result.counterexamples:
+            result.status = REFUTED
+        result.seconds = time.perf_counter() - started
+        return result
+
+
+def prove_iam(world: World, project: str, solver: Solver | None = None) -> IamProof:
+    started = time.perf_counter()
+    prover = Prover(world, project, solver)
+    prover._compute_forgeable()
+    prover._compute_edges()
+    controls = prover.controls()
+    pairs = []
+    for a in world.stacks:
+        for b in world.stacks:
+            if a != b:
+                pairs.append(prover.pair(a, b))
+    failed = {c.stack for c in controls if not c.found}
+    for p in pairs:
+        broken = [c for c in controls if not c.found and c.stack in (p.source, p.target)]
+        if broken:
+            p.status = BROKEN
+            p.details += [f"control failed: {c.what} ({c.detail})" for c in broken]
+    notes = [f"{r.label}: {n}" for r in world.roles.values() for n in r.notes]
+    del failed
+    return IamProof(pairs, controls, time.perf_counter() - started, notes)
+
+
+def describe_shapes(target: Target) -> str:
+    return ", ".join(shape_text(s) for s in target.shapes)

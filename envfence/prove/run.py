@@ -1,0 +1,237 @@
+"""Run every proof over a set of stacks and report it: a matrix of environment pairs.
+
+`prove(states)` reads the states once (`envfence.prove.world`), runs the IAM proof
+(`envfence.prove.iam_proof`) and the network proof (`envfence.prove.network`), and returns a
+`ProofReport`: for every ordered pair of environments, per layer, proved / refuted / broken,
+the time it took and the counterexamples. `ok` is true only when every pair is proved and
+every control found the access it must find.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from envfence.model import StackState
+from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, prove_iam
+from envfence.prove.network import NetworkResult, prove_network
+from envfence.prove.world import build_world
+from envfence.rules.context import build_context
+from infra.project import Project, ProjectFileError, load_project
+
+STYLE = {PROVED: "green", REFUTED: "red", BROKEN: "yellow"}
+
+
+@dataclass
+class ProofReport:
+    stacks: list[str]
+    iam: IamProof
+    network: list[NetworkResult]
+    seconds: float
+
+    def network_pairs(self) -> list[NetworkResult]:
+        return [n for n in self.network if n.source != n.target]
+
+    def network_controls(self) -> list[NetworkResult]:
+        return [n for n in self.network if n.source == n.target]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            all(p.status == PROVED for p in self.iam.pairs)
+            and all(c.found for c in self.iam.controls)
+            and all(n.status == PROVED for n in self.network_pairs())
+            and all(n.status != BROKEN for n in self.network_controls())
+        )
+
+    def failures(self) -> list[str]:
+        out = []
+        for p in self.iam.pairs:
+            if p.status != PROVED:
+                out.append(f"iam {p.source} -> {p.target}: {p.status}")
+        for c in self.iam.controls:
+            if not c.found:
+                out.append(f"iam control {c.what}: {c.detail}")
+        for n in self.network:
+            if n.source != n.target and n.status != PROVED:
+                out.append(f"network {n.source} -> {n.target}: {n.status}")
+            if n.source == n.target and n.status == BROKEN:
+                out.append(f"network control {n.source}: {n.detail}")
+        return out
+
+
+def prove(states: Iterable[StackState], project: Project | None = None) -> ProofReport:
+    states = list(states)
+    if project is None:
+        try:
+            project = load_project()
+        except ProjectFileError:
+            project = None
+    started = time.perf_counter()
+    ctx = build_context(states, project)
+    by_name = {s.stack: s for s in states}
+    world = build_world(by_name, {name: env.flows for name, env in ctx.envs.items()})
+    project_name = states[0].project if states else "envfence"
+    iam_proof = prove_iam(world, project_name)
+    network = prove_network(by_name)
+    return ProofReport(list(by_name), iam_proof, network, time.perf_counter() - started)
+
+
+def to_json(report: ProofReport) -> dict[str, Any]:
+    return {
+        "stacks": report.stacks,
+        "ok": report.ok,
+        "seconds": round(report.seconds, 4),
+        "iam": {
+            "pairs": [
+                {
+                    "source": p.source,
+                    "target": p.target,
+                    "status": p.status,
+                    "seconds": round(p.seconds, 4),
+                    "principals": p.principals,
+                    "resources": p.resources,
+                    "declaredFlows": p.flows,
+                    "details": p.details,
+                    "counterexamples": [c.to_json() for c in p.counterexamples],
+                }
+                for p in report.iam.pairs
+            ],
+            "controls": [
+                {"stack": c.stack, "control": c.what, "found": c.found, "detail": c.detail}
+                for c in report.iam.controls
+            ],
+            "notes": report.iam.notes,
+        },
+        "network": [
+            {
+                "source": n.source,
+                "target": n.target,
+                "control": n.source == n.target,
+                "status": n.status,
+                "seconds": round(n.seconds, 4),
+                "packet": None if n.packet is None else vars(n.packet),
+                "path": list(n.path),
+                "detail": n.detail,
+            }
+            for n in report.network
+        ],
+        "failures": report.failures(),
+    }
+
+
+def _status(status: str) -> str:
+    return f"[{STYLE.get(status, 'white')}]{status}[/{STYLE.get(status, 'white')}]"
+
+
+def text(report: ProofReport, out: Console) -> None:
+    out.print(
+        f"envfence prove: {len(report.stacks)} stack(s): {', '.join(report.stacks)}; "
+        f"{report.seconds:.2f} s"
+    )
+    out.print("\n[bold]controls (must find access)[/bold]")
+    for c in report.iam.controls:
+        mark = "[green]found[/green]" if c.found else "[yellow]NOT FOUND[/yellow]"
+        out.print(f"  iam     {c.what}: {mark} ({c.detail})")
+    for n in report.network_controls():
+        mark = "[green]found[/green]" if n.status != BROKEN else "[yellow]NOT FOUND[/yellow]"
+        packet = _packet(n)
+        out.print(f"  network {n.source} reaches its own database: {mark} {packet}")
+    out.print("\n[bold]environment pairs[/bold]")
+    network = {(n.source, n.target): n for n in report.network_pairs()}
+    for p in report.iam.pairs:
+        n = network.get((p.source, p.target))
+        line = (
+            f"  {p.source} -> {p.target}: iam {_status(p.status)} ({p.seconds:.2f} s, "
+            f"{p.principals} principals, {p.resources} data resources)"
+        )
+        if n is not None:
+            line += f", network {_status(n.status)} ({n.seconds:.2f} s)"
+        out.print(line)
+        for flow in p.flows:
+            out.print(f"      declared flow: {flow} (only these reads are exempt)")
+        for d in p.details:
+            out.print(f"      [yellow]broken:[/yellow] {d}")
+        for c in p.counterexamples:
+            out.print("      [red]counterexample[/red]: " + "\n      ".join(c.lines()))
+        if n is not None and n.status != PROVED:
+            out.print(f"      [red]network {n.status}[/red]: {_packet(n)} {n.detail}")
+            for hop in n.path:
+                out.print(f"        {hop}")
+    for note in report.iam.notes:
+        out.print(f"  note: {note}")
+    out.print(
+        f"\n{'PROVED' if report.ok else 'NOT PROVED'}: "
+        f"{sum(p.status == PROVED for p in report.iam.pairs)}/{len(report.iam.pairs)} iam pair(s), "
+        f"{sum(n.status == PROVED for n in report.network_pairs())}/"
+        f"{len(report.network_pairs())} network pair(s) proved isolated"
+    )
+
+
+def _packet(n: NetworkResult) -> str:
+    if n.packet is None:
+        return ""
+    p = n.packet
+    port = f":{p.dst_port}" if p.dst_port is not None else ""
+    return f"{p.protocol} {p.src_ip} -> {p.dst_ip}{port}"
+
+
+PROOF_RULES = (
+    ("EFP01", "iam-isolation-proved", "No principal of one environment may act on another's data"),
+    ("EFP02", "network-isolation-proved", "No packet can travel between environments' VPCs"),
+)
+
+
+def add_to_sarif(doc: dict[str, Any], report: ProofReport) -> None:
+    """Append the proofs to a SARIF run: one result per pair that is not proved."""
+    run = doc["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    base = len(rules)
+    for rule_id, name, title in PROOF_RULES:
+        rules.append(
+            {
+                "id": rule_id,
+                "name": name,
+                "shortDescription": {"text": title},
+                "defaultConfiguration": {"level": "error"},
+            }
+        )
+    for p in report.iam.pairs:
+        if p.status == PROVED:
+            continue
+        lines = [line for c in p.counterexamples for line in c.lines()] + p.details
+        run["results"].append(
+            {
+                "ruleId": "EFP01",
+                "ruleIndex": base,
+                "level": "error",
+                "message": {"text": f"{p.source} -> {p.target}: {p.status}. " + " ".join(lines)},
+                "locations": [
+                    {"physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{p.source}.yaml"}}}
+                ],
+            }
+        )
+    for n in report.network:
+        if (n.source != n.target and n.status == PROVED) or (
+            n.source == n.target and n.status != BROKEN
+        ):
+            continue
+        run["results"].append(
+            {
+                "ruleId": "EFP02",
+                "ruleIndex": base + 1,
+                "level": "error",
+                "message": {
+                    "text": f"{n.source} -> {n.target}: {n.status}. {_packet(n)} "
+                    + " ".join(n.path)
+                    + f" {n.detail}"
+                },
+                "locations": [
+                    {"physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{n.source}.yaml"}}}
+                ],
+            }
+        )

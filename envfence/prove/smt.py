@@ -1,0 +1,603 @@
+"""The SMT method: a `Query` encoded to strings and regular expressions, decided by cvc5.
+
+As in Zelkova (Backes et al., FMCAD 2018), every statement becomes a formula over string
+variables — the action, the resource ARN, and each caller-controlled condition key — with
+IAM wildcards as regular expressions; the policies combine the way AWS combines them
+(`envfence.iam.evaluate`, "Policy evaluation logic"). One satisfiability check answers "is
+there *any* request, among infinitely many, that is allowed?". `sat` comes with a model, which
+is turned into a concrete request and confirmed by the concrete evaluator: an allowed request
+that the evaluator refuses means the encoding is wrong, and is reported as such. `unknown`, a
+timeout, and any construct not encoded here are failures (`ProofError`), never a pass.
+
+Encoded symbolically: String (`StringEquals`, `StringLike` and negations), Arn (each of the six
+colon-separated components matched separately), Bool, Null, `...IfExists`, `ForAnyValue`,
+`ForAllValues`, policy variables whose key is fixed by the principal or the resource. Conditions
+on fixed keys (the principal's ARN, account and tags; the resource account) are decided by the
+concrete evaluator's operator code, whatever the operator. Not encoded (fails closed): the
+IgnoreCase, Numeric, Date, IpAddress and Binary operators on caller-controlled keys, and policy
+variables that refer to caller-controlled keys.
+
+Multivalued keys have a bounded number of slots: one per set-operator condition on the key
+(at least one). An allowed request needs at most one value to satisfy each `ForAnyValue`
+condition it relies on, and dropping values only helps `ForAllValues` conditions and `Deny`
+statements with `ForAnyValue`, so if any value set is allowed, one that fits the slots is.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cvc5 import Kind
+from cvc5 import pythonic as z
+
+from envfence import iam
+from envfence.iam import PrincipalMatch
+from envfence.prove.query import (
+    RESOURCE_TAG,
+    Query,
+    Witness,
+    action_fits,
+    decide,
+    fixed_values,
+    key_kind,
+    services_for,
+    target_of,
+)
+from envfence.prove.world import ANY, Shape, Target
+from envfence.rules.policies import RESOURCELESS_ACTIONS
+
+
+class ProofError(Exception):
+    """The question could not be decided: an unsupported construct, `unknown`, a timeout, or
+    a model the concrete evaluator refuses."""
+
+
+# Formulas are built from Python booleans where a part is decided without the solver, and only
+# the undecided parts become cvc5 terms: constant folding in Python is far cheaper than in cvc5.
+
+
+def _false() -> Any:
+    return False
+
+
+def _true() -> Any:
+    return True
+
+
+def _bool(kind: Kind, terms: list[Any]) -> Any:
+    # Straight to the term manager: the pythonic layer's argument coercion costs more than
+    # building the term itself, and every argument here is already a Boolean term.
+    ctx = terms[0].ctx
+    return z.BoolRef(ctx.tm.mkTerm(kind, *[t.ast for t in terms]), ctx)
+
+
+def _or(terms: list[Any]) -> Any:
+    rest = []
+    for t in terms:
+        if t is True:
+            return True
+        if t is not False:
+            rest.append(t)
+    return False if not rest else rest[0] if len(rest) == 1 else _bool(Kind.OR, rest)
+
+
+def _and(terms: list[Any]) -> Any:
+    rest = []
+    for t in terms:
+        if t is False:
+            return False
+        if t is not True:
+            rest.append(t)
+    return True if not rest else rest[0] if len(rest) == 1 else _bool(Kind.AND, rest)
+
+
+def _not(term: Any) -> Any:
+    if term is True or term is False:
+        return not term
+    return _bool(Kind.NOT, [term])
+
+
+def _term(value: Any) -> Any:
+    return z.BoolVal(value) if isinstance(value, bool) else value
+
+
+@functools.lru_cache(maxsize=1)
+def _any_char() -> Any:
+    return z.AllChar()
+
+
+def _nothing() -> Any:
+    return z.Intersect(z.Re(z.StringVal("")), z.Re(z.StringVal("x")))
+
+
+@functools.lru_cache(maxsize=1)
+def _non_colon() -> Any:
+    return z.Intersect(z.AllChar(), z.Complement(z.Re(z.StringVal(":"))))
+
+
+def _concat(parts: list[Any]) -> Any:
+    if not parts:
+        return z.Re(z.StringVal(""))
+    return parts[0] if len(parts) == 1 else z.Concat(*parts)
+
+
+def _pieces_regex(pieces: iam.Pieces, lower: bool = False, colon_free: bool = False) -> Any:
+    """IAM wildcard pieces as a regular expression; with `colon_free`, `*` and `?` do not
+    match a colon (an ARN component)."""
+    return _pieces_regex_cached(pieces, lower, colon_free)
+
+
+@functools.lru_cache(maxsize=16384)
+def _pieces_regex_cached(pieces: iam.Pieces, lower: bool, colon_free: bool) -> Any:
+    # Regular expressions hold no variables: one term serves every query of the process.
+    char = _non_colon() if colon_free else _any_char()
+    parts: list[Any] = []
+    literal = ""
+    for text, is_pattern in pieces:
+        text = text.lower() if lower else text
+        if not is_pattern:
+            literal += text
+            continue
+        for c in text:
+            if c in "*?":
+                if literal:
+                    parts.append(z.Re(z.StringVal(literal)))
+                    literal = ""
+                parts.append(z.Star(char) if c == "*" else char)
+            else:
+                literal += c
+    if literal:
+        parts.append(z.Re(z.StringVal(literal)))
+    return _concat(parts)
+
+
+def _shape_regex(shape: Shape) -> Any:
+    return _concat([z.Star(_any_char()) if p is ANY else z.Re(z.StringVal(p)) for p in shape])
+
+
+@dataclass
+class _Key:
+    name: str  # as first written
+    slots: list[tuple[Any, Any]]  # (present, value)
+    multi: bool
+
+    def present(self) -> Any:
+        return _or([p for p, _ in self.slots])
+
+
+class Encoder:
+    """Encodes one query. Build once, then `check()`."""
+
+    def __init__(self, query: Query, timeout_ms: int = 20000) -> None:
+        self.q = query
+        self.timeout_ms = timeout_ms
+        self.action = z.String("action")
+        self.resource = z.String("resource")
+        self.keys: dict[str, _Key] = {}
+        self.domain: list[Any] = []
+        self._cache: dict[Any, dict[PrincipalMatch, list[Any]]] = {}
+        self._scan()
+
+    # -- condition keys ---------------------------------------------------------------------
+    def _scan(self) -> None:
+        """Find every caller-controlled key, how many slots it needs, and its domain."""
+        counts: dict[str, int] = {}
+        multi: set[str] = set()
+        booleans: set[str] = set()
+        names: dict[str, str] = {}
+        for policy, _ in self.q.policies():
+            for stmt in _statement_dicts(policy):
+                for op_name, block in (stmt.get("Condition") or {}).items():
+                    op = iam.parse_condition_operator(op_name)
+                    for key in block:
+                        lower = key.lower()
+                        names.setdefault(lower, key)
+                        if op.set_operator:
+                            multi.add(lower)
+                            counts[lower] = counts.get(lower, 0) + 1
+                        if op.family == "bool":
+                            booleans.add(lower)
+        for lower, name in names.items():
+            kind = key_kind(lower, self.q)
+            if kind == "fixed":
+                continue
+            n = min(max(counts.get(lower, 1), 1), 4) if lower in multi else 1
+            slots = [
+                (z.Bool(f"has[{name}]#{i}"), z.String(f"val[{name}]#{i}")) for i in range(n)
+            ]
+            key = _Key(name, slots, lower in multi)
+            self.keys[lower] = key
+            for present, value in slots:
+                if key.multi:  # an empty value counts as no value for set operators
+                    self.domain.append(z.Implies(present, value != z.StringVal("")))
+                if lower in booleans:
+                    self.domain.append(
+                        z.Implies(
+                            present,
+                            z.Or(value == z.StringVal("true"), value == z.StringVal("false")),
+                        )
+                    )
+            if kind == "resource-tag":
+                self._resource_tag_domain(lower, key)
+            if kind == "principal-tag":
+                tag = lower.split("/", 1)[1]
+                if any(k.lower() == tag for k in self.q.principal.tags):
+                    self.domain.append(key.present())  # session tags override, never remove
+
+    def _resource_tag_domain(self, lower: str, key: _Key) -> None:
+        tag = lower[len(RESOURCE_TAG) :]
+        alternatives = []
+        for t in self.q.targets:
+            actual = next((v for k, v in t.tags.items() if k.lower() == tag), None)
+            own = [z.Not(p) for p, _ in key.slots]
+            if actual is not None:
+                own = [
+                    z.Or(z.Not(p), v == z.StringVal(actual)) for p, v in key.slots
+                ]
+            alternatives.append(z.And(self._in_target(t), *own))
+        self.domain.append(_or(alternatives))
+
+    # -- statements ---------------------------------------------------------------------------
+    def _fixed(self, target: Target) -> dict[str, list[str]]:
+        return fixed_values(self.q, target)
+
+    def _expand(self, raw: str, fixed: dict[str, list[str]], substitute: bool) -> iam.Pieces:
+        if substitute and "${" in raw:
+            for match in iam._VARIABLE.finditer(raw):
+                body = match.group(1)
+                if body in ("*", "?", "$"):
+                    continue
+                key = body.split(",", 1)[0].strip().lower()
+                if key not in fixed and key_kind(key, self.q) != "fixed":
+                    raise ProofError(
+                        f"policy variable ${{{body}}} refers to a caller-controlled key"
+                    )
+        return iam._expand(raw, fixed, substitute)
+
+    def _action_part(self, stmt: Mapping[str, Any]) -> Any:
+        if "Action" in stmt:
+            patterns, negate = iam._strings(stmt["Action"], "Action"), False
+        else:
+            patterns, negate = iam._strings(stmt["NotAction"], "NotAction"), True
+        if self.q.action is not None:
+            hit = any(iam.action_matches(p, self.q.action) for p in patterns)
+            return hit != negate
+        term = _or([z.InRe(self.action, _pieces_regex(((p, True),), lower=True)) for p in patterns])
+        return _not(term) if negate else term
+
+    def _resource_part(
+        self, stmt: Mapping[str, Any], fixed: dict[str, list[str]], substitute: bool
+    ) -> Any:
+        if "Resource" in stmt:
+            patterns, negate = iam._strings(stmt["Resource"], "Resource"), False
+        elif "NotResource" in stmt:
+            patterns, negate = iam._strings(stmt["NotResource"], "NotResource"), True
+        else:
+            return _true()
+        term = _or(
+            [
+                z.InRe(self.resource, _pieces_regex(self._expand(p, fixed, substitute)))
+                for p in patterns
+            ]
+        )
+        return _not(term) if negate else term
+
+    def _condition(
+        self, condition: Mapping[str, Any], fixed: dict[str, list[str]], substitute: bool
+    ) -> Any:
+        terms = []
+        for op_name, block in condition.items():
+            op = iam.parse_condition_operator(op_name)
+            for key, raw in block.items():
+                lower = key.lower()
+                if lower not in self.keys:
+                    terms.append(iam.condition_matches({op_name: {key: raw}}, fixed, substitute))
+                else:
+                    terms.append(self._free_key(op, self.keys[lower], raw, fixed, substitute))
+        return _and(terms)
+
+    def _free_key(
+        self,
+        op: iam.ConditionOperator,
+        key: _Key,
+        raw: object,
+        fixed: dict[str, list[str]],
+        substitute: bool,
+    ) -> Any:
+        values = iam._policy_values(raw, op.name, key.name)
+        present = key.present()
+        if op.family == "null":
+            wanted = {iam._parse_bool(v) for v in values}
+            return _or(
+                [
+                    _not(present) if "true" in wanted else _false(),
+                    present if "false" in wanted else _false(),
+                ]
+            )
+        hit = self._hit_function(op, key, values, fixed, substitute)
+        if op.set_operator == "ForAllValues":
+            return _and(
+                [_or([_not(p), hit(v) if not op.negated else _not(hit(v))]) for p, v in key.slots]
+            )
+        if op.set_operator == "ForAnyValue":
+            return _or([_and([p, hit(v) if not op.negated else _not(hit(v))]) for p, v in key.slots])
+        matched = _or([_and([p, hit(v)]) for p, v in key.slots])
+        when_present = _not(matched) if op.negated else matched
+        when_missing = op.if_exists or op.negated
+        return _or([_and([present, when_present]), _and([_not(present), when_missing])])
+
+    def _hit_function(
+        self,
+        op: iam.ConditionOperator,
+        key: _Key,
+        values: list[str],
+        fixed: dict[str, list[str]],
+        substitute: bool,
+    ) -> Callable[[Any], Any]:
+        family = op.family
+        if family == "string":
+            texts = ["".join(t for t, _ in self._expand(v, fixed, substitute)) for v in values]
+            return lambda var: _or([var == z.StringVal(t) for t in texts])
+        if family == "string_like":
+            regexes = [_pieces_regex(self._expand(v, fixed, substitute)) for v in values]
+            return lambda var: _or([z.InRe(var, rx) for rx in regexes])
+        if family == "bool":
+            texts = [
+                iam._parse_bool("".join(t for t, _ in self._expand(v, fixed, substitute)))
+                for v in values
+            ]
+            return lambda var: _or([var == z.StringVal(t) for t in texts])
+        if family == "arn":
+            regexes = [self._arn_regex(v, fixed, substitute) for v in values]
+            return lambda var: _or([z.InRe(var, rx) for rx in regexes])
+        raise ProofError(
+            f"condition operator {op.name} on the caller-controlled key {key.name} is not "
+            "encoded for the SMT proof"
+        )
+
+    def _arn_regex(self, raw: str, fixed: dict[str, list[str]], substitute: bool) -> Any:
+        components = iam._split_arn_pattern(raw)
+        if len(components) != 6:
+            raise ProofError(f"ARN condition value {raw!r} does not have six components")
+        parts: list[Any] = []
+        for index, component in enumerate(components):
+            pieces = self._expand(component, fixed, substitute)
+            if index < 5:
+                if any(":" in text for text, _ in pieces):
+                    return _nothing()  # a component never contains a colon
+                parts.append(_pieces_regex(pieces, colon_free=True))
+                parts.append(z.Re(z.StringVal(":")))
+            else:
+                parts.append(_pieces_regex(pieces))
+        return _concat(parts)
+
+    def _body(self, stmt: Mapping[str, Any], fixed: dict[str, list[str]], version: str) -> Any:
+        substitute = version == iam.VERSION_2012
+        try:
+            return _and(
+                [
+                    self._action_part(stmt),
+                    self._resource_part(stmt, fixed, substitute),
+                    self._condition(stmt.get("Condition") or {}, fixed, substitute),
+                ]
+            )
+        except iam._Unresolved:  # a variable without a value voids the statement
+            return _false()
+
+    # -- policies ---------------------------------------------------------------------------
+    def _policy_terms(
+        self,
+        policy: iam.Policy | None,
+        effect: str,
+        fixed: dict[str, list[str]],
+        principaled: bool,
+        target: Target,
+    ) -> dict[PrincipalMatch, list[Any]]:
+        out: dict[PrincipalMatch, list[Any]] = {how: [] for how in PrincipalMatch}
+        if policy is None:
+            return out
+        cache_key = (id(policy), effect, principaled, id(target))
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        self._cache[cache_key] = out
+        version = iam._version(policy)
+        session = self.q.session()
+        for _, stmt in iam._statements(policy):
+            iam._validate_statement(stmt, principaled)
+            if stmt["Effect"] != effect or not _may_touch(stmt, target):
+                continue
+            how = PrincipalMatch.DIRECT
+            if principaled:
+                named = iam.principal_match(
+                    stmt, session, has_boundary=self.q.principal.boundary is not None
+                )
+                if named is None:
+                    continue
+                how = named
+            out[how].append(self._body(stmt, fixed, version))
+        return out
+
+    def _allowed(self, target: Target) -> Any:
+        fixed = self._fixed(target)
+        p = self.q.principal
+        limited = (*p.identity, *([p.boundary] if p.boundary else []))
+
+        def terms(policy: iam.Policy | None, effect: str, principaled: bool) -> Any:
+            return self._policy_terms(policy, effect, fixed, principaled, target)
+
+        deny = [t for pol in limited for t in terms(pol, "Deny", False)[PrincipalMatch.DIRECT]]
+        deny += [t for group in terms(target.policy, "Deny", True).values() for t in group]
+        identity = _or(
+            [t for pol in p.identity for t in terms(pol, "Allow", False)[PrincipalMatch.DIRECT]]
+        )
+        limits = (
+            _or(terms(p.boundary, "Allow", False)[PrincipalMatch.DIRECT])
+            if p.boundary is not None
+            else _true()
+        )
+        grants = {how: _or(t) for how, t in terms(target.policy, "Allow", True).items()}
+        direct, role, account = (
+            grants[PrincipalMatch.DIRECT],
+            grants[PrincipalMatch.ROLE],
+            grants[PrincipalMatch.ACCOUNT],
+        )
+        if target.account and p.account and target.account != p.account:
+            allow = _and([_or([direct, role, account]), identity, limits])
+        elif target.kind in ("kms", "trust"):
+            allow = _or([direct, _and([role, limits]), _and([account, identity, limits])])
+        else:
+            allow = _or([direct, _and([_or([identity, role, account]), limits])])
+        return _and([_not(_or(deny)), allow])
+
+    def _in_target(self, target: Target) -> Any:
+        return _or([z.InRe(self.resource, _shape_regex(s)) for s in target.shapes])
+
+    def _fits(self, target: Target) -> Any:
+        services = services_for(target)
+        if self.q.action is not None:
+            return action_fits(self.q.action, target)
+        prefixes = _or(
+            [
+                z.InRe(self.action, z.Concat(z.Re(z.StringVal(f"{svc}:")), z.Star(_any_char())))
+                for svc in services
+            ]
+        )
+        # Actions that take no resource (Resource "*" only) cannot name this target.
+        resourceless = [
+            self.action != z.StringVal(a) for a in sorted(RESOURCELESS_ACTIONS) if a.split(":")[0] in services
+        ]
+        return _and([prefixes, *resourceless])
+
+    def _exempt(self) -> Any:
+        terms = []
+        for e in self.q.exemptions:
+            actions = [self.action == z.StringVal(a) for a in sorted(e.actions)]
+            terms.append(_and([_or(actions), _or([self._in_target(t) for t in e.targets])]))
+        return _or(terms)
+
+    def formula(self) -> Any:
+        per_target = [
+            _and([self._in_target(t), self._fits(t), self._allowed(t)]) for t in self.q.targets
+        ]
+        parts = [_or(per_target), *self.domain]
+        exempt = self._exempt()
+        parts.append(exempt if self.q.only_exempt else _not(exempt))
+        return _and(parts)
+
+    # -- solving ------------------------------------------------------------------------------
+    def check(self) -> Witness | None:
+        """None when no request is allowed (unsat); a confirmed witness otherwise."""
+        try:
+            goal = self.formula()
+        except (iam.Unsupported, ValueError) as exc:
+            raise ProofError(str(exc)) from None
+        if goal is False:
+            return None
+        goal = _term(goal)
+        solver = z.SolverFor("QF_SLIA")
+        solver.set("tlimit-per", self.timeout_ms)
+        solver.add(goal)
+        verdict = solver.check()
+        if verdict == z.unsat:
+            return None
+        if verdict != z.sat:
+            raise ProofError(f"cvc5 answered {verdict} ({solver.reason_unknown()})")
+        # Prefer an action the policies spell out: a counterexample a person recognises.
+        literal = sorted(self._literal_actions())
+        if self.q.action is None and literal:
+            solver.push()
+            solver.add(z.Or(*[self.action == z.StringVal(a) for a in literal]))
+            if solver.check() != z.sat:
+                solver.pop()
+                solver.check()
+        return self._witness(solver.model())
+
+    def _literal_actions(self) -> set[str]:
+        out: set[str] = set()
+        for policy, _ in self.q.policies():
+            for stmt in _statement_dicts(policy):
+                for a in iam._strings(stmt.get("Action", []), "Action"):
+                    if "*" not in a and "?" not in a:
+                        out.add(a.lower())
+        return out
+
+    def _witness(self, model: Any) -> Witness:
+        action = self.q.action or _string(model, self.action)
+        resource = _string(model, self.resource)
+        context: dict[str, Any] = {}
+        for key in self.keys.values():
+            values = [
+                _string(model, v)
+                for p, v in key.slots
+                if z.is_true(model.eval(p, model_completion=True))
+            ]
+            if values:
+                context[key.name] = values if key.multi else values[0]
+        target = target_of(self.q, resource)
+        if target is None:
+            raise ProofError(f"the solver's resource {resource!r} is in no target")
+        decision, tags = decide(self.q, target, action, resource, context)
+        if not decision.allowed:
+            raise ProofError(
+                "the SMT encoding and the concrete evaluator disagree: the solver allows "
+                f"{action} on {resource} with {context}, the evaluator says {decision.reason}"
+            )
+        return Witness(self.q.principal.arn, action, resource, target, context, decision, tags)
+
+
+def _literal_ends(pieces: tuple[str | None, ...]) -> tuple[str, str]:
+    """Literal text before the first and after the last wildcard (None stands for one)."""
+    first = next((i for i, p in enumerate(pieces) if p is None), None)
+    if first is None:
+        text = "".join(p or "" for p in pieces)
+        return text, text
+    last = max(i for i, p in enumerate(pieces) if p is None)
+    return "".join(p or "" for p in pieces[:first]), "".join(p or "" for p in pieces[last + 1 :])
+
+
+def _wildcard_pieces(pattern: str) -> tuple[str | None, ...]:
+    out: list[str | None] = []
+    for c in pattern:
+        out.append(None if c in "*?" else c)
+    return tuple(out)
+
+
+def _compatible(pattern: str, shape: Shape) -> bool:
+    """Could some ARN match both `pattern` and `shape`? A sound over-approximation: any
+    common string starts with both literal prefixes and ends with both literal suffixes."""
+    p_start, p_end = _literal_ends(_wildcard_pieces(pattern))
+    s_start, s_end = _literal_ends(shape)
+    return (p_start.startswith(s_start) or s_start.startswith(p_start)) and (
+        p_end.endswith(s_end) or s_end.endswith(p_end)
+    )
+
+
+def _may_touch(stmt: Mapping[str, Any], target: Target) -> bool:
+    """False only when no resource pattern of the statement can name the target: the
+    statement is then left out of the target's formula (it could never match)."""
+    if "Resource" not in stmt:
+        return True
+    patterns = iam._strings(stmt["Resource"], "Resource")
+    return any(
+        "${" in p or any(_compatible(p, shape) for shape in target.shapes) for p in patterns
+    )
+
+
+def _string(model: Any, var: Any) -> str:
+    value = model.eval(var, model_completion=True)
+    text = value.as_string() if hasattr(value, "as_string") else str(value).strip('"')
+    return str(text)
+
+
+def _statement_dicts(policy: iam.Policy) -> list[Mapping[str, Any]]:
+    raw = policy.document.get("Statement", [])
+    items = raw if isinstance(raw, list) else [raw]
+    return [s for s in items if isinstance(s, Mapping)]
+
+
+def solve(query: Query, timeout_ms: int = 20000) -> Witness | None:
+    return Encoder(query, timeout_ms).check()

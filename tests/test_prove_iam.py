@@ -1,0 +1,483 @@
+"""The IAM isolation proof: the clean stacks are proved (with controls that find access), and
+every leak injected into the evaluated stacks is refuted with a counterexample a person can act
+on — by both methods, which must agree.
+
+The repository's pair lives in two accounts, where a request needs both the caller's side
+(identity policy and boundary) and the resource's policy to allow it; and every role's boundary
+denies resources tagged for another environment. So most leaks here are injected into `shared`:
+the same pair moved into one account (a common, riskier deployment), with experiment's boundary
+reduced to its ARN-based statements (no `DenyResourcesTaggedForOtherEnvironments`). That base is
+itself proved (a test below); each leak then breaks one more layer. Single-layer mistakes that
+another layer still stops are near misses: they must stay proved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mutations as m
+import pytest
+
+from envfence.model import Resource, StackState
+from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, prove_iam
+from envfence.prove.world import build_world
+from envfence.rules.context import build_context
+from infra.project import Project
+
+Stacks = dict[str, StackState]
+PROD, EXP = "prod", "experiment"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def prove(stacks: Stacks, project: Project) -> IamProof:
+    ctx = build_context(stacks.values(), project)
+    world = build_world(stacks, {name: env.flows for name, env in ctx.envs.items()})
+    return prove_iam(world, project.name)
+
+
+def pair(proof: IamProof, source: str, target: str):  # noqa: ANN201
+    return next(p for p in proof.pairs if p.source == source and p.target == target)
+
+
+def share_account(stacks: Stacks) -> None:
+    """Move experiment into prod's account, everywhere an account id appears."""
+    old, new = m.account(stacks[EXP]), m.account(stacks[PROD])
+    for state in stacks.values():
+        for r in state.resources:
+            r.inputs = json.loads(json.dumps(r.inputs).replace(old, new))
+            r.outputs = json.loads(json.dumps(r.outputs).replace(old, new))
+            r.id = r.id.replace(old, new) if r.id else r.id
+        state.config = json.loads(json.dumps(state.config).replace(old, new))
+
+
+def role(state: StackState, name: str) -> Resource:
+    return state.named(f"role-{name}", m.ROLE)
+
+
+def role_policy(state: StackState, name: str) -> Resource:
+    return state.named(f"policy-{name}", m.ROLE_POLICY)
+
+
+def boundary(state: StackState) -> Resource:
+    return state.named("boundary", "aws:iam/policy:Policy")
+
+
+def trust_add(state: StackState, name: str, stmt: dict) -> None:
+    m.add_statement(role(state, name), stmt, key="assumeRolePolicy")
+
+
+@pytest.fixture(scope="module")
+def shared(stacks: Stacks) -> Stacks:
+    out = copy.deepcopy(stacks)
+    share_account(out)
+    m.drop_statement(boundary(out[EXP]), "DenyResourcesTaggedForOtherEnvironments")
+    return out
+
+
+# -- leaks -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leak:
+    """A change that opens a path; `principal` and `target` are what the counterexample must
+    name (role label and data resource label prefix), `sid` a statement it must cite."""
+
+    name: str
+    apply: Callable[[Stacks], None]
+    source: str
+    target: str
+    principal: str
+    resource: str
+    sid: str | None = None
+    shared: bool = True
+    hops: int = 1
+
+
+def wildcard_resource(s: Stacks) -> None:
+    m.add_statement(
+        role_policy(s[EXP], "pipeline"),
+        {
+            "Sid": "LeakWildcardDb",
+            "Effect": "Allow",
+            "Action": "rds-db:connect",
+            "Resource": "arn:aws:rds-db:*:*:dbuser:*/*",
+        },
+    )
+
+
+def not_resource_allow(s: Stacks) -> None:
+    own = m.account(s[EXP])
+    m.add_statement(
+        role_policy(s[EXP], "service"),
+        {
+            "Sid": "LeakNotResource",
+            "Effect": "Allow",
+            "Action": "rds-db:connect",
+            "NotResource": f"arn:aws:rds-db:eu-west-1:{own}:dbuser:db-experiment-only/*",
+        },
+    )
+
+
+def missing_boundary(s: Stacks) -> None:
+    r = role(s[EXP], "pipeline")
+    r.drop("permissionsBoundary")
+    m.add_statement(
+        role_policy(s[EXP], "pipeline"),
+        {
+            "Sid": "LeakAllBuckets",
+            "Effect": "Allow",
+            "Action": "s3:*",
+            "Resource": "arn:aws:s3:::envfence-*",
+        },
+    )
+
+
+def trust_chain(s: Stacks) -> None:
+    trust_add(
+        s[PROD],
+        "analyst",
+        {
+            "Sid": "LeakTrustExperiment",
+            "Effect": "Allow",
+            "Principal": {"AWS": m.role_arn(s[EXP], "pipeline")},
+            "Action": "sts:AssumeRole",
+        },
+    )
+    m.drop_statement(boundary(s[EXP]), "DenyAssumingRolesOfOtherEnvironments")
+
+
+def passrole_chain(s: Stacks) -> None:
+    m.add_statement(
+        role_policy(s[EXP], "service"),
+        {
+            "Sid": "LeakPassProdRole",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": m.role_arn(s[PROD], "pipeline"),
+        },
+    )
+    m.drop_statement(boundary(s[EXP]), "DenyPassingRolesOfOtherEnvironments")
+
+
+def key_policy_grant(s: Stacks) -> None:
+    m.add_statement(
+        s[PROD].named("key", m.KEY),
+        {
+            "Sid": "LeakExperimentDecrypts",
+            "Effect": "Allow",
+            "Principal": {"AWS": m.role_arn(s[EXP], "pipeline")},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+        },
+    )
+    m.drop_statement(boundary(s[EXP]), "DenyKeysOfOtherEnvironments")
+
+
+def bucket_grant_other_account(s: Stacks) -> None:
+    results = m.bucket_arn(s[EXP], "results")
+    m.add_statement(
+        s[EXP].named("store-results-policy", m.BUCKET_POLICY),
+        {
+            "Sid": "LeakProdAccountWrites",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{m.account(s[PROD])}:root"},
+            "Action": "s3:PutObject",
+            "Resource": f"{results}/*",
+        },
+    )
+    m.add_statement(
+        role_policy(s[PROD], "pipeline"),
+        {
+            "Sid": "LeakWriteExperimentResults",
+            "Effect": "Allow",
+            "Action": "s3:PutObject",
+            "Resource": f"{results}/*",
+        },
+    )
+
+
+def flow_widened_to_delete(s: Stacks) -> None:
+    policy = s[EXP].named("store-results-policy", m.BUCKET_POLICY)
+    doc = m.policy(policy)
+    for stmt in doc["Statement"]:
+        if stmt.get("Sid") == "DeclaredFlowProdPipelineRead":
+            stmt["Action"] = ["s3:GetObject", "s3:DeleteObject"]
+    m.set_policy(policy, doc)
+    m.add_statement(
+        role_policy(s[PROD], "pipeline"),
+        {
+            "Sid": "LeakDeleteExperimentResults",
+            "Effect": "Allow",
+            "Action": "s3:DeleteObject",
+            "Resource": f"{m.bucket_arn(s[EXP], 'results')}/*",
+        },
+    )
+
+
+def policy_variable(s: Stacks) -> None:
+    m.add_statement(
+        role_policy(s[EXP], "analyst"),
+        {
+            "Sid": "LeakAccountWideDb",
+            "Effect": "Allow",
+            "Action": "rds-db:connect",
+            "Resource": "arn:aws:rds-db:eu-west-1:${aws:PrincipalAccount}:dbuser:*/analyst",
+        },
+    )
+
+
+def tag_session_abac(s: Stacks) -> None:
+    # ABAC meant to be safe ("only principals tagged prod") ...
+    m.add_statement(
+        role_policy(s[EXP], "pipeline"),
+        {
+            "Sid": "LeakAbacDb",
+            "Effect": "Allow",
+            "Action": "rds-db:connect",
+            "Resource": "arn:aws:rds-db:*:*:dbuser:*/*",
+            "Condition": {"StringEquals": {"aws:PrincipalTag/environment": "prod"}},
+        },
+    )
+    # ... but a CI runner may tag sessions of the role, so the tag is the caller's choice.
+    trust_add(
+        s[EXP],
+        "pipeline",
+        {
+            "Sid": "LeakCiTagsSessions",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{m.account(s[EXP])}:role/ci-runner"},
+            "Action": ["sts:AssumeRole", "sts:TagSession"],
+        },
+    )
+
+
+def managed_policy(s: Stacks) -> None:
+    r = role_policy(s[EXP], "pipeline")
+    m.clone(
+        s[EXP],
+        r,
+        type_=m.ROLE_POLICY_ATTACHMENT,
+        name="pipeline-s3-full",
+        inputs={"role": role(s[EXP], "pipeline").get("name"), "policyArn": m.S3_FULL_ACCESS},
+    )
+
+
+def boundary_wildcard_names(s: Stacks) -> None:
+    b = boundary(s[EXP])
+    doc = m.policy(b)
+    for stmt in doc["Statement"]:
+        if stmt.get("Sid") == "DenyDataStoresOfOtherEnvironments":
+            stmt["NotResource"] = ["arn:aws:s3:::envfence-*"]
+    m.set_policy(b, doc)
+    m.add_statement(
+        role_policy(s[EXP], "pipeline"),
+        {
+            "Sid": "LeakBucketConfig",
+            "Effect": "Allow",
+            "Action": ["s3:PutBucketPolicy", "s3:GetBucketPolicy"],
+            "Resource": "arn:aws:s3:::envfence-*",
+        },
+    )
+
+
+def queue_grant(s: Stacks) -> None:
+    queue = s[PROD].named("ingest-policy", m.QUEUE_POLICY)
+    m.drop_statement(queue, "DenyPrincipalsOutsideThisEnvironment")
+    m.add_statement(
+        queue,
+        {
+            "Sid": "LeakExperimentSends",
+            "Effect": "Allow",
+            "Principal": {"AWS": m.role_arn(s[EXP], "pipeline")},
+            "Action": "sqs:SendMessage",
+            "Resource": str(s[PROD].named("ingest", "aws:sqs/queue:Queue").get("arn")),
+        },
+    )
+
+
+LEAKS = [
+    Leak("wildcard_resource", wildcard_resource, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/db", "LeakWildcardDb"),
+    Leak("not_resource_allow", not_resource_allow, EXP, PROD, "experiment/envfence-experiment-service", "prod/db", "LeakNotResource"),
+    Leak("missing_boundary", missing_boundary, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/", "LeakAllBuckets"),
+    Leak("trust_chain", trust_chain, EXP, PROD, "prod/envfence-prod-analyst", "prod/", None, hops=2),
+    Leak("passrole_chain", passrole_chain, EXP, PROD, "prod/envfence-prod-pipeline", "prod/", None, hops=2),
+    Leak("key_policy_grant", key_policy_grant, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/key", "LeakExperimentDecrypts"),
+    Leak("bucket_grant_other_account", bucket_grant_other_account, PROD, EXP, "prod/envfence-prod-pipeline", "experiment/store-results", "LeakProdAccountWrites", shared=False),
+    Leak("flow_widened_to_delete", flow_widened_to_delete, PROD, EXP, "prod/envfence-prod-pipeline", "experiment/store-results", "LeakDeleteExperimentResults", shared=False),
+    Leak("policy_variable", policy_variable, EXP, PROD, "experiment/envfence-experiment-analyst", "prod/db", "LeakAccountWideDb"),
+    Leak("tag_session_abac", tag_session_abac, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/db", "LeakAbacDb"),
+    Leak("managed_policy", managed_policy, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/", None),
+    Leak("boundary_wildcard_names", boundary_wildcard_names, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/store-", "LeakBucketConfig"),
+    Leak("queue_grant", queue_grant, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/ingest", "LeakExperimentSends"),
+]
+
+
+# -- the clean stacks --------------------------------------------------------------------------
+
+
+def test_clean_stacks_are_proved_with_controls(stacks: Stacks, project: Project) -> None:
+    proof = prove(stacks, project)
+    assert [(p.source, p.target, p.status) for p in proof.pairs] == [
+        (EXP, PROD, PROVED),
+        (PROD, EXP, PROVED),
+    ]
+    assert all(c.found for c in proof.controls), [c for c in proof.controls if not c.found]
+    whats = {c.what for c in proof.controls}
+    for stack in (PROD, EXP):
+        for kind in ("service", "pipeline", "analyst"):
+            assert f"{stack}/{kind} reaches {stack}'s data" in whats
+    assert "declared flow prod/pipeline may read experiment/results is usable" in whats
+    assert pair(proof, PROD, EXP).flows == ["prod/pipeline may read experiment/results"]
+    assert all(p.principals >= 6 and p.resources >= 10 for p in proof.pairs)
+
+
+def test_clean_stacks_in_one_account_are_proved(shared: Stacks, project: Project) -> None:
+    proof = prove(shared, project)
+    assert {p.status for p in proof.pairs} == {PROVED}, [p.details for p in proof.pairs]
+    assert all(c.found for c in proof.controls)
+
+
+# -- leaks -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leak", LEAKS, ids=lambda leak: leak.name)
+def test_leak_is_refuted_with_a_counterexample(
+    leak: Leak, stacks: Stacks, shared: Stacks, project: Project
+) -> None:
+    s = copy.deepcopy(shared if leak.shared else stacks)
+    leak.apply(s)
+    proof = prove(s, project)
+    result = pair(proof, leak.source, leak.target)
+    assert result.status == REFUTED, (result.status, result.details)
+    hits = [c for c in result.counterexamples if c.chain[-1].role == leak.principal]
+    assert hits, [(c.chain, c.action, c.resource) for c in result.counterexamples]
+    ce = hits[0]
+    assert ce.target.startswith(leak.resource), ce.target
+    assert len(ce.chain) == leak.hops
+    assert ce.chain[0].role.startswith(f"{leak.source}/")
+    if leak.sid:
+        assert any(leak.sid in s for s in ce.statements + tuple(x for h in ce.chain for x in h.statements)), ce.statements
+    # The other direction is unaffected: a leak is reported where it is.
+    other = pair(proof, leak.target, leak.source)
+    assert other.status == PROVED, (other.status, other.details, other.counterexamples)
+    text = "\n".join(ce.lines())
+    assert ce.action in text and ce.resource in text and "allowed by" in text
+
+
+def test_trust_chain_counterexample_names_the_hop(shared: Stacks, project: Project) -> None:
+    s = copy.deepcopy(shared)
+    trust_chain(s)
+    ce = pair(prove(s, project), EXP, PROD).counterexamples[0]
+    assert [h.via for h in ce.chain] == ["start", "sts:AssumeRole"]
+    assert any("LeakTrustExperiment" in x for x in ce.chain[1].statements)
+
+
+def test_forged_session_tag_is_in_the_counterexample(shared: Stacks, project: Project) -> None:
+    s = copy.deepcopy(shared)
+    tag_session_abac(s)
+    ce = pair(prove(s, project), EXP, PROD).counterexamples[0]
+    assert ce.session_tags == {"environment": "prod"}
+
+
+# -- near misses: one layer fails, another still holds ---------------------------------------
+
+
+def identity_wildcard_alone(s: Stacks) -> None:
+    m.add_statement(
+        role_policy(s[EXP], "pipeline"),
+        {"Sid": "WideS3", "Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+    )
+
+
+def bucket_star_grant_alone(s: Stacks) -> None:
+    m.add_statement(
+        s[PROD].named("store-raw-policy", m.BUCKET_POLICY),
+        {
+            "Sid": "EveryoneReads",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "s3:GetObject",
+            "Resource": f"{m.bucket_arn(s[PROD], 'raw')}/*",
+        },
+    )
+
+
+def trust_alone(s: Stacks) -> None:
+    trust_add(
+        s[PROD],
+        "analyst",
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": m.role_arn(s[EXP], "pipeline")},
+            "Action": "sts:AssumeRole",
+        },
+    )
+
+
+NEAR_MISSES = [identity_wildcard_alone, bucket_star_grant_alone, trust_alone]
+
+
+@pytest.mark.parametrize("change", NEAR_MISSES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("base", ["two-accounts", "one-account"])
+def test_one_failed_layer_is_still_proved(
+    change: Callable[[Stacks], None], base: str, stacks: Stacks, shared: Stacks, project: Project
+) -> None:
+    s = copy.deepcopy(stacks if base == "two-accounts" else shared)
+    change(s)
+    proof = prove(s, project)
+    assert {p.status for p in proof.pairs} == {PROVED}, [
+        (p.source, p.target, p.counterexamples, p.details) for p in proof.pairs
+    ]
+
+
+# -- broken, never proved ------------------------------------------------------------------------
+
+
+def test_a_failing_control_breaks_the_proof(stacks: Stacks, project: Project) -> None:
+    s = copy.deepcopy(stacks)
+    # prod's pipeline can no longer read what the flow declares: the flow control fails.
+    m.drop_statement(s[EXP].named("store-results-policy", m.BUCKET_POLICY), "DeclaredFlowProdPipelineRead")
+    m.drop_statement(s[EXP].named("store-results-policy", m.BUCKET_POLICY), "DeclaredFlowProdPipelineList")
+    proof = prove(s, project)
+    assert {p.status for p in proof.pairs} == {BROKEN}
+    assert any("control failed" in d for p in proof.pairs for d in p.details)
+
+
+def test_a_role_losing_all_access_breaks_its_control(stacks: Stacks, project: Project) -> None:
+    s = copy.deepcopy(stacks)
+    m.set_policy(role_policy(s[EXP], "analyst"), {"Version": "2012-10-17", "Statement": []})
+    proof = prove(s, project)
+    failed = [c for c in proof.controls if not c.found]
+    assert [c.what for c in failed] == ["experiment/analyst reaches experiment's data"]
+    assert {p.status for p in proof.pairs} == {BROKEN}
+
+
+def test_unknown_policy_fails_closed(stacks: Stacks, project: Project) -> None:
+    s = copy.deepcopy(stacks)
+    role_policy(s[EXP], "pipeline").set("policy", m.UNKNOWN)
+    proof = prove(s, project)
+    assert {p.status for p in proof.pairs} == {BROKEN}
+    assert any("unknown" in d for p in proof.pairs for d in p.details)
+
+
+def test_unsupported_condition_fails_closed(stacks: Stacks, project: Project) -> None:
+    s = copy.deepcopy(stacks)
+    m.add_statement(
+        role_policy(s[EXP], "pipeline"),
+        {
+            "Sid": "FromTheOffice",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"{m.bucket_arn(s[PROD], 'raw')}/*",
+            "Condition": {"IpAddress": {"aws:SourceIp": "192.0.2.0/24"}},
+        },
+    )
+    proof = prove(s, project)
+    result = pair(proof, EXP, PROD)
+    assert result.status == BROKEN
+    assert any("IpAddress" in d for d in result.details)
