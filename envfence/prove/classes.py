@@ -123,14 +123,30 @@ class Search:
                 continue
             for fill in fillers:
                 candidates.append("".join(fill if p is ANY else p for p in shape))
-        for p in patterns:
+        fixed = fixed_values(self.q, target)
+        expanded = []
+        for raw in patterns:
+            try:
+                expanded.append("".join(t for t, _ in iam._expand(raw, fixed, True)))
+            except iam._Unresolved:
+                expanded.append(raw)
+        for p in expanded:
             for inst in _instances(p):
                 if target.matches(inst):
                     candidates.append(inst)
+            # A pattern's literal tail after a wildcard, grafted onto the target's own prefix:
+            # reaches patterns such as `...:dbuser:*/analyst` from the prefix `...:dbuser:db-1/`.
+            for index, char in enumerate(p):
+                if char != "*":
+                    continue
+                for tail in _instances(p[index + 1 :]):
+                    for shape in target.shapes:
+                        if shape and shape[-1] is ANY:
+                            head = "".join(x or "" for x in shape[:-1])
+                            candidates += [head + tail, head + "zz" + tail]
         candidates = [c for c in candidates if target.matches(c)]
-        return _dedupe(
-            candidates, lambda r: tuple(iam.resource_matches(p, r) for p in patterns)
-        )
+        compiled = [iam.wildcard_to_regex(p, False) for p in expanded]
+        return _dedupe(candidates, lambda r: tuple(rx.fullmatch(r) is not None for rx in compiled))
 
     def _conditions(self, target: Target) -> list[tuple[iam.ConditionOperator, str, object, bool]]:
         out = []
@@ -214,6 +230,7 @@ class Search:
     def _allows(self, target: Target) -> list[tuple[Mapping[str, Any], bool]]:
         """Allow statements that could apply to this principal on this target."""
         p = self.q.principal
+        fixed = fixed_values(self.q, target)
         groups: list[tuple[iam.Policy, bool]] = [(pol, False) for pol in p.identity]
         if target.policy is not None:
             groups.append((target.policy, True))
@@ -225,8 +242,28 @@ class Search:
                     continue
                 if principaled and iam.principal_match(stmt, self.session) is None:
                     continue
+                if self._fixed_conditions(stmt, fixed, substitute) is False:
+                    continue
                 out.append((stmt, substitute))
         return out
+
+    def _fixed_conditions(
+        self, stmt: Mapping[str, Any], fixed: dict[str, list[str]], substitute: bool
+    ) -> bool | None:
+        """False when a condition on a key the caller cannot choose fails (the statement never
+        applies); True when every condition is on such keys and holds; None otherwise."""
+        result: bool | None = True
+        for op_name, block in (stmt.get("Condition") or {}).items():
+            for key, raw in block.items():
+                if key_kind(key, self.q) != "fixed":
+                    result = None
+                    continue
+                try:
+                    if not iam.condition_matches({op_name: {key: raw}}, fixed, substitute):
+                        return False
+                except iam._Unresolved:
+                    return False
+        return result
 
     def _unconditional_denies(self, target: Target) -> list[Mapping[str, Any]]:
         """Deny statements without conditions: when one matches, no context can help."""
@@ -236,10 +273,14 @@ class Search:
             groups.append((p.boundary, False))
         if target.policy is not None:
             groups.append((target.policy, True))
+        fixed = fixed_values(self.q, target)
         out = []
         for policy, principaled in groups:
+            substitute = iam._version(policy) == iam.VERSION_2012
             for stmt in _statements(policy):
-                if stmt.get("Effect") != "Deny" or stmt.get("Condition"):
+                if stmt.get("Effect") != "Deny":
+                    continue
+                if self._fixed_conditions(stmt, fixed, substitute) is not True:
                     continue
                 if any("${" in str(v) for v in iam._strings(stmt.get("Resource", stmt.get("NotResource", [])), "Resource")):
                     continue

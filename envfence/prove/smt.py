@@ -377,13 +377,14 @@ class Encoder:
     def _body(self, stmt: Mapping[str, Any], fixed: dict[str, list[str]], version: str) -> Any:
         substitute = version == iam.VERSION_2012
         try:
-            return _and(
-                [
-                    self._action_part(stmt),
-                    self._resource_part(stmt, fixed, substitute),
-                    self._condition(stmt.get("Condition") or {}, fixed, substitute),
-                ]
-            )
+            # Cheapest part first: a condition on a fixed key often decides the statement.
+            condition = self._condition(stmt.get("Condition") or {}, fixed, substitute)
+            if condition is False:
+                return False
+            action = self._action_part(stmt)
+            if action is False:
+                return False
+            return _and([action, self._resource_part(stmt, fixed, substitute), condition])
         except iam._Unresolved:  # a variable without a value voids the statement
             return _false()
 
@@ -404,10 +405,9 @@ class Encoder:
         if cached is not None:
             return cached
         self._cache[cache_key] = out
-        version = iam._version(policy)
+        version, statements = _parsed(policy, principaled)
         session = self.q.session()
-        for _, stmt in iam._statements(policy):
-            iam._validate_statement(stmt, principaled)
+        for stmt in statements:
             if stmt["Effect"] != effect or not _may_touch(stmt, target):
                 continue
             how = PrincipalMatch.DIRECT
@@ -547,6 +547,24 @@ class Encoder:
                 f"{action} on {resource} with {context}, the evaluator says {decision.reason}"
             )
         return Witness(self.q.principal.arn, action, resource, target, context, decision, tags)
+
+
+_PARSED: dict[tuple[int, bool], tuple[iam.Policy, str, list[Mapping[str, Any]]]] = {}
+
+
+def _parsed(policy: iam.Policy, principaled: bool) -> tuple[str, list[Mapping[str, Any]]]:
+    """Version and validated statements of a policy, once per policy object (the entry keeps
+    the policy alive, so its id cannot be reused while cached)."""
+    key = (id(policy), principaled)
+    hit = _PARSED.get(key)
+    if hit is None or hit[0] is not policy:
+        if len(_PARSED) > 4096:
+            _PARSED.clear()
+        statements = [stmt for _, stmt in iam._statements(policy)]
+        for stmt in statements:
+            iam._validate_statement(stmt, principaled)
+        hit = _PARSED[key] = (policy, iam._version(policy), statements)
+    return hit[1], hit[2]
 
 
 def _literal_ends(pieces: tuple[str | None, ...]) -> tuple[str, str]:
