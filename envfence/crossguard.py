@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.project import Project, ProjectFileError, load_project
 from pulumi_policy import (
     EnforcementLevel,
     Policy,
@@ -76,15 +75,25 @@ from pulumi_policy.proxy import (
 
 from envfence.model import PROVIDER_PREFIX, STACK_TYPE, UNKNOWN, Resource, StackState, urn_parts
 from envfence.rules.context import Context, build_context
-from envfence.rules.engine import UNKNOWN_RULE_ID, Finding, FlowUse, Rule, all_rules, get_rule, run_rule
+from envfence.rules.engine import (
+    UNKNOWN_RULE_ID,
+    Finding,
+    FlowUse,
+    Rule,
+    all_rules,
+    get_rule,
+    run_rule,
+)
+from infra.project import Project, ProjectFileError, load_project
 
 # Resource-scope rules that run per resource (ResourceValidationPolicy, on `Analyze`): their
 # function reads the resource itself and the environments' facts, nothing else of the stack.
 # Every other resource-scope rule runs as a StackValidationPolicy on AnalyzeStack's resources,
 # including rules added later and not listed here: a stack policy sees every resource, so that
 # default is always right, only later in the preview (and on outputs rather than inputs).
-# tests/test_policy_pack.py proves the list: each of these finds exactly the same per resource as
-# per stack, on the clean stacks and on every leak of tests/mutations.py.
+# tests/test_policy_pack.py checks the list through the pack: with these rules per resource, the
+# pack reports exactly what `envfence check` (every rule per stack) reports, on the clean stacks,
+# the near misses and batches of the leaks of tests/mutations.py.
 PER_RESOURCE_RULES: frozenset[str] = frozenset({
     "EF101",  # peering: the resource (and other stacks' ids, for the message)
     "EF102",  # transit gateway / VPN: the resource's type
@@ -97,8 +106,8 @@ PER_RESOURCE_RULES: frozenset[str] = frozenset({
     "EF401",  # key policies: principals vs the environments' roles and accounts
     "EF402",  # key rotation: the key's own flag
 })
-# Why the known resource-scope rules outside that list need the stack. The test shows each of
-# them finding something different when given only the resource.
+# Why the known resource-scope rules outside that list need the stack: given only the resource,
+# each of them would report what `envfence check` does not.
 RESOURCE_RULES_NEEDING_STACK: dict[str, str] = {
     "EF104": "the stack's own security groups and VPC endpoint prefix lists (allowed sources)",
     "EF202": "the stack's KMS keys and aliases (which key is the environment's own)",

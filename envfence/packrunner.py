@@ -41,7 +41,7 @@ import json
 import math
 import runpy
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 from unittest import mock
@@ -92,11 +92,9 @@ def _servicer_capture() -> Iterator[dict[str, Any]]:
 
 def load_pack(pack_dir: Path = PACK_DIR) -> Any:
     """Run the pack's `__main__.py` like the policy host; return its analyzer servicer."""
-    with _servicer_capture() as captured:
-        try:
-            runpy.run_path(str(pack_dir), run_name="__main__")
-        except _Captured:
-            pass
+    # `capture` raises _Captured once the servicer is in hand: PolicyPack.__init__ stops there.
+    with _servicer_capture() as captured, suppress(_Captured):
+        runpy.run_path(str(pack_dir), run_name="__main__")
     if "servicer" not in captured:
         raise RuntimeError(f"{pack_dir}/__main__.py did not construct a PolicyPack")
     return captured["servicer"]

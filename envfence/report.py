@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -22,11 +23,22 @@ def render(result: Result, fmt: str, out: Console) -> None:
         text(result, out)
 
 
+Section = Callable[[], None]
+
+
 def pair_of(v: Violation) -> tuple[str, str]:
     return (v.stack, v.other or v.stack)
 
 
-def text(result: Result, out: Console) -> None:
+def text(
+    result: Result,
+    out: Console,
+    *,
+    before_verdict: Section | None = None,
+    proofs: tuple[bool, str] | None = None,
+) -> None:
+    """The rules report; `before_verdict` prints more sections (the proofs) before the final
+    line, and `proofs` (ok, summary) joins the proofs' outcome to that line."""
     out.print(
         f"envfence check: {len(result.stacks)} stack(s): {', '.join(result.stacks)}; "
         f"{len(result.rules)} rules"
@@ -51,11 +63,17 @@ def text(result: Result, out: Console) -> None:
         out.print("\n[bold]declared flows in use[/bold]")
         for f in sorted({(f.flow, f.detail) for f in result.flows}):
             out.print(f"  {f[0]}: {f[1]}")
+    if before_verdict is not None:
+        before_verdict()
     total = len(result.violations)
-    out.print(
-        f"\n{'PASS' if not total else 'FAIL'}: {total} violation(s), "
+    passed = not total and (proofs is None or proofs[0])
+    line = (
+        f"\n{'PASS' if passed else 'FAIL'}: {total} violation(s), "
         f"{len({f.flow for f in result.flows})} declared flow(s) in use"
     )
+    if proofs is not None:
+        line += f"; {proofs[1]}"
+    out.print(line)
 
 
 def to_json(result: Result) -> dict[str, Any]:

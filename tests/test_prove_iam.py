@@ -331,7 +331,7 @@ def test_clean_stacks_are_proved_with_controls(stacks: Stacks, project: Project)
     whats = {c.what for c in proof.controls}
     for stack in (PROD, EXP):
         for kind in ("service", "pipeline", "analyst"):
-            assert f"{stack}/{kind} reaches {stack}'s data" in whats
+            assert f"{stack}/{kind} reaches {stack}'s data stores" in whats
     assert "declared flow prod/pipeline may read experiment/results is usable" in whats
     assert pair(proof, PROD, EXP).flows == ["prod/pipeline may read experiment/results"]
     assert all(p.principals >= 6 and p.resources >= 10 for p in proof.pairs)
@@ -456,7 +456,7 @@ def test_a_role_losing_all_access_breaks_its_control(stacks: Stacks, project: Pr
     m.set_policy(role_policy(s[EXP], "analyst"), {"Version": "2012-10-17", "Statement": []})
     proof = prove(s, project)
     failed = [c for c in proof.controls if not c.found]
-    assert [c.what for c in failed] == ["experiment/analyst reaches experiment's data"]
+    assert [c.what for c in failed] == ["experiment/analyst reaches experiment's data stores"]
     assert {p.status for p in proof.pairs} == {BROKEN}
 
 

@@ -324,11 +324,12 @@ class Prover:
     def controls(self) -> list[Control]:
         out = []
         for stack in self.world.stacks:
-            targets = tuple(self.world.targets.get(stack, []))
+            # The data stores themselves: a key or a log group alone would be a weak control.
+            targets = tuple(t for t in self.world.targets.get(stack, []) if t.store)
             for kind in naming.ROLES:
                 name = naming.role_name(self.project, stack, kind)
                 role = next((r for r in self.world.roles_of(stack) if r.name == name), None)
-                what = f"{stack}/{kind} reaches {stack}'s data"
+                what = f"{stack}/{kind} reaches {stack}'s data stores"
                 if role is None or not targets:
                     out.append(Control(stack, what, False, f"no role {name} or no data resources"))
                     continue

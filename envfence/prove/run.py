@@ -164,8 +164,12 @@ def text(report: ProofReport, out: Console) -> None:
                 out.print(f"        {hop}")
     for note in report.iam.notes:
         out.print(f"  note: {note}")
-    out.print(
-        f"\n{'PROVED' if report.ok else 'NOT PROVED'}: "
+    out.print(f"\n{summary(report)}")
+
+
+def summary(report: ProofReport) -> str:
+    return (
+        f"{'PROVED' if report.ok else 'NOT PROVED'}: "
         f"{sum(p.status == PROVED for p in report.iam.pairs)}/{len(report.iam.pairs)} iam pair(s), "
         f"{sum(n.status == PROVED for n in report.network_pairs())}/"
         f"{len(report.network_pairs())} network pair(s) proved isolated"
@@ -181,8 +185,21 @@ def _packet(n: NetworkResult) -> str:
 
 
 PROOF_RULES = (
-    ("EFP01", "iam-isolation-proved", "No principal of one environment may act on another's data"),
-    ("EFP02", "network-isolation-proved", "No packet can travel between environments' VPCs"),
+    (
+        "EFP01",
+        "iam-isolation-proved",
+        "No principal of one environment may act on another's data",
+        "Read the counterexample: the principal (and the role chain that reached it), the "
+        "action, the resource and the statements that allowed it. Narrow or remove those "
+        "statements, or declare the flow in both stacks' config.",
+    ),
+    (
+        "EFP02",
+        "network-isolation-proved",
+        "No packet can travel between environments' VPCs",
+        "Read the witness packet and its path: remove the peering or transit gateway route, "
+        "or narrow the security group rule that admits it.",
+    ),
 )
 
 
@@ -191,12 +208,13 @@ def add_to_sarif(doc: dict[str, Any], report: ProofReport) -> None:
     run = doc["runs"][0]
     rules = run["tool"]["driver"]["rules"]
     base = len(rules)
-    for rule_id, name, title in PROOF_RULES:
+    for rule_id, name, title, fix in PROOF_RULES:
         rules.append(
             {
                 "id": rule_id,
                 "name": name,
                 "shortDescription": {"text": title},
+                "help": {"text": fix},
                 "defaultConfiguration": {"level": "error"},
             }
         )

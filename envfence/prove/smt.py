@@ -514,19 +514,28 @@ class Encoder:
             if solver.check() != z.sat:
                 solver.pop()
                 solver.check()
+        # And a resource that names something (an object key, a log stream) when it can.
+        solver.push()
+        solver.add(z.Not(z.SuffixOf(z.StringVal("/"), self.resource)))
+        solver.add(z.Not(z.SuffixOf(z.StringVal(":"), self.resource)))
+        if solver.check() != z.sat:
+            solver.pop()
+            solver.check()
         return self._witness(solver.model())
 
-    def _literal_actions(self) -> set[str]:
-        out: set[str] = set()
+    def _literal_actions(self) -> dict[str, str]:
+        """Actions the policies spell out, lower-case -> as written."""
+        out: dict[str, str] = {}
         for policy, _ in self.q.policies():
             for stmt in _statement_dicts(policy):
                 for a in iam._strings(stmt.get("Action", []), "Action"):
                     if "*" not in a and "?" not in a:
-                        out.add(a.lower())
+                        out.setdefault(a.lower(), a)
         return out
 
     def _witness(self, model: Any) -> Witness:
         action = self.q.action or _string(model, self.action)
+        action = self._literal_actions().get(action, action)  # as a policy spells it
         resource = _string(model, self.resource)
         context: dict[str, Any] = {}
         for key in self.keys.values():
