@@ -58,7 +58,12 @@ def iam(stacks: Stacks, project: Project) -> Any:
 
 
 def row(*cells: object, widths: tuple[int, ...] = (28, 12, 12, 12, 14)) -> None:
-    print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))))
+    print(
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        )
+    )
 
 
 # -- generated environments -------------------------------------------------------------------
@@ -167,8 +172,12 @@ def main() -> None:
     for n in (6, 24, 96):
         grown = grow_roles(stacks, n)
         t, result = best(lambda grown=grown: iam(grown, project), repeat=1)
-        row(n, f"{t:.3f}", f"{max(p.seconds for p in result.pairs):.3f}",
-            ",".join(sorted({p.status for p in result.pairs})))
+        row(
+            n,
+            f"{t:.3f}",
+            f"{max(p.seconds for p in result.pairs):.3f}",
+            ",".join(sorted({p.status for p in result.pairs})),
+        )
 
     print("\nenvironments (experiment clones): per-pair time flat = linear in pairs")
     row("stacks", "pairs", "iam total", "per pair", "network", "status")
@@ -180,8 +189,15 @@ def main() -> None:
         t, result = best(lambda many=many: iam(many, project), repeat=1)
         t_n, _ = best(lambda many=many: prove_network(many), repeat=1)
         pairs = len(result.pairs)
-        row(n, pairs, f"{t:.3f}", f"{t / pairs:.3f}", f"{t_n:.3f}",
-            ",".join(sorted({p.status for p in result.pairs})), widths=(28, 8, 12, 12, 12, 14))
+        row(
+            n,
+            pairs,
+            f"{t:.3f}",
+            f"{t / pairs:.3f}",
+            f"{t_n:.3f}",
+            ",".join(sorted({p.status for p in result.pairs})),
+            widths=(28, 8, 12, 12, 12, 14),
+        )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 
 `check` runs every rule and then every proof; `prove` runs only the proofs.
 
-Exit codes: 0 clean (and proved), 1 violations found or a proof refuted or broken, 2 bad input (unknown stack, config error, unreadable or
-malformed state file). Bad input prints one line naming the key or file; never a traceback.
+Exit codes: 0 clean (and proved), 1 violations found or a proof refuted or broken, 2 bad input
+(unknown stack, config error, unreadable or malformed state file). Bad input prints one line
+naming the key or file; never a traceback.
 """
 
 from __future__ import annotations

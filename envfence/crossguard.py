@@ -94,18 +94,20 @@ from infra.project import Project, ProjectFileError, load_project
 # tests/test_policy_pack.py checks the list through the pack: with these rules per resource, the
 # pack reports exactly what `envfence check` (every rule per stack) reports, on the clean stacks,
 # the near misses and batches of the leaks of tests/mutations.py.
-PER_RESOURCE_RULES: frozenset[str] = frozenset({
-    "EF101",  # peering: the resource (and other stacks' ids, for the message)
-    "EF102",  # transit gateway / VPN: the resource's type
-    "EF103",  # routes: the route's destination against the other environments' CIDRs
-    "EF106",  # public IPs: the subnet's or database's own flag
-    "EF201",  # public database: its own flag
-    "EF208",  # shared snapshots: accounts named by the resource vs the environments' accounts
-    "EF302",  # trust policies: principals vs the environments' accounts and role ARNs
-    "EF305",  # PassRole/AssumeRole: statements vs the other environments' role ARNs
-    "EF401",  # key policies: principals vs the environments' roles and accounts
-    "EF402",  # key rotation: the key's own flag
-})
+PER_RESOURCE_RULES: frozenset[str] = frozenset(
+    {
+        "EF101",  # peering: the resource (and other stacks' ids, for the message)
+        "EF102",  # transit gateway / VPN: the resource's type
+        "EF103",  # routes: the route's destination against the other environments' CIDRs
+        "EF106",  # public IPs: the subnet's or database's own flag
+        "EF201",  # public database: its own flag
+        "EF208",  # shared snapshots: accounts named by the resource vs the environments' accounts
+        "EF302",  # trust policies: principals vs the environments' accounts and role ARNs
+        "EF305",  # PassRole/AssumeRole: statements vs the other environments' role ARNs
+        "EF401",  # key policies: principals vs the environments' roles and accounts
+        "EF402",  # key rotation: the key's own flag
+    }
+)
 # Why the known resource-scope rules outside that list need the stack: given only the resource,
 # each of them would report what `envfence check` does not.
 RESOURCE_RULES_NEEDING_STACK: dict[str, str] = {
@@ -123,10 +125,17 @@ RESOURCE_RULES_NEEDING_STACK: dict[str, str] = {
 }
 
 # Every sentinel the engine uses for a value unknown during preview.
-_UNKNOWN_SENTINELS = frozenset({
-    UNKNOWN_BOOLEAN_VALUE, UNKNOWN_NUMBER_VALUE, UNKNOWN_STRING_VALUE, UNKNOWN_ARRAY_VALUE,
-    UNKNOWN_ASSET_VALUE, UNKNOWN_ARCHIVE_VALUE, UNKNOWN_OBJECT_VALUE,
-})
+_UNKNOWN_SENTINELS = frozenset(
+    {
+        UNKNOWN_BOOLEAN_VALUE,
+        UNKNOWN_NUMBER_VALUE,
+        UNKNOWN_STRING_VALUE,
+        UNKNOWN_ARRAY_VALUE,
+        UNKNOWN_ASSET_VALUE,
+        UNKNOWN_ARCHIVE_VALUE,
+        UNKNOWN_OBJECT_VALUE,
+    }
+)
 # The policies see no provider id (only the provider's URN); a reference needs one.
 _NO_ID = UNKNOWN
 
@@ -149,11 +158,11 @@ def build_policies(project_root: Path | str) -> list[Policy]:
             "remediation_steps": rule.fix,
         }
         if runs_per_resource(rule):
-            policies.append(ResourceValidationPolicy(validate=_resource_validation(rule, root),
-                                                     **common))
+            policies.append(
+                ResourceValidationPolicy(validate=_resource_validation(rule, root), **common)
+            )
         else:
-            policies.append(StackValidationPolicy(validate=_stack_validation(rule, root),
-                                                  **common))
+            policies.append(StackValidationPolicy(validate=_stack_validation(rule, root), **common))
     return policies
 
 
@@ -217,13 +226,27 @@ class _CachedProject(Project):
             st = path.stat()
         except OSError:
             return super().stack_config(stack)  # raises the project's own error
-        return dict(_stack_config(self.root, self.name, tuple(sorted(self.defaults.items())),
-                                  stack, st.st_mtime_ns, st.st_size))
+        return dict(
+            _stack_config(
+                self.root,
+                self.name,
+                tuple(sorted(self.defaults.items())),
+                stack,
+                st.st_mtime_ns,
+                st.st_size,
+            )
+        )
 
 
 @functools.lru_cache(maxsize=64)
-def _stack_config(root: Path, name: str, defaults: tuple[tuple[str, str], ...], stack: str,
-                  _mtime: int, _size: int) -> dict[str, str]:
+def _stack_config(
+    root: Path,
+    name: str,
+    defaults: tuple[tuple[str, str], ...],
+    stack: str,
+    _mtime: int,
+    _size: int,
+) -> dict[str, str]:
     return Project(root=root, name=name, defaults=dict(defaults)).stack_config(stack)
 
 
@@ -253,14 +276,22 @@ def _stack_state(root: Path, urn: str, resources: list[Resource]) -> tuple[Stack
     try:
         project = _project(root)
         if project.name != project_name:
-            raise _NoFacts(f"the resources belong to project '{project_name}', but the "
-                           f"repository at {root} is project '{project.name}'")
+            raise _NoFacts(
+                f"the resources belong to project '{project_name}', but the "
+                f"repository at {root} is project '{project.name}'"
+            )
         config = project.stack_config(stack)
     except ProjectFileError as exc:
         raise _NoFacts(str(exc)) from None
-    state = StackState(stack=stack, project=project_name, tier=config.get("envfence:tier"),
-                       experiment_id=config.get("envfence:experimentId"), config=config,
-                       resources=resources, source="preview")
+    state = StackState(
+        stack=stack,
+        project=project_name,
+        tier=config.get("envfence:tier"),
+        experiment_id=config.get("envfence:experimentId"),
+        config=config,
+        resources=resources,
+        source="preview",
+    )
     return state, project
 
 
@@ -290,9 +321,12 @@ def _report(rule: Rule, items: Iterable[Finding | FlowUse], report: ReportViolat
 
 def _fail_closed(rule: Rule, report: ReportViolation, urn: str, why: str) -> None:
     unknown = get_rule(UNKNOWN_RULE_ID)
-    report(f"{unknown.id} {unknown.name}: [{rule.id}] cannot decide: {why}; "
-           f"{rule.title.lower()} must be checked on known values, so this fails closed "
-           f"(fix: {unknown.fix})", urn)
+    report(
+        f"{unknown.id} {unknown.name}: [{rule.id}] cannot decide: {why}; "
+        f"{rule.title.lower()} must be checked on known values, so this fails closed "
+        f"(fix: {unknown.fix})",
+        urn,
+    )
 
 
 def _guarded(rule: Rule, report: ReportViolation, urn: str, check: Callable[[], None]) -> None:
@@ -332,15 +366,28 @@ def resources_of_args(args: ResourceValidationArgs) -> list[Resource]:
     out: list[Resource] = []
     if args.provider is not None:
         prov = _props(args.provider.props)
-        out.append(Resource(urn=args.provider.urn, type=args.provider.resource_type, custom=True,
-                            inputs=prov, outputs=dict(prov)))
-    out.append(Resource(
-        urn=args.urn, type=args.resource_type, custom=True,
-        parent=getattr(args.opts, "parent", None) or None,
-        provider=_provider_ref(args.provider.urn if args.provider else None),
-        inputs=props, outputs=dict(props), protect=bool(args.opts.protect),
-        retain_on_delete=True,  # invisible to CrossGuard; see the module docstring
-    ))
+        out.append(
+            Resource(
+                urn=args.provider.urn,
+                type=args.provider.resource_type,
+                custom=True,
+                inputs=prov,
+                outputs=dict(prov),
+            )
+        )
+    out.append(
+        Resource(
+            urn=args.urn,
+            type=args.resource_type,
+            custom=True,
+            parent=getattr(args.opts, "parent", None) or None,
+            provider=_provider_ref(args.provider.urn if args.provider else None),
+            inputs=props,
+            outputs=dict(props),
+            protect=bool(args.opts.protect),
+            retain_on_delete=True,  # invisible to CrossGuard; see the module docstring
+        )
+    )
     return out
 
 

@@ -57,8 +57,12 @@ PACK_DIR = ROOT / "policy"
 PACK_CONFIG = PACK_DIR / "config.json"
 
 LEVELS = ("advisory", "mandatory", "remediate", "disabled")
-_LEVEL_TO_PROTO = {"advisory": pb.ADVISORY, "mandatory": pb.MANDATORY,
-                   "remediate": pb.REMEDIATE, "disabled": pb.DISABLED}
+_LEVEL_TO_PROTO = {
+    "advisory": pb.ADVISORY,
+    "mandatory": pb.MANDATORY,
+    "remediate": pb.REMEDIATE,
+    "disabled": pb.DISABLED,
+}
 _PROTO_TO_LEVEL = {v: k for k, v in _LEVEL_TO_PROTO.items()}
 
 
@@ -110,36 +114,47 @@ def parse_pack_config(doc: Mapping[str, Any]) -> dict[str, tuple[str | None, dic
     for key, value in doc.items():
         if isinstance(value, str):
             if value not in LEVELS:
-                raise PackConfigError(f'parsing enforcement level for "{key}": "{value}" is '
-                                      "not a valid enforcement level")
+                raise PackConfigError(
+                    f'parsing enforcement level for "{key}": "{value}" is '
+                    "not a valid enforcement level"
+                )
             out[key] = (value, {})
         elif isinstance(value, dict):
             props = dict(value)
             level = props.pop("enforcementLevel", None)
             if level is not None and level not in LEVELS:
-                raise PackConfigError(f'parsing enforcement level for "{key}": "{level}" is '
-                                      "not a valid enforcement level")
+                raise PackConfigError(
+                    f'parsing enforcement level for "{key}": "{level}" is '
+                    "not a valid enforcement level"
+                )
             if level is None and not props:
                 continue  # the CLI drops empty entries
             out[key] = (level, props)
         else:
-            raise PackConfigError(f'parsing "{key}": {value!r} is not a valid value; must be a '
-                                  "string or object")
+            raise PackConfigError(
+                f'parsing "{key}": {value!r} is not a valid value; must be a string or object'
+            )
     return out
 
 
-def reconcile(info: Any, given: Mapping[str, tuple[str | None, dict[str, Any]]]
-              ) -> dict[str, tuple[str, dict[str, Any]]]:
+def reconcile(
+    info: Any, given: Mapping[str, tuple[str | None, dict[str, Any]]]
+) -> dict[str, tuple[str, dict[str, Any]]]:
     """The config the CLI sends to `Configure`: policy defaults (enforcement level, schema
     defaults), then the pack's initial config, then the given config; each layer applies its
     "all" enforcement level to every policy before its named entries."""
     result: dict[str, tuple[str, dict[str, Any]]] = {}
     for p in info.policies:
-        defaults = {k: v["default"] for k, v in _struct(p.configSchema.properties).items()
-                    if isinstance(v, dict) and "default" in v}
+        defaults = {
+            k: v["default"]
+            for k, v in _struct(p.configSchema.properties).items()
+            if isinstance(v, dict) and "default" in v
+        }
         result[p.name] = (_PROTO_TO_LEVEL[p.enforcementLevel], defaults)
-    initial = {k: (_PROTO_TO_LEVEL[v.enforcementLevel], _struct(v.properties))
-               for k, v in info.initialConfig.items()}
+    initial = {
+        k: (_PROTO_TO_LEVEL[v.enforcementLevel], _struct(v.properties))
+        for k, v in info.initialConfig.items()
+    }
     for layer in (initial, given):
         if "all" in layer and layer["all"][0]:
             result = {k: (str(layer["all"][0]), props) for k, (_, props) in result.items()}
@@ -186,13 +201,15 @@ def _provider(r: Resource, by_urn: Mapping[str, Resource]) -> pb.AnalyzerProvide
     prov = by_urn.get(r.provider_urn or "")
     if prov is None:
         return None
-    return pb.AnalyzerProviderResource(type=prov.type, properties=_props(prov.inputs),
-                                       urn=prov.urn, name=prov.name)
+    return pb.AnalyzerProviderResource(
+        type=prov.type, properties=_props(prov.inputs), urn=prov.urn, name=prov.name
+    )
 
 
 def analyze_request(r: Resource, by_urn: Mapping[str, Resource]) -> pb.AnalyzeRequest:
-    req = pb.AnalyzeRequest(type=r.type, properties=_props(r.inputs), urn=r.urn, name=r.name,
-                            options=_options(r))
+    req = pb.AnalyzeRequest(
+        type=r.type, properties=_props(r.inputs), urn=r.urn, name=r.name, options=_options(r)
+    )
     prov = _provider(r, by_urn)
     if prov is not None:
         req.provider.CopyFrom(prov)
@@ -204,10 +221,18 @@ def analyze_stack_request(state: StackState) -> pb.AnalyzeStackRequest:
     resources = []
     for r in state.resources:
         res = pb.AnalyzerResource(
-            type=r.type, properties=_props(r.outputs), urn=r.urn, name=r.name,
-            options=_options(r), parent=r.parent or "", dependencies=list(r.dependencies),
-            propertyDependencies={k: pb.AnalyzerPropertyDependencies(urns=list(v))
-                                  for k, v in r.property_dependencies.items() if v},
+            type=r.type,
+            properties=_props(r.outputs),
+            urn=r.urn,
+            name=r.name,
+            options=_options(r),
+            parent=r.parent or "",
+            dependencies=list(r.dependencies),
+            propertyDependencies={
+                k: pb.AnalyzerPropertyDependencies(urns=list(v))
+                for k, v in r.property_dependencies.items()
+                if v
+            },
         )
         prov = _provider(r, by_urn)
         if prov is not None:
@@ -221,9 +246,17 @@ def analyze_stack_request(state: StackState) -> pb.AnalyzeStackRequest:
 
 
 def _configure(servicer: Any, state: StackState, config: Mapping[str, Any]) -> None:
-    servicer.ConfigureStack(pb.AnalyzerStackConfigureRequest(
-        stack=state.stack, project=state.project, organization="organization", dry_run=True,
-        config={k: str(v) for k, v in state.config.items()}, tags={}), None)
+    servicer.ConfigureStack(
+        pb.AnalyzerStackConfigureRequest(
+            stack=state.stack,
+            project=state.project,
+            organization="organization",
+            dry_run=True,
+            config={k: str(v) for k, v in state.config.items()},
+            tags={},
+        ),
+        None,
+    )
     info = servicer.GetAnalyzerInfo(empty_pb2.Empty(), None)
     if not info.supportsConfig:
         return
@@ -239,12 +272,20 @@ def _configure(servicer: Any, state: StackState, config: Mapping[str, Any]) -> N
 
 
 def _collect(response: Any, urn: str | None = None) -> list[Diagnostic]:
-    return [Diagnostic(d.policyName, urn if urn is not None else d.urn, d.message,
-                       _PROTO_TO_LEVEL[d.enforcementLevel]) for d in response.diagnostics]
+    return [
+        Diagnostic(
+            d.policyName,
+            urn if urn is not None else d.urn,
+            d.message,
+            _PROTO_TO_LEVEL[d.enforcementLevel],
+        )
+        for d in response.diagnostics
+    ]
 
 
-def run_stack(state: StackState, config: Mapping[str, Any] | None = None,
-              pack_dir: Path = PACK_DIR) -> list[Diagnostic]:
+def run_stack(
+    state: StackState, config: Mapping[str, Any] | None = None, pack_dir: Path = PACK_DIR
+) -> list[Diagnostic]:
     """Every diagnostic the pack reports on one stack (a fresh pack, as one CLI run)."""
     if config is None:
         config = json.loads(PACK_CONFIG.read_text())
@@ -258,8 +299,9 @@ def run_stack(state: StackState, config: Mapping[str, Any] | None = None,
     return out
 
 
-def run_pack(states: list[StackState], config: Mapping[str, Any] | None = None,
-             pack_dir: Path = PACK_DIR) -> dict[str, list[Diagnostic]]:
+def run_pack(
+    states: list[StackState], config: Mapping[str, Any] | None = None, pack_dir: Path = PACK_DIR
+) -> dict[str, list[Diagnostic]]:
     """{stack: diagnostics} of the real pack on each stack, as `pulumi preview --stack <stack>
     --policy-pack policy --policy-pack-config policy/config.json` would report them."""
     return {s.stack: run_stack(s, config, pack_dir) for s in states}

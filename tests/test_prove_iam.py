@@ -23,7 +23,7 @@ import mutations as m
 import pytest
 
 from envfence.model import Resource, StackState
-from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, prove_iam
+from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, PairProof, prove_iam
 from envfence.prove.world import build_world
 from envfence.rules.context import build_context
 from infra.project import Project
@@ -41,7 +41,7 @@ def prove(stacks: Stacks, project: Project, **kwargs: Any) -> IamProof:
     return prove_iam(world, project.name, **kwargs)
 
 
-def pair(proof: IamProof, source: str, target: str):  # noqa: ANN201
+def pair(proof: IamProof, source: str, target: str) -> PairProof:
     return next(p for p in proof.pairs if p.source == source and p.target == target)
 
 
@@ -302,19 +302,120 @@ def queue_grant(s: Stacks) -> None:
 
 
 LEAKS = [
-    Leak("wildcard_resource", wildcard_resource, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/db", "LeakWildcardDb"),
-    Leak("not_resource_allow", not_resource_allow, EXP, PROD, "experiment/envfence-experiment-service", "prod/db", "LeakNotResource"),
-    Leak("missing_boundary", missing_boundary, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/", "LeakAllBuckets"),
-    Leak("trust_chain", trust_chain, EXP, PROD, "prod/envfence-prod-analyst", "prod/", None, hops=2),
-    Leak("passrole_chain", passrole_chain, EXP, PROD, "prod/envfence-prod-pipeline", "prod/", None, hops=2),
-    Leak("key_policy_grant", key_policy_grant, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/key", "LeakExperimentDecrypts"),
-    Leak("bucket_grant_other_account", bucket_grant_other_account, PROD, EXP, "prod/envfence-prod-pipeline", "experiment/store-results", "LeakProdAccountWrites", shared=False),
-    Leak("flow_widened_to_delete", flow_widened_to_delete, PROD, EXP, "prod/envfence-prod-pipeline", "experiment/store-results", "LeakDeleteExperimentResults", shared=False),
-    Leak("policy_variable", policy_variable, EXP, PROD, "experiment/envfence-experiment-analyst", "prod/db", "LeakAccountWideDb"),
-    Leak("tag_session_abac", tag_session_abac, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/db", "LeakAbacDb"),
-    Leak("managed_policy", managed_policy, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/", None),
-    Leak("boundary_wildcard_names", boundary_wildcard_names, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/store-", "LeakBucketConfig"),
-    Leak("queue_grant", queue_grant, EXP, PROD, "experiment/envfence-experiment-pipeline", "prod/ingest", "LeakExperimentSends"),
+    Leak(
+        "wildcard_resource",
+        wildcard_resource,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/db",
+        "LeakWildcardDb",
+    ),
+    Leak(
+        "not_resource_allow",
+        not_resource_allow,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-service",
+        "prod/db",
+        "LeakNotResource",
+    ),
+    Leak(
+        "missing_boundary",
+        missing_boundary,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/",
+        "LeakAllBuckets",
+    ),
+    Leak(
+        "trust_chain", trust_chain, EXP, PROD, "prod/envfence-prod-analyst", "prod/", None, hops=2
+    ),
+    Leak(
+        "passrole_chain",
+        passrole_chain,
+        EXP,
+        PROD,
+        "prod/envfence-prod-pipeline",
+        "prod/",
+        None,
+        hops=2,
+    ),
+    Leak(
+        "key_policy_grant",
+        key_policy_grant,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/key",
+        "LeakExperimentDecrypts",
+    ),
+    Leak(
+        "bucket_grant_other_account",
+        bucket_grant_other_account,
+        PROD,
+        EXP,
+        "prod/envfence-prod-pipeline",
+        "experiment/store-results",
+        "LeakProdAccountWrites",
+        shared=False,
+    ),
+    Leak(
+        "flow_widened_to_delete",
+        flow_widened_to_delete,
+        PROD,
+        EXP,
+        "prod/envfence-prod-pipeline",
+        "experiment/store-results",
+        "LeakDeleteExperimentResults",
+        shared=False,
+    ),
+    Leak(
+        "policy_variable",
+        policy_variable,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-analyst",
+        "prod/db",
+        "LeakAccountWideDb",
+    ),
+    Leak(
+        "tag_session_abac",
+        tag_session_abac,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/db",
+        "LeakAbacDb",
+    ),
+    Leak(
+        "managed_policy",
+        managed_policy,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/",
+        None,
+    ),
+    Leak(
+        "boundary_wildcard_names",
+        boundary_wildcard_names,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/store-",
+        "LeakBucketConfig",
+    ),
+    Leak(
+        "queue_grant",
+        queue_grant,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/ingest",
+        "LeakExperimentSends",
+    ),
 ]
 
 
@@ -363,7 +464,9 @@ def test_leak_is_refuted_with_a_counterexample(
     assert len(ce.chain) == leak.hops
     assert ce.chain[0].role.startswith(f"{leak.source}/")
     if leak.sid:
-        assert any(leak.sid in s for s in ce.statements + tuple(x for h in ce.chain for x in h.statements)), ce.statements
+        assert any(
+            leak.sid in s for s in ce.statements + tuple(x for h in ce.chain for x in h.statements)
+        ), ce.statements
     text = "\n".join(ce.lines())
     assert ce.action in text and ce.resource in text and "allowed by" in text
 
@@ -444,8 +547,12 @@ def test_one_failed_layer_is_still_proved(
 def test_a_failing_control_breaks_the_proof(stacks: Stacks, project: Project) -> None:
     s = copy.deepcopy(stacks)
     # prod's pipeline can no longer read what the flow declares: the flow control fails.
-    m.drop_statement(s[EXP].named("store-results-policy", m.BUCKET_POLICY), "DeclaredFlowProdPipelineRead")
-    m.drop_statement(s[EXP].named("store-results-policy", m.BUCKET_POLICY), "DeclaredFlowProdPipelineList")
+    m.drop_statement(
+        s[EXP].named("store-results-policy", m.BUCKET_POLICY), "DeclaredFlowProdPipelineRead"
+    )
+    m.drop_statement(
+        s[EXP].named("store-results-policy", m.BUCKET_POLICY), "DeclaredFlowProdPipelineList"
+    )
     proof = prove(s, project)
     assert {p.status for p in proof.pairs} == {BROKEN}
     assert any("control failed" in d for p in proof.pairs for d in p.details)

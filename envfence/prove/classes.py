@@ -38,7 +38,7 @@ from envfence.prove.query import (
     services_for,
 )
 from envfence.prove.smt import ProofError
-from envfence.prove.world import ANY, Target
+from envfence.prove.world import ANY, Target, compatible
 
 FRESH = "zzfresh"
 MAX_REQUESTS = 400_000
@@ -127,9 +127,12 @@ class Search:
         expanded = []
         for raw in patterns:
             try:
-                expanded.append("".join(t for t, _ in iam._expand(raw, fixed, True)))
+                text = "".join(t for t, _ in iam._expand(raw, fixed, True))
             except iam._Unresolved:
-                expanded.append(raw)
+                text = raw
+            # A pattern that cannot name this target splits none of its classes.
+            if any(compatible(text, shape) for shape in target.shapes):
+                expanded.append(text)
         for p in expanded:
             for inst in _instances(p):
                 if target.matches(inst):
@@ -197,9 +200,9 @@ class Search:
                             text = "".join(t for t, _ in iam._expand(v, fixed, substitute))
                         except iam._Unresolved:
                             text = v
-                        values += _instances(text) if _op.family in ("string_like", "arn") else [
-                            text
-                        ]
+                        values += (
+                            _instances(text) if _op.family in ("string_like", "arn") else [text]
+                        )
                 values.append(FRESH)
             options: list[Any] = [None] + ([[v] for v in values] if multi else values)
             if kind == "principal-tag":
@@ -207,7 +210,9 @@ class Search:
                 if any(k.lower() == tag for k in self.q.principal.tags):
                     options = options[1:]  # session tags override a tag, never remove it
 
-            def signature(value: Any, conds: list[Any] = conds, lower: str = lower) -> tuple[bool, ...]:
+            def signature(
+                value: Any, conds: list[Any] = conds, lower: str = lower
+            ) -> tuple[bool, ...]:
                 ctx = dict(fixed)
                 if value is not None:
                     ctx[lower] = value if isinstance(value, list) else [value]
@@ -282,11 +287,18 @@ class Search:
                     continue
                 if self._fixed_conditions(stmt, fixed, substitute) is not True:
                     continue
-                if any("${" in str(v) for v in iam._strings(stmt.get("Resource", stmt.get("NotResource", [])), "Resource")):
+                if any(
+                    "${" in str(v)
+                    for v in iam._strings(
+                        stmt.get("Resource", stmt.get("NotResource", [])), "Resource"
+                    )
+                ):
                     continue
-                if principaled and iam.principal_match(
-                    stmt, self.session, has_boundary=p.boundary is not None
-                ) is None:
+                if (
+                    principaled
+                    and iam.principal_match(stmt, self.session, has_boundary=p.boundary is not None)
+                    is None
+                ):
                     continue
                 out.append(stmt)
         return out

@@ -29,7 +29,7 @@ from envfence import iam
 from envfence.prove import classes, smt
 from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
 from envfence.prove.smt import ProofError
-from envfence.prove.world import Role, Target, World
+from envfence.prove.world import Role, Target, World, compatible
 from envfence.rules.policies import READ_ACTIONS
 from infra import naming
 
@@ -89,7 +89,9 @@ class Counterexample:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "chain": [{"role": h.role, "via": h.via, "statements": list(h.statements)} for h in self.chain],
+            "chain": [
+                {"role": h.role, "via": h.via, "statements": list(h.statements)} for h in self.chain
+            ],
             "principal": self.principal,
             "action": self.action,
             "resource": self.resource,
@@ -161,11 +163,32 @@ def _trust_names(role: Role, caller: Role) -> bool:
     for _, stmt in iam._statements(role.trust):
         if isinstance(stmt, dict) and stmt.get("Effect") == "Allow":
             try:
-                named = iam.principal_match(stmt, caller.principal(), has_boundary=caller.boundary is not None)
+                named = iam.principal_match(
+                    stmt, caller.principal(), has_boundary=caller.boundary is not None
+                )
             except (iam.Unsupported, ValueError):
                 return True  # let the proof methods fail closed on it
             if named is not None:
                 return True
+    return False
+
+
+def _may_allow(caller: Role, action: str, arn: str) -> bool:
+    """Some identity statement of the caller names this action and could name this ARN
+    (conditions aside). Without one, no request of that action on that ARN is allowed."""
+    for policy in caller.identity:
+        for _, stmt in iam._statements(policy):
+            if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
+                continue
+            if "Action" in stmt:
+                actions = iam._strings(stmt["Action"], "Action")
+                if not any(iam.action_matches(a, action) for a in actions):
+                    continue
+            if "Resource" in stmt:
+                patterns = iam._strings(stmt["Resource"], "Resource")
+                if not any("${" in p or compatible(p, (arn,)) for p in patterns):
+                    continue
+            return True
     return False
 
 
@@ -251,7 +274,11 @@ class Prover:
                 questions: list[tuple[str, Target]] = []
                 if _trust_names(target, caller):
                     questions.append(("sts:AssumeRole", role_target(target)))
-                if target.account == caller.account and _trusts_a_service(target):
+                if (
+                    target.account == caller.account
+                    and _trusts_a_service(target)
+                    and _may_allow(caller, "iam:PassRole", target.arn)
+                ):
                     passed = Target(
                         stack=target.stack,
                         urn=target.urn,
@@ -340,7 +367,12 @@ class Prover:
                     out.append(Control(stack, what, False, str(exc)))
                     continue
                 out.append(
-                    Control(stack, what, w is not None, f"{w.action} on {w.resource}" if w else "no access found")
+                    Control(
+                        stack,
+                        what,
+                        w is not None,
+                        f"{w.action} on {w.resource}" if w else "no access found",
+                    )
                 )
         for f in self.world.flows:
             name = naming.role_name(self.project, f.source, f.role)
@@ -366,7 +398,14 @@ class Prover:
             except ProofError as exc:
                 out.append(Control(f.source, what, False, str(exc)))
                 continue
-            out.append(Control(f.source, what, w is not None, f"{w.action} on {w.resource}" if w else "no access found"))
+            out.append(
+                Control(
+                    f.source,
+                    what,
+                    w is not None,
+                    f"{w.action} on {w.resource}" if w else "no access found",
+                )
+            )
         return out
 
     def pair(self, source: str, target: str) -> PairProof:

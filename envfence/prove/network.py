@@ -458,6 +458,7 @@ class _Topology:
         self.privatelink: list[tuple[str, Resource, list[str], list[str], str]] = []
         self.shared: dict[str, list[str]] = defaultdict(list)  # stack -> subnets shared to it
         self._routes: dict[tuple[str, str], tuple[str, list[_Route]]] = {}
+        self._db_groups: dict[str, list[tuple[str, Resource]]] | None = None
         self.owner_of_id = {
             str(r.id): stack for stack, st in states.items() for r in st.resources if r.id
         }
@@ -919,7 +920,7 @@ class _Topology:
         if r.type == DB_SUBNET_GROUP:
             return
         if r.type in (DB_INSTANCE, DB_CLUSTER):
-            subnets = self.db_subnets(r)
+            subnets = self.db_subnets(stack, r)
             sgs = _list(_get(r, "vpcSecurityGroupIds"))
         else:
             subnets_path, sgs_path = ATTACHERS[r.type]
@@ -947,13 +948,28 @@ class _Topology:
             if kind != "Gateway" and not aws_service:
                 self.privatelink.append((stack, r, subnets, sorted(groups), service))
 
-    def db_subnets(self, r: Resource) -> list[str]:
+    def db_subnets(self, stack: str, r: Resource) -> list[str]:
+        """The subnets of the DB subnet group `r` (of `stack`) names. Names are unique per
+        account and region only, and environments in other accounts may use the same name: the
+        group declared in the database's own stack wins, then one declared in a stack of the same
+        account, then any."""
         name = _get(r, "dbSubnetGroupName")
         if not name:
             raise _FailClosed(f"{_label(r)} names no DB subnet group (default VPC?)")
-        for _, g in self._each(DB_SUBNET_GROUP):
-            if str(name) in (g.id, g.get("name"), g.get("id")):
-                return [str(s) for s in _list(_get(g, "subnetIds"))]
+        if self._db_groups is None:
+            self._db_groups = defaultdict(list)
+            for owner, g in self._each(DB_SUBNET_GROUP):
+                for key in dict.fromkeys(str(k) for k in (g.id, g.get("name"), g.get("id")) if k):
+                    self._db_groups[key].append((owner, g))
+        found = self._db_groups.get(str(name), [])
+        mine = self.accounts.get(stack, set())
+        for preferred in (
+            [g for owner, g in found if owner == stack],
+            [g for owner, g in found if mine & self.accounts.get(owner, set())],
+            [g for _, g in found],
+        ):
+            if preferred:
+                return [str(s) for s in _list(_get(preferred[0], "subnetIds"))]
         raise _FailClosed(f"{_label(r)} uses DB subnet group {name}, declared in no state")
 
     def _endpoint_service(self, stack: str, r: Resource) -> None:
@@ -1557,7 +1573,7 @@ def _control_sites(topo: _Topology, state: StackState) -> tuple[list[_Site], lis
             raise _FailClosed(f"the port of {_label(r)} (engine {engine})")
         ports.add(int(port))
         groups = [str(g) for g in _list(_get(r, "vpcSecurityGroupIds"))]
-        for sid in topo.db_subnets(r):
+        for sid in topo.db_subnets(state.stack, r):
             if sid not in topo.subnets:
                 raise _FailClosed(f"{_label(r)} uses subnet {sid}, declared in no state")
             sub = topo.subnets[sid]

@@ -109,7 +109,7 @@ def action_fits(action: str, target: Target) -> bool:
 
 
 def key_kind(key: str, query: Query) -> str:
-    """"fixed", "resource-tag", "principal-tag" (forgeable) or "free"."""
+    """ "fixed", "resource-tag", "principal-tag" (forgeable) or "free"."""
     lower = key.lower()
     if lower in FIXED_PRINCIPAL_KEYS or lower in ("aws:resourceaccount", "kms:calleraccount"):
         return "fixed"

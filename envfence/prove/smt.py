@@ -46,7 +46,7 @@ from envfence.prove.query import (
     services_for,
     target_of,
 )
-from envfence.prove.world import ANY, Shape, Target
+from envfence.prove.world import ANY, Shape, Target, compatible, shape_example
 from envfence.rules.policies import RESOURCELESS_ACTIONS
 
 
@@ -205,9 +205,7 @@ class Encoder:
             if kind == "fixed":
                 continue
             n = min(max(counts.get(lower, 1), 1), 4) if lower in multi else 1
-            slots = [
-                (z.Bool(f"has[{name}]#{i}"), z.String(f"val[{name}]#{i}")) for i in range(n)
-            ]
+            slots = [(z.Bool(f"has[{name}]#{i}"), z.String(f"val[{name}]#{i}")) for i in range(n)]
             key = _Key(name, slots, lower in multi)
             self.keys[lower] = key
             for present, value in slots:
@@ -234,9 +232,7 @@ class Encoder:
             actual = next((v for k, v in t.tags.items() if k.lower() == tag), None)
             own = [z.Not(p) for p, _ in key.slots]
             if actual is not None:
-                own = [
-                    z.Or(z.Not(p), v == z.StringVal(actual)) for p, v in key.slots
-                ]
+                own = [z.Or(z.Not(p), v == z.StringVal(actual)) for p, v in key.slots]
             alternatives.append(z.And(self._in_target(t), *own))
         self.domain.append(_or(alternatives))
 
@@ -323,7 +319,9 @@ class Encoder:
                 [_or([_not(p), hit(v) if not op.negated else _not(hit(v))]) for p, v in key.slots]
             )
         if op.set_operator == "ForAnyValue":
-            return _or([_and([p, hit(v) if not op.negated else _not(hit(v))]) for p, v in key.slots])
+            return _or(
+                [_and([p, hit(v) if not op.negated else _not(hit(v))]) for p, v in key.slots]
+            )
         matched = _or([_and([p, hit(v)]) for p, v in key.slots])
         when_present = _not(matched) if op.negated else matched
         when_missing = op.if_exists or op.negated
@@ -468,7 +466,9 @@ class Encoder:
         )
         # Actions that take no resource (Resource "*" only) cannot name this target.
         resourceless = [
-            self.action != z.StringVal(a) for a in sorted(RESOURCELESS_ACTIONS) if a.split(":")[0] in services
+            self.action != z.StringVal(a)
+            for a in sorted(RESOURCELESS_ACTIONS)
+            if a.split(":")[0] in services
         ]
         return _and([prefixes, *resourceless])
 
@@ -514,10 +514,10 @@ class Encoder:
             if solver.check() != z.sat:
                 solver.pop()
                 solver.check()
-        # And a resource that names something (an object key, a log stream) when it can.
+        # And a resource that reads like one: `example` for an object key or a log stream.
+        examples = sorted({shape_example(shape) for t in self.q.targets for shape in t.shapes})
         solver.push()
-        solver.add(z.Not(z.SuffixOf(z.StringVal("/"), self.resource)))
-        solver.add(z.Not(z.SuffixOf(z.StringVal(":"), self.resource)))
+        solver.add(z.Or(*[self.resource == z.StringVal(e) for e in examples]))
         if solver.check() != z.sat:
             solver.pop()
             solver.check()
@@ -576,42 +576,13 @@ def _parsed(policy: iam.Policy, principaled: bool) -> tuple[str, list[Mapping[st
     return hit[1], hit[2]
 
 
-def _literal_ends(pieces: tuple[str | None, ...]) -> tuple[str, str]:
-    """Literal text before the first and after the last wildcard (None stands for one)."""
-    first = next((i for i, p in enumerate(pieces) if p is None), None)
-    if first is None:
-        text = "".join(p or "" for p in pieces)
-        return text, text
-    last = max(i for i, p in enumerate(pieces) if p is None)
-    return "".join(p or "" for p in pieces[:first]), "".join(p or "" for p in pieces[last + 1 :])
-
-
-def _wildcard_pieces(pattern: str) -> tuple[str | None, ...]:
-    out: list[str | None] = []
-    for c in pattern:
-        out.append(None if c in "*?" else c)
-    return tuple(out)
-
-
-def _compatible(pattern: str, shape: Shape) -> bool:
-    """Could some ARN match both `pattern` and `shape`? A sound over-approximation: any
-    common string starts with both literal prefixes and ends with both literal suffixes."""
-    p_start, p_end = _literal_ends(_wildcard_pieces(pattern))
-    s_start, s_end = _literal_ends(shape)
-    return (p_start.startswith(s_start) or s_start.startswith(p_start)) and (
-        p_end.endswith(s_end) or s_end.endswith(p_end)
-    )
-
-
 def _may_touch(stmt: Mapping[str, Any], target: Target) -> bool:
     """False only when no resource pattern of the statement can name the target: the
     statement is then left out of the target's formula (it could never match)."""
     if "Resource" not in stmt:
         return True
     patterns = iam._strings(stmt["Resource"], "Resource")
-    return any(
-        "${" in p or any(_compatible(p, shape) for shape in target.shapes) for p in patterns
-    )
+    return any("${" in p or any(compatible(p, shape) for shape in target.shapes) for p in patterns)
 
 
 def _string(model: Any, var: Any) -> str:

@@ -21,6 +21,7 @@ proof over this world also holds for the real one):
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,10 @@ Shape = tuple[str | None, ...]
 
 ANY: None = None
 SESSION_NAME = "envfence-proof"
-ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+ALLOW_ALL = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
 
 _T = classify.token
 
@@ -116,6 +120,34 @@ def shape_matches(shape: Shape, text: str) -> bool:
     if pieces and pieces[-1] is not ANY:
         return position == len(text)
     return True
+
+
+@functools.lru_cache(maxsize=65536)
+def _pattern_ends(pattern: str) -> tuple[str, str]:
+    cut = [i for i, c in enumerate(pattern) if c in "*?"]
+    if not cut:
+        return pattern, pattern
+    return pattern[: cut[0]], pattern[cut[-1] + 1 :]
+
+
+def _shape_ends(shape: Shape) -> tuple[str, str]:
+    if ANY not in shape:
+        text = "".join(p or "" for p in shape)
+        return text, text
+    first = shape.index(ANY)
+    last = len(shape) - 1 - shape[::-1].index(ANY)
+    return "".join(p or "" for p in shape[:first]), "".join(p or "" for p in shape[last + 1 :])
+
+
+def compatible(pattern: str, shape: Shape) -> bool:
+    """Could some ARN match both the wildcard `pattern` and `shape`? A sound
+    over-approximation (used only to skip what cannot matter): any common string starts with
+    both literal prefixes and ends with both literal suffixes."""
+    p_start, p_end = _pattern_ends(pattern)
+    s_start, s_end = _shape_ends(shape)
+    return (p_start.startswith(s_start) or s_start.startswith(p_start)) and (
+        p_end.endswith(s_end) or s_end.endswith(p_end)
+    )
 
 
 def shape_example(shape: Shape, filler: str = "example") -> str:
@@ -220,8 +252,14 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
     key_policies = _policies_by(state, reader, _T(aws.kms.KeyPolicy), "keyId")
     out: list[Target] = []
 
-    def add(r: Resource, shapes: list[Shape], policies: list[Policy], kind: str = "generic",
-            store: str | None = None, arn: str | None = None) -> None:
+    def add(
+        r: Resource,
+        shapes: list[Shape],
+        policies: list[Policy],
+        kind: str = "generic",
+        store: str | None = None,
+        arn: str | None = None,
+    ) -> None:
         if len(policies) > 1:
             # Two policy resources for one target: AWS keeps only the last applied, which the
             # state cannot tell. Both are kept, so each one's grants count.
@@ -250,7 +288,9 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
     for r in state.resources:
         if r.type not in classify.DATA or not r.custom:
             continue
-        inline = reader.document(r, "policy") if r.type in classify.INLINE_RESOURCE_POLICIES else None
+        inline = (
+            reader.document(r, "policy") if r.type in classify.INLINE_RESOURCE_POLICIES else None
+        )
         inline_policies = [Policy(inline, f"{r.name} policy")] if inline else []
         if r.type == _T(aws.s3.Bucket):
             name = reader.text(r, "bucket") or r.id
@@ -268,7 +308,9 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
                 reader.gaps.append(f"object {r.name} has no known bucket and key")
         elif r.type in (_T(aws.rds.Instance), _T(aws.rds.Cluster)):
             arn = reader.text(r, "arn")
-            rid = reader.text(r, "resourceId" if r.type == _T(aws.rds.Instance) else "clusterResourceId")
+            rid = reader.text(
+                r, "resourceId" if r.type == _T(aws.rds.Instance) else "clusterResourceId"
+            )
             if not arn:
                 reader.gaps.append(f"database {r.name} has no known ARN")
                 continue
@@ -326,8 +368,10 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
             _T(aws.rds.Snapshot),
             _T(aws.rds.ClusterSnapshot),
         ):
-            arn = reader.text(r, "arn") or reader.text(r, "dbSnapshotArn") or reader.text(
-                r, "dbClusterSnapshotArn"
+            arn = (
+                reader.text(r, "arn")
+                or reader.text(r, "dbSnapshotArn")
+                or reader.text(r, "dbClusterSnapshotArn")
             )
             if not arn:
                 reader.gaps.append(f"{r.type} {r.name} has no known ARN")
@@ -349,9 +393,7 @@ def _statement_list(doc: Mapping[str, Any]) -> list[Any]:
     return list(raw) if isinstance(raw, list) else [raw]
 
 
-def _roles(
-    state: StackState, reader: _Reader, managed: Mapping[str, Policy]
-) -> list[Role]:
+def _roles(state: StackState, reader: _Reader, managed: Mapping[str, Policy]) -> list[Role]:
     inline: dict[str, list[Policy]] = {}
     for r in state.of_type(_T(aws.iam.RolePolicy)):
         role, doc = reader.text(r, "role"), reader.document(r, "policy")
