@@ -11,10 +11,9 @@ import copy
 import json
 from pathlib import Path
 
-import mutations as m
 import pytest
 from test_check_cli import write
-from test_prove_iam import role_policy
+from test_prove_iam import flow_widened_to_delete
 
 from envfence.cli import main
 from envfence.model import StackState
@@ -35,21 +34,7 @@ def states(paths: list[str]) -> list[str]:
 def leaky(stacks: Stacks) -> Stacks:
     """prod's pipeline may also delete what the experiment results flow only lets it read."""
     s = copy.deepcopy(stacks)
-    policy = s["experiment"].named("store-results-policy", m.BUCKET_POLICY)
-    doc = m.policy(policy)
-    for stmt in doc["Statement"]:
-        if stmt.get("Sid") == "DeclaredFlowProdPipelineRead":
-            stmt["Action"] = ["s3:GetObject", "s3:DeleteObject"]
-    m.set_policy(policy, doc)
-    m.add_statement(
-        role_policy(s["prod"], "pipeline"),
-        {
-            "Sid": "DeleteExperimentResults",
-            "Effect": "Allow",
-            "Action": "s3:DeleteObject",
-            "Resource": f"{m.bucket_arn(s['experiment'], 'results')}/*",
-        },
-    )
+    flow_widened_to_delete(s)
     return s
 
 
@@ -75,7 +60,7 @@ def test_leaky_pair_is_refuted_with_the_counterexample(
     assert "prod -> experiment: iam refuted" in out
     assert "experiment -> prod: iam proved" in out
     assert "may s3:DeleteObject on arn:aws:s3:::envfence-experiment-results-" in out
-    assert "DeleteExperimentResults" in out
+    assert "LeakDeleteExperimentResults" in out
     assert out.rstrip().splitlines()[-1].startswith("NOT PROVED: 1/2 iam pair(s)")
 
 
@@ -93,7 +78,7 @@ def test_json_format(stacks: Stacks, tmp_path: Path, capsys: pytest.CaptureFixtu
     [ce] = [c for c in refuted["counterexamples"] if c["action"] == "s3:DeleteObject"]
     assert ce["principal"] == "arn:aws:iam::123456789012:role/envfence-prod-pipeline"
     assert ce["target"] == "experiment/store-results (Bucket)"
-    assert any("DeleteExperimentResults" in s for s in ce["statements"])
+    assert any("LeakDeleteExperimentResults" in s for s in ce["statements"])
     assert all(c["found"] for c in doc["iam"]["controls"])
     assert {(n["source"], n["target"], n["status"]) for n in doc["network"]} >= {
         ("prod", "experiment", "proved"),

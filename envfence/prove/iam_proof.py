@@ -20,6 +20,7 @@ flow's role can do what the flow declares.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -279,16 +280,8 @@ class Prover:
                     and _trusts_a_service(target)
                     and _may_allow(caller, "iam:PassRole", target.arn)
                 ):
-                    passed = Target(
-                        stack=target.stack,
-                        urn=target.urn,
-                        type="aws:iam/role:Role",
-                        name=target.name,
-                        shapes=((target.arn,),),
-                        account=target.account,
-                        tags=target.tags,
-                        policy=None,
-                    )
+                    # iam:PassRole has no resource policy: the trust policy is not asked.
+                    passed = dataclasses.replace(role_target(target), policy=None, kind="generic")
                     questions.append(("iam:PassRole", passed))
                 for action, resource in questions:
                     q = Query(

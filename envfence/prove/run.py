@@ -20,8 +20,9 @@ from envfence.model import StackState
 from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, prove_iam
 from envfence.prove.network import NetworkResult, prove_network
 from envfence.prove.world import build_world
+from envfence.rules import repository_project
 from envfence.rules.context import build_context
-from infra.project import Project, ProjectFileError, load_project
+from infra.project import Project
 
 STYLE = {PROVED: "green", REFUTED: "red", BROKEN: "yellow"}
 
@@ -66,11 +67,7 @@ class ProofReport:
 
 def prove(states: Iterable[StackState], project: Project | None = None) -> ProofReport:
     states = list(states)
-    if project is None:
-        try:
-            project = load_project()
-        except ProjectFileError:
-            project = None
+    project = repository_project(project)
     started = time.perf_counter()
     ctx = build_context(states, project)
     by_name = {s.stack: s for s in states}

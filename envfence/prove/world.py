@@ -32,7 +32,7 @@ import pulumi_aws as aws
 from envfence.iam import Policy, Principal
 from envfence.model import UNKNOWN, Resource, StackState
 from envfence.rules import classify
-from envfence.rules.context import provider_tags
+from envfence.rules.context import provider_account, provider_tags
 from infra.settings import Flow
 
 # A piece of an ARN language: literal text, or None for "any string".
@@ -210,20 +210,6 @@ class _Reader:
             self.gaps.append(f"{key} of {r.name} ({r.type}) is unknown until deployment")
             return None
         return raw
-
-
-def _account_of(state: StackState) -> tuple[str | None, str | None]:
-    for r in state.resources:
-        if r.type == "pulumi:providers:aws":
-            accounts = r.inputs.get("allowedAccountIds")
-            if isinstance(accounts, str):
-                try:
-                    accounts = json.loads(accounts)
-                except json.JSONDecodeError:
-                    accounts = None
-            account = str(accounts[0]) if isinstance(accounts, list) and accounts else None
-            return account, r.inputs.get("region")
-    return None, None
 
 
 def _arn_account(arn: str, default: str) -> str:
@@ -458,7 +444,7 @@ def build_world(states: Mapping[str, StackState], flows: Mapping[str, tuple[Flow
     readers: dict[str, _Reader] = {}
     accounts: dict[str, str] = {}
     for name, state in states.items():
-        account, region = _account_of(state)
+        account, region = provider_account(state)
         if account is None:
             account = ""
         accounts[name] = account

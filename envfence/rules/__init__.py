@@ -16,14 +16,28 @@ from envfence.rules.engine import Result, Rule, Violation, all_rules, run
 from infra.project import Project, ProjectFileError, load_project
 
 
+def repository_project(project: Project | None = None) -> Project | None:
+    """`project`, else the repository's own (its stack files name the other environments),
+    else None when there is none (state files checked outside a checkout)."""
+    if project is not None:
+        return project
+    try:
+        return load_project()
+    except ProjectFileError:
+        return None
+
+
 def run_all(states: Iterable[StackState], project: Project | None = None) -> Result:
-    states = list(states)
-    if project is None:
-        try:
-            project = load_project()
-        except ProjectFileError:
-            project = None
-    return run(build_context(states, project))
+    return run(build_context(list(states), repository_project(project)))
 
 
-__all__ = ["Context", "Result", "Rule", "Violation", "all_rules", "build_context", "run_all"]
+__all__ = [
+    "Context",
+    "Result",
+    "Rule",
+    "Violation",
+    "all_rules",
+    "build_context",
+    "repository_project",
+    "run_all",
+]

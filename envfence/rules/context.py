@@ -98,6 +98,23 @@ def provider_tags(state: StackState) -> dict[str, str]:
     return {}
 
 
+def provider_account(state: StackState) -> tuple[str | None, str | None]:
+    """(first allowed account id, region) of the stack's explicit AWS provider. Explicit
+    provider inputs arrive as strings: the account list is a JSON string."""
+    for r in state.resources:
+        if r.type == "pulumi:providers:aws":
+            accounts = r.inputs.get("allowedAccountIds")
+            if isinstance(accounts, str):
+                try:
+                    accounts = json.loads(accounts)
+                except json.JSONDecodeError:
+                    accounts = None
+            account = str(accounts[0]) if isinstance(accounts, list) and accounts else None
+            region = r.inputs.get("region")
+            return account, region if isinstance(region, str) else None
+    return None, None
+
+
 @dataclass
 class Env:
     stack: str
@@ -206,17 +223,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
             settings = None
     tags = provider_tags(state)
     account = region = None
-    for r in state.resources:
-        if r.type == "pulumi:providers:aws":
-            region = r.inputs.get("region")
-            accounts = r.inputs.get("allowedAccountIds")
-            if isinstance(accounts, str):
-                try:
-                    accounts = json.loads(accounts)
-                except json.JSONDecodeError:
-                    accounts = None
-            if isinstance(accounts, list) and accounts:
-                account = str(accounts[0])
+    account, region = provider_account(state)
     cidr = None
     vpc_ids: set[str] = set()
     for r in state.of_type("aws:ec2/vpc:Vpc"):
