@@ -48,8 +48,12 @@ def write(tmp_path: Path, stacks: dict[str, StackState], shape: str) -> list[str
     return paths
 
 
-def check(paths: list[str], fmt: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    argv = ["check"]
+def check(
+    paths: list[str], fmt: str, capsys: pytest.CaptureFixture[str], *, prove: bool = False
+) -> tuple[int, str, str]:
+    """`envfence check` on state files; the proofs only when asked (tests/test_prove_cli.py
+    covers them, this file the rules)."""
+    argv = ["check"] if prove else ["check", "--no-prove"]
     for p in paths:
         argv += ["--state", p]
     code = main([*argv, "--format", fmt])
@@ -118,7 +122,7 @@ def test_sarif_output_is_sarif_2_1_0(
     stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     leaky = m.mutated(stacks, m.vpc_peering, m.key_rotation_off)
-    code, out, _ = check(write(tmp_path, leaky, "plan"), "sarif", capsys)
+    code, out, _ = check(write(tmp_path, leaky, "plan"), "sarif", capsys, prove=True)
     assert code == 1
     sarif = json.loads(out)
     assert sarif["version"] == "2.1.0"
@@ -172,11 +176,14 @@ def test_text_output_groups_by_environment_pair(
 def test_text_output_of_a_clean_pair(
     stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = check(write(tmp_path, stacks, "plan"), "text", capsys)
+    code, out, _ = check(write(tmp_path, stacks, "plan"), "text", capsys, prove=True)
     assert code == 0
     assert "prod -> experiment: clean" in out.splitlines()
     assert "prod/pipeline may read experiment/results" in out
-    assert out.splitlines()[-1].startswith("PASS: 0 violation(s), 1 declared flow(s) in use")
+    assert out.splitlines()[-1] == (
+        "PASS: 0 violation(s), 1 declared flow(s) in use; "
+        "PROVED: 2/2 iam pair(s), 2/2 network pair(s) proved isolated"
+    )
 
 
 # --------------------------------------------------------------------------------------------
