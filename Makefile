@@ -22,7 +22,7 @@ check: $(STAMP)
 	$(BIN)/envfence check
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
