@@ -30,6 +30,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check envfence infra policy tests app db
 	$(BIN)/ruff format --check envfence infra policy tests app db
+	$(BIN)/mypy envfence infra
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

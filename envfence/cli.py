@@ -182,10 +182,15 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
         proofs.add_to_sarif(doc, proof)
         print(json.dumps(doc, indent=2))
     else:
+
+        def proof_section() -> None:
+            out.print()
+            proofs.text(proof, out)
+
         report.text(
             result,
             out,
-            before_verdict=lambda: (out.print(), proofs.text(proof, out)),
+            before_verdict=proof_section,
             proofs=(proof.ok, proofs.summary(proof)),
         )
     return EXIT_VIOLATIONS if result.violations or not proof.ok else EXIT_OK

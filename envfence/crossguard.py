@@ -412,7 +412,9 @@ def _stack_validation(rule: Rule, root: Path) -> Callable[..., None]:
 
 
 def _root_urn(resources: list[PolicyResource]) -> str:
-    return next((r.urn for r in resources if r.resource_type == STACK_TYPE), resources[0].urn)
+    # pulumi_policy is not followed by mypy (PolicyResource is Any): the engine's URNs are str.
+    urn: str = next((r.urn for r in resources if r.resource_type == STACK_TYPE), resources[0].urn)
+    return urn
 
 
 def resources_of_stack(resources: list[PolicyResource]) -> list[Resource]:

@@ -396,7 +396,7 @@ def _make_monitor(mocks: CloudMocks, stack: str, project: str) -> Any:
     from pulumi.runtime.proto import resource_pb2
     from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
-    class RecordingMonitor(MockMonitor):  # type: ignore[misc]
+    class RecordingMonitor(MockMonitor):
         """Builds URNs as the engine does, refuses duplicates, and records every request."""
 
         def __init__(self) -> None:
@@ -421,7 +421,7 @@ def _make_monitor(mocks: CloudMocks, stack: str, project: str) -> Any:
                 return resource_pb2.RegisterResourceResponse(urn=urn)
             if urn in self.records:
                 raise EvaluationError(f"duplicate resource URN {urn}: the engine refuses this")
-            _ensure_event_loop()
+            _ensure_event_loop()  # type: ignore[no-untyped-call]  # pulumi internal, unannotated
             inputs = _plain(rpc.deserialize_properties(request.object))
             if request.type.startswith("pulumi:providers:"):
                 mocks.register_provider(urn, inputs)
@@ -460,11 +460,12 @@ def _make_monitor(mocks: CloudMocks, stack: str, project: str) -> Any:
             if request.urn == self.stack_urn:
                 self.stack_outputs = _plain(rpc.deserialize_properties(request.outputs))
                 self.records[request.urn].outputs = self.stack_outputs
-            return super().RegisterResourceOutputs(request)
+            # MockMonitor's own methods are unannotated.
+            return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
 
         def Invoke(self, request: Any) -> Any:
-            try:
-                return super().Invoke(request)
+            try:  # MockMonitor's own methods are unannotated.
+                return super().Invoke(request)  # type: ignore[no-untyped-call]
             except EvaluationError:
                 raise
 
@@ -526,7 +527,8 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         rt_settings.reset_options(
             project=project.name, stack=stack, preview=preview, root_directory=str(project.root)
         )
-        settings = MockSettings(
+        # MockSettings (pulumi's test helper) takes **kwargs and is unannotated.
+        settings = MockSettings(  # type: ignore[no-untyped-call]
             monitor=monitor,
             monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
             engine=MockEngine(None),
@@ -539,8 +541,12 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         rt_settings.configure(settings)
         set_all_config(config, [])
         _purge_program_modules()
+
+        def run_program() -> None:
+            runpy.run_path(str(program), run_name="__main__")
+
         try:
-            _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
+            _sync_await(run_in_stack(run_program))
         except EvaluationError:
             raise
         except Exception as exc:

@@ -79,7 +79,8 @@ def _from_export(doc: dict[str, Any]) -> StackState:
     if not isinstance(deployment, dict):
         raise StateError("`deployment` must be an object")
     resources = _resources(deployment.get("resources") or [], "deployment.resources")
-    meta = doc.get("envfence") if isinstance(doc.get("envfence"), dict) else {}
+    section = doc.get("envfence")
+    meta: dict[str, Any] = section if isinstance(section, dict) else {}
     return _assemble(resources, meta, source="plan" if meta else "export")
 
 
@@ -145,8 +146,10 @@ def _environment_tags(resources: list[Resource]) -> dict[str, str]:
                     raw = json.loads(raw)
                 except json.JSONDecodeError:
                     raw = None
-            if isinstance(raw, dict) and isinstance(raw.get("tags"), dict):
-                return raw["tags"]
+            if isinstance(raw, dict):
+                tags = raw.get("tags")
+                if isinstance(tags, dict):
+                    return tags
     for r in resources:
         tags = r.get("tagsAll") or r.get("tags")
         if isinstance(tags, dict) and naming.TAG_TIER in tags:

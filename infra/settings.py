@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from infra import naming
 from infra.project import NAMESPACE, Project, ProjectFileError, load_project
@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - pulumi is a dependency
     _Base = Exception  # type: ignore[misc,assignment]
 
 
-class ConfigError(_Base):  # type: ignore[misc,valid-type]
+class ConfigError(_Base):
     """A stack config value is missing or invalid; the message names key, value and allowed."""
 
 
@@ -69,7 +69,7 @@ LOG_RETENTION_DAYS = (
 )
 FLOW_ACCESS = ("read",)  # writes across environments are contamination by definition
 PRIVATE_RANGES = tuple(
-    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 )
 
 # Top-level keys in the envfence namespace, with what each holds (also in README and Pulumi.yaml).
@@ -284,6 +284,38 @@ class _Reader:
                     f"one of the keys {', '.join(known)}",
                 )
 
+    # A key read with a default or `required=True` always has a value; otherwise it may be None.
+    @overload
+    def get(
+        self,
+        name: str,
+        parse: Callable[[Any], T],
+        allowed: str,
+        default: T,
+        required: bool = False,
+    ) -> T: ...
+
+    @overload
+    def get(
+        self,
+        name: str,
+        parse: Callable[[Any], T],
+        allowed: str,
+        default: None = None,
+        *,
+        required: Literal[True],
+    ) -> T: ...
+
+    @overload
+    def get(
+        self,
+        name: str,
+        parse: Callable[[Any], T],
+        allowed: str,
+        default: None = None,
+        required: bool = False,
+    ) -> T | None: ...
+
     def get(
         self,
         name: str,
@@ -291,12 +323,12 @@ class _Reader:
         allowed: str,
         default: T | None = None,
         required: bool = False,
-    ) -> T:
+    ) -> T | None:
         raw = self.values.get(name)
         if raw is None:
             if required:
                 raise config_error(self.stack, self.key(name), None, allowed)
-            return default  # type: ignore[return-value]
+            return default
         try:
             return parse(raw)
         except (ValueError, TypeError):
@@ -482,7 +514,7 @@ def parse_settings(
 
     network = _parse_network(top.obj("network"), stack, peers)
     database = _parse_database(top.obj("database"), production)
-    stores = top.get(
+    stores: tuple[str, ...] = top.get(
         "dataStores",
         _list_of(_matching(naming.STORE_NAME_RE)),
         'a list of 1-12 character lowercase store names, e.g. ["raw", "curated", "results"]',
@@ -498,10 +530,10 @@ def parse_settings(
         f"IAM role or user ARNs of account {accounts[0]}, no wildcards "
         f"(e.g. arn:aws:iam::{accounts[0]}:role/data-analysts)"
     )
-    analysts = access.get(
+    analysts: tuple[str, ...] = access.get(
         "analystPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
     )
-    admins = access.get(
+    admins: tuple[str, ...] = access.get(
         "adminPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
     )
     for name, arns in (("analystPrincipals", analysts), ("adminPrincipals", admins)):
@@ -611,7 +643,7 @@ def _parse_flags(top: _Reader, production: bool) -> tuple[FeatureFlag, ...]:
 
 def _parse_audit(r: _Reader, production: bool) -> AuditSettings:
     r.reject_unknown(("alertEmails", "objectLockDays"))
-    emails = r.get(
+    emails: tuple[str, ...] = r.get(
         "alertEmails", _list_of(_matching(EMAIL_RE)), "a list of e-mail addresses", default=()
     )
     if production:

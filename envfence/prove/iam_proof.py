@@ -303,11 +303,13 @@ class Prover:
     def closure(self, stack: str) -> list[tuple[Role, tuple[Hop, ...]]]:
         """Every role a principal of `stack` can act as, with the shortest chain to it."""
         seen: dict[str, tuple[Role, tuple[Hop, ...]]] = {}
-        frontier = [(r, (Hop(r.label, "start"),)) for r in self.world.roles_of(stack)]
+        frontier: list[tuple[Role, tuple[Hop, ...]]] = [
+            (r, (Hop(r.label, "start"),)) for r in self.world.roles_of(stack)
+        ]
         for role, chain in frontier:
             seen[role.arn] = (role, chain)
         while frontier:
-            nxt = []
+            nxt: list[tuple[Role, tuple[Hop, ...]]] = []
             for role, chain in frontier:
                 for target, via, stmts in self.edges.get(role.arn, []):
                     if target.arn not in seen:

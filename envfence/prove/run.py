@@ -141,23 +141,23 @@ def text(report: ProofReport, out: Console) -> None:
     out.print("\n[bold]environment pairs[/bold]")
     network = {(n.source, n.target): n for n in report.network_pairs()}
     for p in report.iam.pairs:
-        n = network.get((p.source, p.target))
+        net = network.get((p.source, p.target))
         line = (
             f"  {p.source} -> {p.target}: iam {_status(p.status)} ({p.seconds:.2f} s, "
             f"{p.principals} principals, {p.resources} data resources)"
         )
-        if n is not None:
-            line += f", network {_status(n.status)} ({n.seconds:.2f} s)"
+        if net is not None:
+            line += f", network {_status(net.status)} ({net.seconds:.2f} s)"
         out.print(line)
         for flow in p.flows:
             out.print(f"      declared flow: {flow} (only these reads are exempt)")
         for d in p.details:
             out.print(f"      [yellow]broken:[/yellow] {d}")
-        for c in p.counterexamples:
-            out.print("      [red]counterexample[/red]: " + "\n      ".join(c.lines()))
-        if n is not None and n.status != PROVED:
-            out.print(f"      [red]network {n.status}[/red]: {_packet(n)} {n.detail}")
-            for hop in n.path:
+        for cx in p.counterexamples:
+            out.print("      [red]counterexample[/red]: " + "\n      ".join(cx.lines()))
+        if net is not None and net.status != PROVED:
+            out.print(f"      [red]network {net.status}[/red]: {_packet(net)} {net.detail}")
+            for hop in net.path:
                 out.print(f"        {hop}")
     for note in report.iam.notes:
         out.print(f"  note: {note}")
