@@ -8,15 +8,20 @@ half a leak must stay proved; a control that cannot find its path makes the proo
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
+import re
 import time
 from collections.abc import Callable
 
 import mutations as m
 import pytest
 
+from envfence.evaluate import _EC2_IDS
 from envfence.model import UNKNOWN, StackState
 from envfence.prove.network import NetworkResult, prove_network
+from envfence.state import load_document
 
 P, E = m.PROD, m.EXPERIMENT
 Stacks = dict[str, StackState]
@@ -360,3 +365,114 @@ def test_route_to_an_undeclared_peering_is_broken_only_when_it_matters(stacks: S
     assert r.status == "broken"
     assert "declared in no state" in r.detail and "route-app-0-experiment" in r.detail
     assert r.packet is not None
+
+
+# --------------------------------------------------------------------------------------------
+# A third environment: each pair's verdict depends on its two stacks and what connects them
+
+
+X = "exp00"  # a copy of the experiment stack, as bench/run.py's clone_experiment makes them
+EC2_ID = re.compile(
+    rf"\b({'|'.join(sorted(set(_EC2_IDS.values()), key=len, reverse=True))})-(\w{{17}})\b"
+)
+
+
+def third(stacks: Stacks, *, own_ids: bool = True) -> Stacks:
+    """`stacks` plus X: the experiment stack under its own stack name, account, names and CIDR,
+    and (unless `own_ids` is False) its own EC2 ids, as its evaluation would give it. Its DB
+    subnet group keeps experiment's name: names are unique per account only."""
+    e = stacks[E]
+    assert m.cidr(e).startswith("10.20.")
+    doc = json.dumps(e.to_document())
+    for old, new in [
+        (f"urn:pulumi:{E}::", f"urn:pulumi:{X}::"),
+        (f"envfence-{E}", f"envfence-{X}"),
+        (f"/envfence/{E}/", f"/envfence/{X}/"),
+        (f'"environment": "{E}"', f'"environment": "{X}"'),
+        (f'"stack": "{E}"', f'"stack": "{X}"'),
+        (m.account(e), "300000000000"),
+        ("10.20.", "10.40."),
+    ]:
+        doc = doc.replace(old, new)
+    if own_ids:
+        doc = EC2_ID.sub(
+            lambda g: f"{g[1]}-{g[2][0]}{hashlib.sha256(g[2].encode()).hexdigest()[:16]}", doc
+        )
+    return {**m.mutated(stacks), X: load_document(json.loads(doc), X)}
+
+
+def test_an_unrelated_third_environment_changes_no_verdict(stacks: Stacks) -> None:
+    two = results(stacks)
+    three = results(third(stacks))
+    assert set(three) == {(a, b) for a in (P, E, X) for b in (P, E, X)}
+    for pair, r in two.items():
+        assert (three[pair].status, three[pair].packet) == (r.status, r.packet), pair
+    for pair, r in three.items():
+        assert r.status == "proved", (pair, r.detail, r.path)
+    assert inside(three[(X, X)].packet.src_ip, third(stacks)[X])  # type: ignore[union-attr]
+
+
+def test_a_leak_between_two_of_three_environments_is_found(stacks: Stacks) -> None:
+    # Each P <-> E leak of LEAKS, with X present: the same verdicts and packets as without it,
+    # and X isolated from both (broken, not proved, only where the leak broke P's or E's control).
+    for name, (build, src, dst, carriers) in LEAKS.items():
+        leaky = build(stacks)
+        two, got = results(leaky), results(third(leaky))
+        r = got[(src, dst)]
+        assert r.status == "refuted", (name, r.detail)
+        for carrier in carriers:
+            assert any(carrier in hop for hop in r.path), (name, carrier, r.path)
+        for pair, was in two.items():
+            assert (got[pair].status, got[pair].packet) == (was.status, was.packet), (name, pair)
+        for pair in [(P, X), (X, P), (E, X), (X, E)]:
+            controls_pass = all(got[(s, s)].status == "proved" for s in pair)
+            assert got[pair].status == ("proved" if controls_pass else "broken"), (name, pair)
+    # And a leak between the copy and experiment, with prod the bystander.
+    out = peering_with_route(third(stacks), X, E)
+    m.ingress_rule_on_other_sg(out, at=X, peer=E)
+    app_egress_to(out, X, m.cidr(out[E]))
+    got = results(out)
+    r = got[(X, E)]
+    assert r.status == "refuted", r.detail
+    assert inside(r.packet.src_ip, out[X]) and inside(r.packet.dst_ip, out[E])  # type: ignore[union-attr]
+    assert any(m.PEERING in hop and f"{X}/peer-{E}" in hop for hop in r.path), r.path
+    for pair in [(E, X), (P, E), (E, P), (P, X), (X, P)]:
+        assert got[pair].status == "proved", (pair, got[pair].detail)
+
+
+def test_a_third_environment_can_open_a_path_between_two_others(stacks: Stacks) -> None:
+    """What a third stack declares on the others' networks counts for their pair: here X puts an
+    ingress rule on experiment's database group that admits prod's CIDR (prod peers and routes
+    to experiment, and its application may send PostgreSQL there)."""
+    out = peering_with_route(third(stacks), P, E)
+    app_egress_to(out, P, m.cidr(out[E]))
+    assert results(out)[(P, E)].status == "proved"  # no group admits prod yet
+    x = out[X]
+    m.clone(
+        x,
+        x.named("sg-db-in-postgres", m.SG_INGRESS_RULE),
+        type_=m.SG_INGRESS_RULE,
+        name="sg-third-db-in-postgres",
+        inputs={
+            "securityGroupId": out[E].named("sg-db", m.SECURITY_GROUP).id,
+            "ipProtocol": "tcp",
+            "fromPort": 5432,
+            "toPort": 5432,
+            "cidrIpv4": m.cidr(out[P]),
+        },
+    )
+    r = results(out)[(P, E)]
+    assert r.status == "refuted", r.detail
+    assert any(f"{X}/sg-third-db-in-postgres" in hop for hop in r.path), r.path
+
+
+def test_a_third_environment_with_the_same_network_ids_shares_the_network(
+    stacks: Stacks,
+) -> None:
+    """A copy that kept experiment's VPC, subnet and group ids declares the same network: its
+    pairs with experiment are refuted (a shared subnet), prod stays isolated from both."""
+    got = results(third(stacks, own_ids=False))
+    for pair in [(E, X), (X, E)]:
+        assert got[pair].status == "refuted", (pair, got[pair].detail)
+    for pair in [(P, E), (E, P), (P, X), (X, P)]:
+        assert got[pair].status == "proved", (pair, got[pair].detail)

@@ -43,6 +43,22 @@ tables", "Security groups", "Network ACLs"; Transit Gateways Guide; VPC Peering 
    path too: reaching the endpoint's ENI (in A's VPC) reaches B. Subnets shared through RAM with
    B's account (or its organization) are places where B's ENIs can be.
 
+What a pair's query contains, and why other stacks cannot be left out of the reading. The
+topology is read once per call, from every state: any stack may declare what changes another's
+network (a rule on its group, a route in its table, a peering or attachment of its VPC, a RAM
+share of its subnet, a PrivateLink endpoint to its service, a transit gateway peering). The query
+for (A, B) is then built outward from A's ENI sites to B's, and contains only what such a packet
+can traverse: the sites' subnets, groups and ACLs, the source tables' routes, the connectors those
+routes name, and the tables of the NAT subnets they name. A third stack C enters it only as part
+of that: a rule or route C declares on A's or B's resources, a connector C declares, C's subnet
+holding a NAT that A routes to, C's endpoint to B's service (a place where reaching it reaches B),
+C's subnet shared with A or B. It is never a transit hop otherwise: peering is one hop and not
+transitive (VPC Peering Guide, "Unsupported VPC peering configurations"); a transit gateway is one
+hop from an attachment to any other attachment; an appliance, VPN or any other route the model
+does not follow is already an assumption that may lead anywhere (and a packet that reaches C at
+all is the (A, C) pair's refutation). So a pair's query, and its time, does not grow with the
+number of stacks: the lookups it makes are indexed once (`_Topology._index`).
+
 The return path is NOT required. Security groups are stateful, but a one-way packet already
 crosses the boundary: a UDP or ICMP datagram, or a TCP SYN, carries data into the other
 environment. Requiring routes back would prove isolation for states that still let A deliver
@@ -459,6 +475,14 @@ class _Topology:
         self.shared: dict[str, list[str]] = defaultdict(list)  # stack -> subnets shared to it
         self._routes: dict[tuple[str, str], tuple[str, list[_Route]]] = {}
         self._db_groups: dict[str, list[tuple[str, Resource]]] | None = None
+        # Indexes for the per-pair queries, filled once after reading (see `_index`): with them a
+        # pair's query costs the same however many other stacks there are.
+        self.sgs_of_vpc: dict[str, set[str]] = defaultdict(set)
+        self.subnets_of_vpc: dict[str, list[_Subnet]] = defaultdict(list)
+        self.ipv6_stacks: set[str] = set()
+        self.issues_of: dict[str | None, list[int]] = defaultdict(list)  # None: connectors
+        self.privatelink_to: dict[str | None, list[int]] = defaultdict(list)  # None: no provider
+        self._reach: dict[str, dict[str, str] | None] = {}
         self.owner_of_id = {
             str(r.id): stack for stack, st in states.items() for r in st.resources if r.id
         }
@@ -544,10 +568,33 @@ class _Topology:
         for stack, r in self._each(ENDPOINT_SERVICE):
             self._guard(stack, r, lambda s=stack, r=r: self._endpoint_service(s, r))
         self._guard_all(self._ram)
-        for stack in self.states:
-            for sub in self.subnets.values():
-                if sub.stack == stack:
-                    self.stack_sites[stack].append((sub.id, frozenset(), f"any ENI in {sub.label}"))
+        for sub in self.subnets.values():
+            self.stack_sites[sub.stack].append((sub.id, frozenset(), f"any ENI in {sub.label}"))
+        self._index()
+
+    def _index(self) -> None:
+        """What the per-pair queries look up, indexed once (each was a scan over every stack)."""
+        # Several states may declare the same route or rule (a resource read into two stacks, or
+        # stacks copied from one another that kept its ids). Copies that differ only in their
+        # label filter and carry exactly the same packets: keep the first, or every query through
+        # that table or group would grow with the number of stacks declaring it.
+        for rt, routes in self.route_tables.items():
+            self.route_tables[rt] = _unique(routes, lambda r: replace(r, label=""))
+        for g in self.sgs.values():
+            g.ingress = _unique(g.ingress, lambda r: replace(r, label=""))
+            g.egress = _unique(g.egress, lambda r: replace(r, label=""))
+        for g in self.sgs.values():
+            if g.vpc:
+                self.sgs_of_vpc[g.vpc].add(g.id)
+        for sub in self.subnets.values():
+            self.subnets_of_vpc[sub.vpc].append(sub)
+            if sub.vpc in self.vpc_ipv6:
+                self.ipv6_stacks.add(sub.stack)
+        for k, issue in enumerate(self.issues):
+            for stack in [None] * issue.connector + sorted(issue.stacks):
+                self.issues_of[stack].append(k)
+        for k, (*_, service) in enumerate(self.privatelink):
+            self.privatelink_to[self.endpoint_services.get(service)].append(k)
 
     def _guard_all(self, fn: Any) -> None:
         try:
@@ -749,11 +796,13 @@ class _Topology:
     def _tgw_reach(self, tgw: str) -> dict[str, str] | None:
         """VPCs attached to `tgw` or a gateway peered with it; None if no state attaches it."""
         root = self._tgw_root(tgw)
-        out: dict[str, str] = {}
-        for other, vpcs in self.tgw_vpcs.items():
-            if self._tgw_root(other) == root:
-                out.update(vpcs)
-        return out or None
+        if root not in self._reach:
+            out: dict[str, str] = {}
+            for other, vpcs in self.tgw_vpcs.items():
+                if self._tgw_root(other) == root:
+                    out.update(vpcs)
+            self._reach[root] = out or None
+        return self._reach[root]
 
     def _nat(self, r: Resource) -> None:
         nid = _rid(r)
@@ -999,11 +1048,11 @@ class _Topology:
         return self.vpc_label.get(vpc, f"VPC {vpc}")
 
     def local_cidrs(self, vpc: str) -> list[_Cidr]:
-        subnets = [s.cidr for s in self.subnets.values() if s.vpc == vpc]
+        subnets = [s.cidr for s in self.subnets_of_vpc.get(vpc, [])]
         return list(dict.fromkeys([*self.vpc_cidrs.get(vpc, []), *subnets]))
 
     def vpc_sgs(self, vpc: str) -> set[str]:
-        out = {g.id for g in self.sgs.values() if g.vpc == vpc}
+        out = set(self.sgs_of_vpc.get(vpc, ()))
         if vpc in self.vpc_default_sg:
             out.add(self._canonical_sg(self.vpc_default_sg[vpc]))
         else:
@@ -1019,6 +1068,7 @@ class _Topology:
                 [_SgRule(f"{label} (AWS default: all from itself)", None, None, self_ref=True)],
                 [_SgRule(f"{label} (AWS default: all to 0.0.0.0/0)", None, None, _cidr("0/0"))],
             )
+            self.sgs_of_vpc[vpc].add(sg)
             out.add(sg)
         return out
 
@@ -1192,7 +1242,9 @@ class _Query:
         lo, hi = BitVecVal(ports[0], 16), BitVecVal(ports[1], 16)
         return _and(term, ULE(lo, self.port), ULE(self.port, hi))
 
-    def sg_match(self, rule: _SgRule, owner: str, addr: Any, peer_has: dict[str, Any], direct: Any):
+    def sg_match(
+        self, rule: _SgRule, owner: str, addr: Any, peer_has: dict[str, Any], direct: Any
+    ) -> Any:
         if rule.assumed:
             peer: Any = self.assumption(rule.assumed)
         elif rule.cidr is not None:
@@ -1249,7 +1301,9 @@ class _Query:
 
     # -- building ----------------------------------------------------------------------------
 
-    def _site_constraints(self, sites: list[_Site], sel: list[Any], has: dict[str, Any], ip: Any):
+    def _site_constraints(
+        self, sites: list[_Site], sel: list[Any], has: dict[str, Any], ip: Any
+    ) -> list[Any]:
         out = []
         for k, site in enumerate(sites):
             sub = self.t.subnets[site.subnet]
@@ -1336,7 +1390,9 @@ class _Query:
             self.nacl_in.append(decided)
             c.append(_or(_not(self.t_sel[j]), self.relax["target network ACL"], ok))
 
-    def _nat_options(self, base: Any, nat_id: str, hops: list[str], ssub: _Subnet, tsub: _Subnet):
+    def _nat_options(
+        self, base: Any, nat_id: str, hops: list[str], ssub: _Subnet, tsub: _Subnet
+    ) -> None:
         if nat_id not in self.t.nats or self.t.nats[nat_id][0] not in self.t.subnets:
             why = f"{hops[0]}: NAT gateway {nat_id} (or its subnet) is declared in no state"
             self.options.append(
@@ -1514,6 +1570,17 @@ class _Query:
         )
 
 
+def _unique(items: list[Any], key: Any) -> list[Any]:
+    seen: set[Any] = set()
+    out = []
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+    return out
+
+
 def _overlaps(a: _Cidr, b: _Cidr) -> bool:
     return a.contains(b.net) or b.contains(a.net)
 
@@ -1526,14 +1593,16 @@ def _sites(topo: _Topology, stack: str, *, as_target: bool) -> list[_Site]:
     sites: list[_Site] = []
     for sid, groups, label in topo.stack_sites.get(stack, []):
         sub = topo.subnets[sid]
-        cand = topo.vpc_sgs(sub.vpc) | topo.attached.get(sid, set()) | groups
-        sites.append(_Site(sid, frozenset(cand), label))
+        cand = frozenset(topo.vpc_sgs(sub.vpc) | topo.attached.get(sid, set()) | groups)
+        sites.append(_Site(sid, cand, label))
     for sid in topo.shared.get(stack, []):
         sub = topo.subnets[sid]
         label = f"any ENI of stack {stack} in {sub.label}, shared with its account through RAM"
         sites.append(_Site(sid, frozenset(topo.vpc_sgs(sub.vpc)), label))
     if as_target:
-        for owner, r, subnets, groups, service in topo.privatelink:
+        # Only endpoints to `stack`'s services or to services declared nowhere (indexed).
+        mine = {*topo.privatelink_to.get(stack, []), *topo.privatelink_to.get(None, [])}
+        for owner, r, subnets, pl_groups, service in (topo.privatelink[k] for k in sorted(mine)):
             provider = topo.endpoint_services.get(service)
             if owner == stack or (provider is not None and provider != stack):
                 continue
@@ -1544,10 +1613,10 @@ def _sites(topo: _Topology, stack: str, *, as_target: bool) -> list[_Site]:
             )
             for sid in subnets:
                 sub = topo.subnets[sid]
-                cand = frozenset(groups or topo.vpc_sgs(sub.vpc))
-                owner = f"of stack {stack}" if not why else "(declared in no state)"
-                label = f"{_label(r)} in {sub.label}: PrivateLink to {service} {owner}"
-                sites.append(_Site(sid, cand, label, exact=False, assumed=why or None))
+                held = frozenset(pl_groups or topo.vpc_sgs(sub.vpc))
+                whose = f"of stack {stack}" if not why else "(declared in no state)"
+                label = f"{_label(r)} in {sub.label}: PrivateLink to {service} {whose}"
+                sites.append(_Site(sid, held, label, exact=False, assumed=why or None))
     return sites
 
 
@@ -1587,14 +1656,14 @@ def _control_sites(topo: _Topology, state: StackState) -> tuple[list[_Site], lis
 
 
 def _issues(topo: _Topology, a: str, b: str) -> list[str]:
-    return [i.text for i in topo.issues if i.connector or {a, b} & i.stacks]
+    # The issues that are connectors' or concern a or b, in reading order (indexed: a pair does
+    # not scan the issues of every other stack).
+    mine = {k for key in (None, a, b) for k in topo.issues_of.get(key, [])}
+    return [topo.issues[k].text for k in sorted(mine)]
 
 
 def _ipv6_pair(topo: _Topology, a: str, b: str) -> bool:
-    def has(stack: str) -> bool:
-        return any(s.vpc in topo.vpc_ipv6 for s in topo.subnets.values() if s.stack == stack)
-
-    return has(a) and has(b)
+    return a in topo.ipv6_stacks and b in topo.ipv6_stacks
 
 
 def _pair(topo: _Topology, a: str, b: str, timeout_ms: int) -> NetworkResult:
