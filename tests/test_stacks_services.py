@@ -1,0 +1,1176 @@
+"""What each stack declares in part 2: the ingestion pipeline, the containers, the feature flags,
+the audit trail and their retention, plus the isolation invariants for those resources.
+
+Same rules as tests/test_stacks.py (whose helpers this file reuses): every test runs for every
+stack of the repository, expected values come from the stack file (or, where the file has no
+key, from the README's table), never from the program's settings module, and policies are
+parsed statement by statement. Two more evaluations of the unmodified program (one per stack,
+once per module) run with config overrides: a prebuilt image instead of a build, another
+desired count, flags with explicit values, other alert e-mails and, for experiments, an
+`expiresOn`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_stacks import (
+    BUCKET_POLICY,
+    DATA_ROLES,
+    DB,
+    LIFECYCLE,
+    LOG_GROUP,
+    PROJECT,
+    ROLE,
+    ROLE_POLICY,
+    SG,
+    STACKS,
+    VERSIONING,
+    Facts,
+    _value,
+    as_list,
+    attached,
+    boundary_of,
+    bucket_of,
+    facts_of,
+    grants,
+    grants_any,
+    key_of,
+    only,
+    principals,
+    role_named,
+    statements,
+    subnets,
+    with_inputs,
+)
+
+import envfence.evaluate as evaluate_module
+from envfence.cli import main
+from envfence.evaluate import evaluate
+from envfence.model import Resource, StackState
+from infra.project import Project
+
+QUEUE = "aws:sqs/queue:Queue"
+QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
+REPOSITORY = "aws:ecr/repository:Repository"
+REPOSITORY_POLICY = "aws:ecr/repositoryPolicy:RepositoryPolicy"
+ECR_LIFECYCLE = "aws:ecr/lifecyclePolicy:LifecyclePolicy"
+IMAGE = "docker:index/image:Image"
+DOCKER_PROVIDER = "pulumi:providers:docker"
+CLUSTER = "aws:ecs/cluster:Cluster"
+TASK = "aws:ecs/taskDefinition:TaskDefinition"
+SERVICE = "aws:ecs/service:Service"
+APP = "aws:appconfig/application:Application"
+APP_ENV = "aws:appconfig/environment:Environment"
+PROFILE = "aws:appconfig/configurationProfile:ConfigurationProfile"
+VERSION = "aws:appconfig/hostedConfigurationVersion:HostedConfigurationVersion"
+STRATEGY = "aws:appconfig/deploymentStrategy:DeploymentStrategy"
+DEPLOYMENT = "aws:appconfig/deployment:Deployment"
+TRAIL = "aws:cloudtrail/trail:Trail"
+OBJECT_LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
+METRIC_FILTER = "aws:cloudwatch/logMetricFilter:LogMetricFilter"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+TOPIC = "aws:sns/topic:Topic"
+SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+
+APP_DIR = PROJECT.root / "app"
+DAY = 86400
+# README: "ingest-dlq (5 receives, then parked)"; experiments keep queued records 4 days.
+MAX_RECEIVES = 5
+QUEUE_RETENTION = {"production": 14 * DAY, "experiment": 4 * DAY}
+# SQS keeps a message's original enqueue time when it moves to a dead-letter queue: a DLQ that
+# retains less than its source drops parked records on arrival. 14 days is SQS's maximum.
+DLQ_RETENTION = 14 * DAY
+QUEUE_DATA_ACTIONS = (
+    "sqs:SendMessage",
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:PurgeQueue",
+)
+PULLS = ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability")
+PUSHES = (
+    "ecr:PutImage",
+    "ecr:InitiateLayerUpload",
+    "ecr:UploadLayerPart",
+    "ecr:CompleteLayerUpload",
+    "ecr:BatchDeleteImage",
+)
+FLAG_READS = ("appconfig:StartConfigurationSession", "appconfig:GetLatestConfiguration")
+# Writing, deleting or re-configuring an audit log: none may be left to an environment role.
+AUDIT_TAMPERING = (
+    "s3:PutObject",
+    "s3:PutObjectAcl",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:BypassGovernanceRetention",
+    "s3:PutBucketPolicy",
+    "s3:DeleteBucketPolicy",
+    "s3:PutBucketVersioning",
+    "s3:PutBucketObjectLockConfiguration",
+    "s3:PutBucketPublicAccessBlock",
+    "s3:PutBucketOwnershipControls",
+    "s3:PutBucketAcl",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutEncryptionConfiguration",
+    "s3:PutReplicationConfiguration",
+    "s3:DeleteBucket",
+)
+TRAIL_TAMPERING = (
+    "cloudtrail:StopLogging",
+    "cloudtrail:DeleteTrail",
+    "cloudtrail:UpdateTrail",
+    "cloudtrail:PutEventSelectors",
+    "logs:DeleteLogGroup",
+    "logs:PutRetentionPolicy",
+)
+# Services whose refused calls mean someone tried this environment's data.
+DATA_SERVICES = ("s3", "kms", "sqs", "rds", "secretsmanager", "ecr", "appconfig")
+
+
+# -- expectations from the stack file --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Part 2 of a stack file (container, flags, audit, expiry) and the names derived from it."""
+
+    facts: Facts
+    build: bool
+    image: str | None
+    cpu: int
+    memory: int
+    desired_count: int
+    flags: dict[str, bool]  # the value each flag must have in this stack
+    flag_descriptions: dict[str, str]
+    alert_emails: tuple[str, ...]
+    object_lock_days: int
+    expires_on: str | None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.facts.project}-{self.facts.stack}"
+
+    @property
+    def repository(self) -> str:
+        return f"{self.prefix}-worker"
+
+    @property
+    def repository_url(self) -> str:
+        f = self.facts
+        return f"{f.account}.dkr.ecr.{f.region}.amazonaws.com/{self.repository}"
+
+    @property
+    def audit_bucket(self) -> str:
+        return f"{self.prefix}-audit-{self.facts.account}"
+
+    def arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.facts.region}:{self.facts.account}:{resource}"
+
+    def log_group(self, purpose: str) -> str:
+        return f"/{self.facts.project}/{self.facts.stack}/{purpose}"
+
+    def role(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+
+def expect_of(state: StackState) -> Expect:
+    c = state.config
+    facts = facts_of(state)
+    container = _value(c, "envfence:container", {})
+    flags = _value(c, "envfence:flags", {})
+    audit = _value(c, "envfence:audit", {})
+    cpu = int(container.get("cpu", 256))
+    return Expect(
+        facts=facts,
+        build=container.get("build", True) in (True, "true"),
+        image=container.get("image"),
+        cpu=cpu,
+        memory=int(container.get("memory", 2 * cpu)),
+        desired_count=int(container.get("desiredCount", 1)),
+        # Experimental flags are on only in experiment stacks, unless `enabled` says otherwise.
+        flags={
+            name: bool(spec.get("enabled", bool(spec.get("experimental")) and not facts.production))
+            for name, spec in flags.items()
+        },
+        flag_descriptions={name: spec.get("description", "") for name, spec in flags.items()},
+        alert_emails=tuple(audit.get("alertEmails", ())),
+        # Pulumi.yaml: production audit logs are always locked, 365 days unless configured.
+        object_lock_days=int(audit.get("objectLockDays", 365 if facts.production else 0)),
+        expires_on=c.get("envfence:expiresOn"),
+    )
+
+
+@pytest.fixture(params=STACKS)
+def state(request: pytest.FixtureRequest, stacks: dict[str, StackState]) -> StackState:
+    return stacks[request.param]
+
+
+@pytest.fixture
+def expect(state: StackState) -> Expect:
+    return expect_of(state)
+
+
+# -- the same program, other config ----------------------------------------------------------
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def override_config(stack: str) -> dict[str, str]:
+    """The stack file's config with a prebuilt image of the stack's own repository, one more
+    task, every experimental flag of the file set against its tier's default, three new flags,
+    other alert e-mails and (experiments only) an expiry date."""
+    config = dict(PROJECT.stack_config(stack))
+    production = config["envfence:tier"] == "production"
+    account = json.loads(config["envfence:allowedAccountIds"])[0]
+    repo = f"{account}.dkr.ecr.{config['aws:region']}.amazonaws.com/{PROJECT.name}-{stack}-worker"
+    container = _value(config, "envfence:container", {})
+    container.update(
+        build=False,
+        image=f"{repo}@{DIGEST}" if production else f"{repo}:v1.2.3",
+        desiredCount=int(container.get("desiredCount", 1)) + 1,
+    )
+    flags = _value(config, "envfence:flags", {})
+    for spec in flags.values():
+        if spec.get("experimental"):
+            spec["enabled"] = production
+    flags["fresh_experimental"] = {"description": "new, no value", "experimental": True}
+    flags["stable"] = {"description": "not experimental, no value"}
+    flags["forced_on"] = {"description": "not experimental, on", "enabled": True}
+    audit = _value(config, "envfence:audit", {})
+    audit["alertEmails"] = ["oncall@example.com", "audit@example.com"] if production else []
+    config["envfence:container"] = json.dumps(container)
+    config["envfence:flags"] = json.dumps(flags)
+    config["envfence:audit"] = json.dumps(audit)
+    if not production:
+        config["envfence:expiresOn"] = "2030-01-31"
+    return config
+
+
+class _OverriddenProject(Project):
+    def stack_config(self, stack: str) -> dict[str, str]:
+        return override_config(stack)
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def overridden(request: pytest.FixtureRequest, project: Project) -> StackState:
+    return evaluate(request.param, _OverriddenProject(project.root, project.name, project.defaults))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def arn(r: Resource) -> str:
+    return str(r.outputs["arn"])
+
+
+def role_arn(state: StackState, expect: Expect, role: str) -> str:
+    return arn(role_named(state, expect.role(role)))
+
+
+def role_policy(state: StackState, role: str) -> list[dict[str, Any]]:
+    return statements(
+        only(with_inputs(state, ROLE_POLICY, role=role), f"policy of {role}").inputs["policy"]
+    )
+
+
+def queue_named(state: StackState, name: str) -> Resource:
+    return only(with_inputs(state, QUEUE, name=name), f"queue {name}")
+
+
+def repository_of(state: StackState, expect: Expect) -> Resource:
+    return only(with_inputs(state, REPOSITORY, name=expect.repository), "ECR repository")
+
+
+def log_group_named(state: StackState, name: str) -> Resource:
+    return only(with_inputs(state, LOG_GROUP, name=name), f"log group {name}")
+
+
+def container_of(state: StackState) -> dict[str, Any]:
+    definitions = json.loads(
+        only(state.of_type(TASK), "task definition").inputs["containerDefinitions"]
+    )
+    assert len(definitions) == 1, [d.get("name") for d in definitions]
+    return dict(definitions[0])
+
+
+def owner_of(name: str, project: str) -> str | None:
+    """The stack a physical name belongs to: the longest stack name that prefixes it."""
+    best = None
+    for stack in STACKS:
+        prefix = f"{project}-{stack}"
+        if (name == prefix or name.startswith(f"{prefix}-")) and (
+            best is None or len(stack) > len(best)
+        ):
+            best = stack
+    return best
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string in `value`, JSON documents (policies, container definitions) opened up."""
+    if isinstance(value, str):
+        yield value
+        if value[:1] in "[{":
+            try:
+                doc = json.loads(value)
+            except json.JSONDecodeError:
+                return
+            yield from strings(doc)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+def appconfig_of(state: StackState) -> tuple[Resource, Resource, Resource]:
+    return (
+        only(state.of_type(APP), "AppConfig application"),
+        only(state.of_type(APP_ENV), "AppConfig environment"),
+        only(state.of_type(PROFILE), "AppConfig configuration profile"),
+    )
+
+
+# -- pipeline --------------------------------------------------------------------------------
+
+
+def test_ingest_queue_and_dead_letter_queue_use_the_environment_key(
+    state: StackState, expect: Expect
+) -> None:
+    key_arn = arn(key_of(state))
+    queues = state.of_type(QUEUE)
+    names = {f"{expect.prefix}-ingest", f"{expect.prefix}-ingest-dlq"}
+    assert sorted(q.inputs["name"] for q in queues) == sorted(names)
+    for queue in queues:
+        assert queue.inputs["kmsMasterKeyId"] == key_arn, queue.name
+        assert not queue.inputs.get("sqsManagedSseEnabled"), queue.name
+        assert arn(queue) == expect.arn("sqs", queue.inputs["name"])
+
+
+def test_ingest_queue_parks_failures_in_its_dead_letter_queue(
+    state: StackState, expect: Expect
+) -> None:
+    ingest = queue_named(state, f"{expect.prefix}-ingest")
+    dlq = queue_named(state, f"{expect.prefix}-ingest-dlq")
+    assert json.loads(ingest.inputs["redrivePolicy"]) == {
+        "deadLetterTargetArn": arn(dlq),
+        "maxReceiveCount": MAX_RECEIVES,
+    }
+    assert not dlq.inputs.get("redrivePolicy")
+    assert ingest.inputs["messageRetentionSeconds"] == QUEUE_RETENTION[expect.facts.tier]
+    assert dlq.inputs["messageRetentionSeconds"] == DLQ_RETENTION
+    assert dlq.inputs["messageRetentionSeconds"] >= ingest.inputs["messageRetentionSeconds"]
+
+
+@pytest.mark.parametrize("purpose", ["ingest", "ingest-dlq"])
+def test_queue_policy_denies_plain_http_and_every_other_principal(
+    state: StackState, expect: Expect, purpose: str
+) -> None:
+    queue = queue_named(state, f"{expect.prefix}-{purpose}")
+    policy = only(with_inputs(state, QUEUE_POLICY, queueUrl=queue.outputs["url"]), "queue policy")
+    stmts = statements(policy.inputs["policy"])
+    # Only denies: no Allow hands the queue to another account.
+    assert [st for st in stmts if st["Effect"] != "Deny"] == []
+    for st in stmts:
+        assert as_list(st["Resource"]) == [arn(queue)]
+        assert st["Principal"] in ("*", {"AWS": "*"})
+
+    tls = [
+        st
+        for st in stmts
+        if st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+    ]
+    assert len(tls) == 1
+    assert set(tls[0]["Condition"]) == {"Bool"}
+    for action in (*QUEUE_DATA_ACTIONS, "sqs:SetQueueAttributes"):
+        assert grants(tls[0], action), action
+
+    fence = [
+        st for st in stmts if "aws:PrincipalArn" in st.get("Condition", {}).get("ArnNotEquals", {})
+    ]
+    assert len(fence) == 1
+    st = fence[0]
+    assert set(st["Condition"]) == {"ArnNotEquals"}, "the fence must not be conditional"
+    for action in QUEUE_DATA_ACTIONS:
+        assert grants(st, action), action
+    admitted = set(as_list(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
+    assert admitted == {expect.facts.role_arn(r) for r in DATA_ROLES}
+    assert admitted == {role_arn(state, expect, r) for r in DATA_ROLES}
+
+
+def test_pipeline_role_names_only_its_own_stores_and_queues(
+    state: StackState, expect: Expect
+) -> None:
+    f = expect.facts
+    flows = [flow for flow in f.outbound() if flow["role"] == "pipeline"]
+    flow_buckets: set[str] = set().union(*(f.bucket_arns(fl["store"], fl["to"]) for fl in flows))
+    peer_keys = {f"arn:aws:kms:{f.region}:{f.account_of(fl['to'])}:key/*": fl for fl in flows}
+    queues = {arn(q) for q in state.of_type(QUEUE)}
+    ingest = arn(queue_named(state, f"{expect.prefix}-ingest"))
+    db_id = only(state.of_type(DB), "database").outputs["resourceId"]
+    s3_named: set[str] = set()
+    sqs_named: set[str] = set()
+    for st in role_policy(state, expect.role("pipeline")):
+        assert st["Effect"] == "Allow" and "NotResource" not in st and "NotAction" not in st
+        for resource in as_list(st["Resource"]):
+            service = resource.split(":")[2] if resource.startswith("arn:") else resource
+            if service == "s3":
+                assert resource in f.own_bucket_arns() | flow_buckets, resource
+                if resource in flow_buckets:  # a declared flow: read only
+                    assert set(as_list(st["Action"])) <= {"s3:GetObject", "s3:ListBucket"}, st
+                s3_named.add(resource)
+            elif service == "sqs":
+                assert resource in queues, resource
+                assert resource == ingest or not grants(st, "sqs:SendMessage"), st
+                sqs_named.add(resource)
+            elif service == "kms":
+                if resource != arn(key_of(state)):
+                    flow = peer_keys[resource]
+                    equals = st["Condition"]["StringEquals"]
+                    assert equals["kms:ViaService"] == f"s3.{f.region}.amazonaws.com"
+                    assert equals["aws:ResourceTag/environment"] == flow["to"]
+                    assert as_list(st["Action"]) == ["kms:Decrypt"]
+            elif service == "rds-db":
+                assert resource == f"arn:aws:rds-db:{f.region}:{f.account}:dbuser:{db_id}/worker"
+            else:
+                pytest.fail(f"the pipeline role names {resource}")
+    # And it does read and write every store of its own, and feeds its own queue.
+    assert s3_named >= f.own_bucket_arns()
+    assert sqs_named == queues
+    writes = {
+        r
+        for st in role_policy(state, expect.role("pipeline"))
+        if grants(st, "s3:PutObject")
+        for r in as_list(st["Resource"])
+    }
+    assert writes == {f"arn:aws:s3:::{f.bucket(store)}/*" for store in f.stores}
+
+
+# -- compute: repository and image -------------------------------------------------------------
+
+
+def test_repository_is_immutable_scanned_and_encrypted(state: StackState, expect: Expect) -> None:
+    repo = repository_of(state, expect)
+    assert state.of_type(REPOSITORY) == [repo]
+    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repo.inputs["encryptionConfigurations"] == [
+        {"encryptionType": "KMS", "kmsKey": arn(key_of(state))}
+    ]
+    assert repo.inputs["forceDelete"] is (not expect.facts.production)
+    assert arn(repo) == expect.arn("ecr", f"repository/{expect.repository}")
+    assert repo.outputs["repositoryUrl"] == expect.repository_url
+
+
+def test_repository_policy_admits_only_this_environment(state: StackState, expect: Expect) -> None:
+    f = expect.facts
+    repo = repository_of(state, expect)
+    policy = only(
+        with_inputs(state, REPOSITORY_POLICY, repository=repo.inputs["name"]), "repository policy"
+    )
+    stmts = statements(policy.inputs["policy"])
+    assert [st for st in stmts if st["Effect"] != "Deny"] == []  # no other account is admitted
+    own_roles = {arn(r) for r in state.of_type(ROLE)}
+
+    pulls = [st for st in stmts if grants(st, "ecr:BatchGetImage")]
+    assert len(pulls) == 1
+    st = pulls[0]
+    assert st["Principal"] in ("*", {"AWS": "*"})
+    assert set(st["Condition"]) == {"ArnNotEquals"}
+    assert all(grants(st, a) for a in PULLS)
+    exempt = set(as_list(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
+    assert role_arn(state, expect, "execution") in exempt
+    assert exempt <= own_roles | set(f.admins)
+
+    pushes = [st for st in stmts if grants(st, "ecr:PutImage")]
+    if f.admins:  # only the configured administrators (the deployers) push
+        assert len(pushes) == 1
+        assert all(grants(pushes[0], a) for a in PUSHES)
+        assert pushes[0]["Principal"] in ("*", {"AWS": "*"})
+        assert set(as_list(pushes[0]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"])) == set(
+            f.admins
+        )
+
+
+def test_repository_lifecycle_expires_old_images(state: StackState, expect: Expect) -> None:
+    repo = repository_of(state, expect)
+    lifecycle = only(
+        with_inputs(state, ECR_LIFECYCLE, repository=repo.inputs["name"]), "lifecycle policy"
+    )
+    rules = json.loads(lifecycle.inputs["policy"])["rules"]
+    priorities = [r["rulePriority"] for r in rules]
+    assert len(set(priorities)) == len(priorities)
+    assert all(r["action"] == {"type": "expire"} for r in rules)
+    untagged = [r["selection"] for r in rules if r["selection"]["tagStatus"] == "untagged"]
+    assert [s["countType"] for s in untagged] == ["sinceImagePushed"]
+    assert untagged[0]["countUnit"] == "days" and untagged[0]["countNumber"] >= 1
+    capped = [r for r in rules if r["selection"]["countType"] == "imageCountMoreThan"]
+    assert capped and all(r["selection"]["countNumber"] >= 1 for r in capped)
+    for rule in rules:  # ECR refuses a policy whose `any` rule is not the last one evaluated
+        if rule["selection"]["tagStatus"] == "any":
+            assert rule["rulePriority"] == max(priorities)
+
+
+def check_image(state: StackState, expect: Expect) -> None:
+    """Built from app/ and pushed to this environment's repository, and run by digest; or, with
+    `build: false`, no build at all and the configured image."""
+    task_image = container_of(state)["image"]
+    images = state.of_type(IMAGE)
+    if not expect.build:
+        assert images == []
+        assert task_image == expect.image
+    else:
+        image = only(images, "worker image")
+        build = image.inputs["build"]
+        assert Path(build["context"]).resolve() == APP_DIR.resolve()
+        dockerfile = Path(build["dockerfile"]).resolve()
+        assert dockerfile == (APP_DIR / "Dockerfile").resolve() and dockerfile.is_file()
+        # The task's runtime platform is X86_64: an arm64 image would not start.
+        assert build["platform"] == "linux/amd64"
+        repo, _, tag = image.inputs["imageName"].rpartition(":")
+        assert repo == expect.repository_url
+        assert re.fullmatch(r"src-[0-9a-f]{16}", tag), tag  # tags are immutable: one per source
+        registry = image.inputs["registry"]
+        assert registry["server"] in (expect.repository_url, expect.repository_url.split("/")[0])
+        assert registry["username"] == "AWS"
+        assert image.inputs.get("skipPush") in (None, False)
+        docker = {f"{p.urn}::{p.id}": p for p in state.of_type(DOCKER_PROVIDER)}
+        assert image.provider in docker and not docker[image.provider].name.startswith("default")
+        assert task_image == image.outputs["repoDigest"]
+        assert task_image.startswith(f"{expect.repository_url}@sha256:")
+    assert state.outputs["image"] == task_image
+
+
+def test_image_is_built_from_app_and_pushed_to_this_environments_repository(
+    state: StackState, expect: Expect
+) -> None:
+    assert expect.build, "the repository's stack files build the image"
+    check_image(state, expect)
+
+
+# -- compute: cluster, task, service -----------------------------------------------------------
+
+
+def test_task_definition_is_locked_down(state: StackState, expect: Expect) -> None:
+    f = expect.facts
+    task = only(state.of_type(TASK), "task definition").inputs
+    assert task["family"] == f"{expect.prefix}-worker"
+    assert task["requiresCompatibilities"] == ["FARGATE"]
+    assert task["networkMode"] == "awsvpc"
+    assert (int(task["cpu"]), int(task["memory"])) == (expect.cpu, expect.memory)
+    assert task["runtimePlatform"] == {
+        "operatingSystemFamily": "LINUX",
+        "cpuArchitecture": "X86_64",
+    }
+    assert task["taskRoleArn"] == role_arn(state, expect, "service")
+    assert task["executionRoleArn"] == role_arn(state, expect, "execution")
+    assert all(set(v) == {"name"} for v in task["volumes"]), "task storage only, no host or EFS"
+
+    c = container_of(state)
+    assert c["readonlyRootFilesystem"] is True
+    assert c["privileged"] is False
+    capabilities = c["linuxParameters"]["capabilities"]
+    assert capabilities["drop"] == ["ALL"] and not capabilities.get("add")
+    uid, _, gid = c["user"].partition(":")
+    assert int(uid) != 0 and gid and int(gid) != 0
+    dockerfile = (APP_DIR / "Dockerfile").read_text()
+    assert re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)[-1] == c["user"]
+    assert not c.get("portMappings"), "nothing listens in the worker"
+    volumes = {v["name"] for v in task["volumes"]}
+    assert all(m["sourceVolume"] in volumes for m in c["mountPoints"])
+
+    logging = c["logConfiguration"]
+    assert logging["logDriver"] == "awslogs"
+    group = log_group_named(state, expect.log_group("worker"))
+    assert logging["options"]["awslogs-group"] == group.inputs["name"]
+    assert logging["options"]["awslogs-region"] == f.region
+    assert group.inputs["kmsKeyId"] == arn(key_of(state))
+    assert group.inputs["retentionInDays"] == f.log_retention
+
+
+def test_worker_is_wired_to_this_environments_resources_only(
+    state: StackState, expect: Expect
+) -> None:
+    f = expect.facts
+    env = {v["name"]: v["value"] for v in container_of(state)["environment"]}
+    app, app_env, profile = appconfig_of(state)
+    expected = {
+        "ENVFENCE_ENVIRONMENT": f.stack,
+        "ENVFENCE_TIER": f.tier,
+        "QUEUE_URL": queue_named(state, f"{expect.prefix}-ingest").outputs["url"],
+        "RAW_BUCKET": f.bucket("raw"),
+        "DB_HOST": only(state.of_type(DB), "database").outputs["address"],
+        "AWS_REGION": f.region,
+        "APPCONFIG_APPLICATION": app.id,
+        "APPCONFIG_ENVIRONMENT": app_env.outputs["environmentId"],
+        "APPCONFIG_PROFILE": profile.outputs["configurationProfileId"],
+    }
+    assert {k: env.get(k) for k in expected} == expected
+    # Provenance: every row the worker writes is stamped with the experiment, if any.
+    assert env.get("ENVFENCE_EXPERIMENT_ID") == f.experiment_id
+
+
+def test_execution_role_pulls_its_repository_and_writes_its_log_group_only(
+    state: StackState, expect: Expect
+) -> None:
+    f = expect.facts
+    role = role_named(state, expect.role("execution"))
+    assert role.inputs["permissionsBoundary"] == arn(boundary_of(state, f))
+    for st in statements(role.inputs["assumeRolePolicy"]):
+        assert st["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == f.account
+    repo = arn(repository_of(state, expect))
+    group = arn(log_group_named(state, expect.log_group("worker")))
+    allowed = {repo, group, f"{group}:log-stream:*"}
+    named: set[str] = set()
+    for st in role_policy(state, expect.role("execution")):
+        assert st["Effect"] == "Allow" and "NotResource" not in st and "NotAction" not in st
+        resources = set(as_list(st["Resource"]))
+        if "*" in resources:  # GetAuthorizationToken acts on no resource; AWS wants "*"
+            assert resources == {"*"} and as_list(st["Action"]) == ["ecr:GetAuthorizationToken"]
+            continue
+        assert resources <= allowed, resources
+        assert {a.split(":")[0] for a in as_list(st["Action"])} <= {"ecr", "logs"}
+        if grants_any(st, PULLS):
+            assert resources == {repo}
+        named |= resources
+    assert named == allowed
+
+
+def test_service_runs_in_the_app_subnets_without_public_ip(
+    state: StackState, expect: Expect
+) -> None:
+    cluster = only(state.of_type(CLUSTER), "ECS cluster")
+    assert cluster.inputs["name"] == expect.prefix
+    assert {"name": "containerInsights", "value": "enabled"} in cluster.inputs["settings"]
+    service = only(state.of_type(SERVICE), "ECS service").inputs
+    assert service["name"] == f"{expect.prefix}-worker"
+    assert service["cluster"] == arn(cluster)
+    assert service["taskDefinition"] == arn(only(state.of_type(TASK), "task definition"))
+    assert service["launchType"] == "FARGATE"
+    assert service["enableExecuteCommand"] is False, "ECS Exec is a way around the roles"
+    assert service["desiredCount"] == expect.desired_count
+    network = service["networkConfiguration"]
+    assert network["assignPublicIp"] is False
+    assert sorted(network["subnets"]) == sorted(sn.id for sn in subnets(state, "app"))
+    sg_app = only([sg for sg in state.of_type(SG) if sg.name == "sg-app"], "app security group")
+    assert network["securityGroups"] == [sg_app.id]
+
+
+# -- feature flags -----------------------------------------------------------------------------
+
+
+def check_flags(state: StackState, expect: Expect) -> None:
+    """Application, environment, profile, hosted version from `flags`, and its deployment."""
+    app, env, profile = appconfig_of(state)
+    assert app.inputs["name"] == expect.prefix
+    assert env.inputs["applicationId"] == app.id
+    assert env.inputs["name"] == expect.facts.stack
+    assert profile.inputs["applicationId"] == app.id
+    assert profile.inputs["type"] == "AWS.AppConfig.FeatureFlags"
+    assert profile.inputs["locationUri"] == "hosted"
+    profile_id = profile.outputs["configurationProfileId"]
+
+    version = only(state.of_type(VERSION), "hosted configuration version")
+    assert version.inputs["applicationId"] == app.id
+    assert version.inputs["configurationProfileId"] == profile_id
+    assert version.inputs["contentType"] == "application/json"
+    content = json.loads(version.inputs["content"])
+    assert content["version"] == "1"
+    assert {name: spec["name"] for name, spec in content["flags"].items()} == {
+        name: name for name in expect.flags
+    }
+    assert {name: spec.get("description", "") for name, spec in content["flags"].items()} == (
+        expect.flag_descriptions
+    )
+    assert {name: value["enabled"] for name, value in content["values"].items()} == expect.flags
+
+    strategy = only(state.of_type(STRATEGY), "deployment strategy")
+    assert owner_of(strategy.inputs["name"], expect.facts.project) == expect.facts.stack
+    deployment = only(state.of_type(DEPLOYMENT), "AppConfig deployment").inputs
+    assert deployment["applicationId"] == app.id
+    assert deployment["environmentId"] == env.outputs["environmentId"]
+    assert deployment["configurationProfileId"] == profile_id
+    assert deployment["configurationVersion"] == str(int(version.outputs["versionNumber"]))
+    assert deployment["deploymentStrategyId"] == strategy.id
+
+
+def test_flags_are_deployed_from_the_stack_file(state: StackState, expect: Expect) -> None:
+    assert expect.flags, "the stack file configures flags"
+    check_flags(state, expect)
+
+
+def test_experimental_flags_are_on_only_in_experiment_stacks(
+    state: StackState, expect: Expect
+) -> None:
+    config = _value(state.config, "envfence:flags", {})
+    unset = [n for n, spec in config.items() if spec.get("experimental") and "enabled" not in spec]
+    assert unset, "the stack file has an experimental flag without a value"
+    content = json.loads(only(state.of_type(VERSION), "hosted version").inputs["content"])
+    for name in unset:
+        assert content["values"][name]["enabled"] is (not expect.facts.production), name
+
+
+def test_only_the_service_role_reads_flags_and_only_its_own(
+    state: StackState, expect: Expect
+) -> None:
+    app, env, profile = appconfig_of(state)
+    configuration = expect.arn(
+        "appconfig",
+        f"application/{app.id}/environment/{env.outputs['environmentId']}"
+        f"/configuration/{profile.outputs['configurationProfileId']}",
+    )
+    readers: dict[str, set[str]] = {}
+    for policy in state.of_type(ROLE_POLICY):
+        for st in statements(policy.inputs["policy"]):
+            if st["Effect"] == "Allow" and grants_any(st, FLAG_READS):
+                assert set(as_list(st["Action"])) <= set(FLAG_READS), st
+                readers.setdefault(policy.inputs["role"], set()).update(as_list(st["Resource"]))
+    assert readers == {expect.role("service"): {configuration}}
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+def test_trail_records_every_data_store_into_the_audit_bucket(
+    state: StackState, expect: Expect
+) -> None:
+    f = expect.facts
+    trail = only(state.of_type(TRAIL), "trail")
+    i = trail.inputs
+    assert i["name"] == expect.prefix
+    assert arn(trail) == expect.arn("cloudtrail", f"trail/{expect.prefix}")
+    assert i["isMultiRegionTrail"] is True
+    assert i["includeGlobalServiceEvents"] is True
+    assert i["enableLogFileValidation"] is True
+    assert i["kmsKeyId"] == arn(key_of(state))
+    bucket = bucket_of(state, expect.audit_bucket)
+    assert i["s3BucketName"] == bucket.id
+    # The trail is created once the bucket policy lets CloudTrail write (else creation fails).
+    assert attached(state, BUCKET_POLICY, bucket).urn in trail.dependencies
+
+    selectors = {
+        s["name"]: {fs["field"]: fs for fs in s["fieldSelectors"]}
+        for s in i["advancedEventSelectors"]
+    }
+    management = [s for s in selectors.values() if s["eventCategory"]["equals"] == ["Management"]]
+    assert len(management) == 1
+    data = [s for s in selectors.values() if s["eventCategory"]["equals"] == ["Data"]]
+    assert len(data) == 1
+    assert data[0]["resources.type"]["equals"] == ["AWS::S3::Object"]
+    assert set(data[0]["resources.ARN"]["startsWiths"]) == {
+        f"arn:aws:s3:::{f.bucket(store)}/" for store in f.stores
+    }
+
+
+def test_trail_delivers_to_its_own_encrypted_log_group(state: StackState, expect: Expect) -> None:
+    f = expect.facts
+    trail = only(state.of_type(TRAIL), "trail").inputs
+    group = log_group_named(state, expect.log_group("cloudtrail"))
+    assert group.inputs["kmsKeyId"] == arn(key_of(state))
+    assert group.inputs["retentionInDays"] == f.log_retention
+    assert trail["cloudWatchLogsGroupArn"] == f"{arn(group)}:*"
+    role = role_named(state, expect.role("trail"))
+    assert trail["cloudWatchLogsRoleArn"] == arn(role)
+    assert role.inputs["permissionsBoundary"] == arn(boundary_of(state, f))
+    for st in statements(role.inputs["assumeRolePolicy"]):
+        assert st["Principal"] == {"Service": "cloudtrail.amazonaws.com"}
+        assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == f.account
+        sources = st["Condition"]["ArnEquals"]["aws:SourceArn"]
+        assert as_list(sources) == [expect.arn("cloudtrail", f"trail/{expect.prefix}")]
+    for st in role_policy(state, expect.role("trail")):
+        assert set(as_list(st["Resource"])) == {arn(group), f"{arn(group)}:log-stream:*"}
+        assert set(as_list(st["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+def _may_deny_cloudtrail(st: dict[str, Any]) -> bool:
+    """Whether a Deny could apply to CloudTrail's own delivery (a service principal over TLS,
+    which carries no aws:PrincipalArn)."""
+    for op, keys in st.get("Condition", {}).items():
+        for key, value in keys.items():
+            if key == "aws:SecureTransport" and op == "Bool" and value in ("false", False):
+                return False
+            if key == "aws:PrincipalArn" and op in ("ArnEquals", "ArnLike", "StringEquals"):
+                return False  # absent key: a positive operator does not match
+            if key == "aws:PrincipalArn" and op == "Null" and value in ("false", False):
+                return False
+    return True
+
+
+def test_audit_bucket_takes_cloudtrail_writes_and_no_role_tampers(
+    state: StackState, expect: Expect
+) -> None:
+    f = expect.facts
+    bucket = bucket_of(state, expect.audit_bucket)
+    bucket_arn = arn(bucket)
+    trail_arn = arn(only(state.of_type(TRAIL), "trail"))
+    logs = f"{bucket_arn}/AWSLogs/{f.account}/*"
+    stmts = statements(attached(state, BUCKET_POLICY, bucket).inputs["policy"])
+
+    # CloudTrail of this trail, and nothing else, is allowed in.
+    allows = [st for st in stmts if st["Effect"] == "Allow"]
+    assert allows
+    for st in allows:
+        assert st["Principal"] == {"Service": "cloudtrail.amazonaws.com"}
+        assert st["Condition"] == {"StringEquals": {"aws:SourceArn": trail_arn}}
+    acl = [st for st in allows if grants(st, "s3:GetBucketAcl")]
+    assert acl and all(as_list(st["Resource"]) == [bucket_arn] for st in acl)
+    writes = [st for st in allows if grants(st, "s3:PutObject")]
+    assert len(writes) == 1 and as_list(writes[0]["Resource"]) == [logs]
+    assert not grants_any(writes[0], ("s3:DeleteObject", "s3:PutBucketPolicy"))
+    denies = [st for st in stmts if st["Effect"] == "Deny"]
+    blocking = [
+        st
+        for st in denies
+        if grants(st, "s3:PutObject") and {f"{bucket_arn}/*", "*"} & set(as_list(st["Resource"]))
+    ]
+    assert [st.get("Sid") for st in blocking if _may_deny_cloudtrail(st)] == []
+
+    # Every role of the environment is denied every write, delete and re-configuration.
+    tls = [st for st in denies if st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}]
+    assert len(tls) == 1 and set(as_list(tls[0]["Resource"])) == {bucket_arn, f"{bucket_arn}/*"}
+    tamper = [
+        st for st in denies if "aws:PrincipalArn" in st.get("Condition", {}).get("ArnEquals", {})
+    ]
+    assert len(tamper) == 1
+    st = tamper[0]
+    assert st["Principal"] in ("*", {"AWS": "*"})
+    assert set(st["Condition"]) == {"ArnEquals"}
+    assert set(as_list(st["Resource"])) == {bucket_arn, f"{bucket_arn}/*"}
+    roles = set(as_list(st["Condition"]["ArnEquals"]["aws:PrincipalArn"]))
+    assert roles == {arn(r) for r in state.of_type(ROLE)}
+    assert [a for a in AUDIT_TAMPERING if not grants(st, a)] == []
+
+    # Nor may any role stop, change or delete the trail or its log group.
+    boundary = [
+        st
+        for st in statements(boundary_of(state, f).inputs["policy"])
+        if st["Effect"] == "Deny" and not st.get("Condition") and st.get("Resource") in ("*", ["*"])
+    ]
+    assert [a for a in TRAIL_TAMPERING if not any(grants(st, a) for st in boundary)] == []
+
+
+def test_audit_log_is_object_locked_in_production(state: StackState, expect: Expect) -> None:
+    bucket = bucket_of(state, expect.audit_bucket)
+    assert bucket.inputs["tags"] == {"data-store": "audit"}
+    locks = with_inputs(state, OBJECT_LOCK, bucket=bucket.id)
+    if expect.facts.production:
+        assert expect.object_lock_days > 0
+    if expect.object_lock_days:
+        assert bucket.inputs["objectLockEnabled"] is True
+        rule = only(locks, "object lock configuration").inputs["rule"]
+        assert rule == {"defaultRetention": {"mode": "COMPLIANCE", "days": expect.object_lock_days}}
+        versioning = attached(state, VERSIONING, bucket).inputs["versioningConfiguration"]
+        assert versioning["status"] == "Enabled"
+    else:
+        assert locks == []
+        assert not bucket.inputs.get("objectLockEnabled")
+    if expect.facts.production:
+        assert bucket.protect and bucket.retain_on_delete
+        assert bucket.inputs["forceDestroy"] is False
+    else:
+        assert not bucket.protect
+        assert bucket.inputs["forceDestroy"] is True
+
+
+def test_denied_access_raises_an_alarm_on_an_encrypted_topic(
+    state: StackState, expect: Expect
+) -> None:
+    f = expect.facts
+    group = log_group_named(state, expect.log_group("cloudtrail"))
+    metric_filter = only(state.of_type(METRIC_FILTER), "metric filter").inputs
+    assert metric_filter["logGroupName"] == group.inputs["name"]
+    pattern = metric_filter["pattern"]
+    assert '$.errorCode = "AccessDenied*"' in pattern
+    assert '$.errorCode = "*UnauthorizedOperation"' in pattern
+    for service in DATA_SERVICES:
+        assert f'$.eventSource = "{service}.amazonaws.com"' in pattern, service
+    metric = metric_filter["metricTransformation"]
+    assert metric["value"] == "1"
+    assert metric["namespace"].endswith(f"/{f.stack}")
+
+    topic = only(state.of_type(TOPIC), "SNS topic")
+    assert topic.inputs["name"] == f"{expect.prefix}-alerts"
+    assert topic.inputs["kmsMasterKeyId"] == arn(key_of(state))
+    alarm = only(state.of_type(ALARM), "alarm").inputs
+    assert (alarm["namespace"], alarm["metricName"]) == (metric["namespace"], metric["name"])
+    assert alarm["statistic"] == "Sum"
+    assert alarm["threshold"] == 1
+    assert alarm["comparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["evaluationPeriods"] == 1
+    assert alarm["alarmActions"] == [arn(topic)]
+    # The alarm can publish to the encrypted topic: CloudWatch may use the key, in this account.
+    alarms_use = [
+        st
+        for st in statements(key_of(state).inputs["policy"])
+        if st["Effect"] == "Allow" and principals(st, "Service") == {"cloudwatch.amazonaws.com"}
+    ]
+    assert len(alarms_use) == 1
+    assert grants(alarms_use[0], "kms:GenerateDataKey") and grants(alarms_use[0], "kms:Decrypt")
+    assert alarms_use[0]["Condition"] == {"StringEquals": {"aws:SourceAccount": f.account}}
+
+
+def check_alert_subscriptions(state: StackState, expect: Expect) -> None:
+    topic = arn(only(state.of_type(TOPIC), "SNS topic"))
+    subscriptions = state.of_type(SUBSCRIPTION)
+    assert all(s.inputs["topic"] == topic for s in subscriptions)
+    assert sorted((s.inputs["protocol"], s.inputs["endpoint"]) for s in subscriptions) == sorted(
+        ("email", e) for e in expect.alert_emails
+    )
+
+
+def test_alerts_go_to_the_configured_emails(state: StackState, expect: Expect) -> None:
+    assert expect.alert_emails, "the stack file configures alert e-mails"
+    check_alert_subscriptions(state, expect)
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_every_log_group_keeps_the_configured_retention(state: StackState, expect: Expect) -> None:
+    f = expect.facts
+    groups = {g.inputs["name"]: g for g in state.of_type(LOG_GROUP)}
+    assert {expect.log_group(p) for p in ("vpc-flow-logs", "worker", "cloudtrail")} <= set(groups)
+    for name, group in groups.items():
+        assert name.startswith(expect.log_group("")), name
+        assert group.inputs["retentionInDays"] == f.log_retention, name
+
+
+def test_audit_bucket_lifecycle_follows_the_tier(state: StackState, expect: Expect) -> None:
+    rules = attached(state, LIFECYCLE, bucket_of(state, expect.audit_bucket)).inputs["rules"]
+    enabled = [r for r in rules if r["status"] == "Enabled" and r.get("filter") in ({}, None)]
+    assert enabled
+    if expect.facts.production:  # audit logs are never expired in production
+        for rule in rules:
+            assert "expiration" not in rule and "noncurrentVersionExpiration" not in rule
+    else:  # and leave with the experiment, once the logs' own retention has passed
+        days = [r["expiration"]["days"] for r in enabled if "expiration" in r]
+        assert len(days) == 1 and days[0] >= expect.facts.log_retention
+        assert any(r.get("noncurrentVersionExpiration") for r in enabled)
+
+
+def check_plan_shows_expiry(
+    state: StackState,
+    expect: Expect,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`envfence plan` (table title and JSON) shows `expiresOn` exactly when the config sets it."""
+    monkeypatch.setattr(evaluate_module, "evaluate_all", lambda project=None, stacks=None: [state])
+    assert main(["plan", "--stack", state.stack, "--summary"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    first = out.splitlines()[0]  # the summary line starts with the table's title
+    assert first.startswith(f"stack {state.stack}: tier {expect.facts.tier}"), out
+    if expect.expires_on:
+        assert f", expires {expect.expires_on}: " in first, first
+    else:
+        assert ", expires " not in first, first
+    assert main(["plan", "--stack", state.stack, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr()[0])["envfence"]
+    assert doc["config"].get("envfence:expiresOn") == expect.expires_on
+    assert doc["outputs"].get("expiresOn") == expect.expires_on
+
+
+def test_plan_shows_expires_on_as_the_stack_file_says(
+    state: StackState,
+    expect: Expect,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    check_plan_shows_expiry(state, expect, monkeypatch, capsys)
+
+
+# -- the same program with other config (one evaluation per stack) -----------------------------
+
+
+def stack_file_state(overridden: StackState) -> StackState:
+    """The overridden stack's config as its file has it (only the config is read)."""
+    return StackState(
+        stack=overridden.stack,
+        project=overridden.project,
+        tier=overridden.tier,
+        config=dict(PROJECT.stack_config(overridden.stack)),
+    )
+
+
+def test_prebuilt_image_is_used_without_a_build(overridden: StackState) -> None:
+    expect = expect_of(overridden)
+    assert not expect.build and expect.image and expect.image.startswith(expect.repository_url)
+    check_image(overridden, expect)
+    # Everything else about the containers holds as with a build, and the task count follows
+    # the config (the stack file's count plus one here).
+    assert expect.desired_count == expect_of(stack_file_state(overridden)).desired_count + 1
+    for check in (
+        test_repository_is_immutable_scanned_and_encrypted,
+        test_repository_policy_admits_only_this_environment,
+        test_task_definition_is_locked_down,
+        test_execution_role_pulls_its_repository_and_writes_its_log_group_only,
+        test_service_runs_in_the_app_subnets_without_public_ip,
+    ):
+        check(overridden, expect)
+
+
+def test_flag_values_follow_the_config(overridden: StackState) -> None:
+    expect = expect_of(overridden)
+    production = expect.facts.production
+    check_flags(overridden, expect)
+    # Spelled out rather than derived: the file's experimental flags, given a value against
+    # their tier's default, and one new flag of each kind.
+    file_flags = _value(PROJECT.stack_config(overridden.stack), "envfence:flags", {})
+    experimental = [name for name, spec in file_flags.items() if spec.get("experimental")]
+    assert experimental
+    content = json.loads(only(overridden.of_type(VERSION), "hosted version").inputs["content"])
+    values = {name: value["enabled"] for name, value in content["values"].items()}
+    assert {name: values[name] for name in experimental} == dict.fromkeys(experimental, production)
+    assert {k: values[k] for k in ("fresh_experimental", "stable", "forced_on")} == {
+        "fresh_experimental": not production,
+        "stable": False,
+        "forced_on": True,
+    }
+
+
+def test_alert_subscriptions_follow_the_config(overridden: StackState) -> None:
+    expect = expect_of(overridden)
+    check_alert_subscriptions(overridden, expect)
+
+
+def test_plan_shows_a_configured_expiry(
+    overridden: StackState, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expect = expect_of(overridden)
+    assert bool(expect.expires_on) is (not expect.facts.production)
+    check_plan_shows_expiry(overridden, expect, monkeypatch, capsys)
+
+
+# -- isolation invariants for the new resources ------------------------------------------------
+
+# What names a resource of each new type, and the name's owner must be the stack itself.
+NAMES = {
+    QUEUE: "name",
+    REPOSITORY: "name",
+    CLUSTER: "name",
+    TASK: "family",
+    SERVICE: "name",
+    APP: "name",
+    STRATEGY: "name",
+    TRAIL: "name",
+    TOPIC: "name",
+    ALARM: "name",
+    LOG_GROUP: "name",
+}
+# Names AWS keeps unique only inside their application: the application is part of the name.
+SCOPED = {APP_ENV: "applicationId", PROFILE: "applicationId"}
+NEW_TYPES = (
+    *NAMES,
+    *SCOPED,
+    QUEUE_POLICY,
+    REPOSITORY_POLICY,
+    ECR_LIFECYCLE,
+    IMAGE,
+    VERSION,
+    DEPLOYMENT,
+    OBJECT_LOCK,
+    METRIC_FILTER,
+    SUBSCRIPTION,
+)
+KEY_INPUTS = ("kmsMasterKeyId", "kmsKeyId", "kmsKey")
+
+
+def new_resources(state: StackState) -> list[Resource]:
+    audit = bucket_of(state, expect_of(state).audit_bucket)
+    return [r for r in state.resources if r.type in NEW_TYPES or r is audit or r.id == audit.id]
+
+
+def identifiers(state: StackState) -> dict[str, str]:
+    """Every name, id, ARN and URL of the new resources, mapped to the resource."""
+    out: dict[str, str] = {}
+    for r in new_resources(state):
+        where = f"{r.type} {r.name}"
+        for key in ("name", "family", "bucket"):
+            value = r.inputs.get(key)
+            if isinstance(value, str):
+                scope = r.inputs.get(SCOPED[r.type]) if r.type in SCOPED else None
+                out[f"{scope}/{value}" if scope else value] = f"{where}.{key}"
+        for key in ("arn", "url", "repositoryUrl", "repoDigest"):
+            if isinstance(r.outputs.get(key), str):
+                out[r.outputs[key]] = f"{where}.{key}"
+        if r.id and not r.type.startswith("aws:s3/bucket"):  # a bucket's parts carry its id
+            out[r.id] = f"{where} id"
+    return out
+
+
+def test_new_resources_carry_their_own_stack_name(state: StackState, expect: Expect) -> None:
+    f = expect.facts
+    for type_, key in NAMES.items():
+        resources = state.of_type(type_)
+        assert resources, type_
+        for r in resources:
+            name = r.inputs[key]
+            if type_ == LOG_GROUP:
+                assert name.startswith(f"/{f.project}/{f.stack}/"), name
+            else:
+                assert owner_of(name, f.project) == f.stack, (type_, name)
+            parts = arn(r).split(":", 5)
+            assert (parts[3], parts[4]) == (f.region, f.account), arn(r)
+            for token in re.findall(rf"{f.project}-[a-z0-9-]*[a-z0-9]", parts[5]):
+                assert owner_of(token, f.project) == f.stack, arn(r)
+    # AppConfig ARNs carry ids, not names: everything lives in this stack's application.
+    app = only(state.of_type(APP), "AppConfig application")
+    for r in state.of_type(APP_ENV, PROFILE, VERSION, DEPLOYMENT):
+        assert r.inputs["applicationId"] == app.id, r.name
+        assert arn(r).startswith(f"{arn(app)}/"), arn(r)
+    # Every key a new resource is encrypted with is this stack's own.
+    keys = {r.inputs[k] for r in new_resources(state) for k in KEY_INPUTS if k in r.inputs}
+    assert keys == {arn(key_of(state))}
+
+
+def test_new_resources_name_nothing_of_another_stack(
+    state: StackState, stacks: dict[str, StackState]
+) -> None:
+    f = facts_of(state)
+    others = [s for name, s in stacks.items() if name != state.stack]
+    assert others
+    foreign_accounts = {facts_of(o).account for o in others} - {f.account}
+    foreign = {i: w for o in others for i, w in identifiers(o).items()}
+    foreign |= {arn(key_of(o)): f"key of {o.stack}" for o in others}
+    problems = []
+    for r in new_resources(state):
+        for text in strings([r.inputs, r.outputs]):
+            if text in foreign:
+                problems.append(f"{r.name}: {text} is {foreign[text]}")
+            for token in re.findall(rf"{f.project}-[a-z0-9-]*[a-z0-9]", text):
+                if owner_of(token, f.project) not in (f.stack, None):
+                    problems.append(f"{r.name}: names {token}")
+            for path in re.findall(rf"/{f.project}/([a-z0-9-]+)/", text):
+                if path != f.stack:
+                    problems.append(f"{r.name}: names /{f.project}/{path}/")
+            problems += [f"{r.name}: account {a} in {text}" for a in foreign_accounts if a in text]
+    assert problems == []
+
+
+def test_no_new_resource_is_shared_between_stacks(stacks: dict[str, StackState]) -> None:
+    by_stack = {name: identifiers(s) for name, s in stacks.items()}
+    for name, ids in by_stack.items():
+        kinds = {w.split(" ")[0] for w in ids.values()}
+        assert set(NAMES) | set(SCOPED) <= kinds, (name, set(NAMES) - kinds)
+    for (a, ids_a), (b, ids_b) in itertools.combinations(by_stack.items(), 2):
+        shared = {i: (ids_a[i], ids_b[i]) for i in set(ids_a) & set(ids_b)}
+        assert shared == {}, f"{a} and {b} share {shared}"
+        # Nor does either stack's program name the other's (substrings: ARNs inside policies).
+        long_a = [i for i in ids_a if len(i) >= 20]
+        long_b = [i for i in ids_b if len(i) >= 20]
+        text_a = json.dumps([r.inputs for r in stacks[a].resources])
+        text_b = json.dumps([r.inputs for r in stacks[b].resources])
+        assert [i for i in long_a if i in text_b] == []
+        assert [i for i in long_b if i in text_a] == []
