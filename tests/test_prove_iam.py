@@ -286,6 +286,22 @@ def boundary_wildcard_names(s: Stacks) -> None:
     )
 
 
+def kms_grant(s: Stacks) -> None:
+    key = s[PROD].named("key", m.KEY)
+    m.clone(
+        s[PROD],
+        key,
+        type_="aws:kms/grant:Grant",
+        name="experiment-decrypts",
+        inputs={
+            "keyId": str(key.get("keyId") or key.id),
+            "granteePrincipal": m.role_arn(s[EXP], "pipeline"),
+            "operations": ["Decrypt"],
+        },
+    )
+    m.drop_statement(boundary(s[EXP]), "DenyKeysOfOtherEnvironments")
+
+
 def queue_grant(s: Stacks) -> None:
     queue = s[PROD].named("ingest-policy", m.QUEUE_POLICY)
     m.drop_statement(queue, "DenyPrincipalsOutsideThisEnvironment")
@@ -406,6 +422,15 @@ LEAKS = [
         "experiment/envfence-experiment-pipeline",
         "prod/store-",
         "LeakBucketConfig",
+    ),
+    Leak(
+        "kms_grant",
+        kms_grant,
+        EXP,
+        PROD,
+        "experiment/envfence-experiment-pipeline",
+        "prod/key",
+        "Grantexperiment-decrypts",
     ),
     Leak(
         "queue_grant",
@@ -573,6 +598,20 @@ def test_unknown_policy_fails_closed(stacks: Stacks, project: Project) -> None:
     proof = prove(s, project)
     assert {p.status for p in proof.pairs} == {BROKEN}
     assert any("unknown" in d for p in proof.pairs for d in p.details)
+
+
+def test_an_unmodelled_grant_type_fails_closed(stacks: Stacks, project: Project) -> None:
+    s = copy.deepcopy(stacks)
+    m.clone(
+        s[EXP],
+        role(s[EXP], "pipeline"),
+        type_="aws:iam/user:User",
+        name="contractor",
+        inputs={"name": "contractor"},
+    )
+    proof = prove(s, project, controls=False)
+    assert {p.status for p in proof.pairs} == {BROKEN}
+    assert any("aws:iam/user:User (contractor)" in d for p in proof.pairs for d in p.details)
 
 
 def test_unsupported_condition_fails_closed(stacks: Stacks, project: Project) -> None:

@@ -47,6 +47,27 @@ ALLOW_ALL = {
 
 _T = classify.token
 
+# Resource types that grant access in ways this model does not read. Their presence makes the
+# proof of their environment fail closed (`World.gaps`) rather than ignore a grant silently.
+UNMODELLED_GRANTS = classify.tokens(
+    aws.s3.AccessPoint,
+    aws.s3.BucketAcl,
+    aws.s3.BucketAclV2,
+    aws.s3control.AccessPointPolicy,
+    aws.s3control.MultiRegionAccessPoint,
+    aws.s3control.ObjectLambdaAccessPoint,
+    aws.iam.User,
+    aws.iam.Group,
+    aws.iam.UserPolicy,
+    aws.iam.GroupPolicy,
+    aws.iam.UserPolicyAttachment,
+    aws.iam.GroupPolicyAttachment,
+    aws.iam.GroupMembership,
+    aws.iam.UserGroupMembership,
+    aws.lakeformation.Permissions,
+    aws.ecr.RegistryPolicy,
+)
+
 
 @dataclass(frozen=True)
 class Role:
@@ -236,6 +257,7 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
     secret_policies = _policies_by(state, reader, _T(aws.secretsmanager.SecretPolicy), "secretArn")
     repo_policies = _policies_by(state, reader, _T(aws.ecr.RepositoryPolicy), "repository")
     key_policies = _policies_by(state, reader, _T(aws.kms.KeyPolicy), "keyId")
+    grants = _grants(state, reader)
     out: list[Target] = []
 
     def add(
@@ -272,6 +294,10 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
         )
 
     for r in state.resources:
+        if r.type in UNMODELLED_GRANTS:
+            reader.gaps.append(
+                f"{r.type} ({r.name}) grants access in a way the proof does not model"
+            )
         if r.type not in classify.DATA or not r.custom:
             continue
         inline = (
@@ -321,7 +347,13 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
                 continue
             key_id = reader.text(r, "keyId") or r.id or ""
             extra = key_policies.get(key_id, []) + key_policies.get(arn, [])
-            add(r, [(arn,)], extra or inline_policies, kind="kms", arn=arn)
+            add(
+                r,
+                [(arn,)],
+                (extra or inline_policies) + grants.get(key_id, []) + grants.get(arn, []),
+                kind="kms",
+                arn=arn,
+            )
         elif r.type == _T(aws.sqs.Queue):
             arn = reader.text(r, "arn")
             if not arn:
@@ -371,6 +403,30 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
             add(r, [(arn,), (arn + "/", ANY)], [], arn=arn)
         else:
             reader.gaps.append(f"data resource type {r.type} ({r.name}) has no ARN model")
+    return out
+
+
+def _grants(state: StackState, reader: _Reader) -> dict[str, list[Policy]]:
+    """KMS grants, read as key-policy statements for their grantee ("Grants in AWS KMS": a
+    grant allows the grantee the listed operations on the key). Constraints on the
+    encryption context are left out: that can only widen the grant."""
+    out: dict[str, list[Policy]] = {}
+    for r in state.of_type(_T(aws.kms.Grant)):
+        key, grantee = reader.text(r, "keyId"), reader.text(r, "granteePrincipal")
+        operations = r.get("operations")
+        if not key or not grantee or not isinstance(operations, list):
+            reader.gaps.append(f"KMS grant {r.name} has no known key, grantee or operations")
+            continue
+        kind = "Service" if grantee.endswith(".amazonaws.com") else "AWS"
+        statement = {
+            "Sid": f"Grant{r.name}",
+            "Effect": "Allow",
+            "Principal": {kind: grantee},
+            "Action": [f"kms:{op}" for op in operations],
+            "Resource": "*",
+        }
+        doc = {"Version": "2012-10-17", "Statement": [statement]}
+        out.setdefault(key, []).append(Policy(doc, f"grant {r.name}"))
     return out
 
 
