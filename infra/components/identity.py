@@ -104,10 +104,13 @@ def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[
             "Deny",
             ["*"],
             ["*"],
+            # Only where the tag is in the request: S3 (ABAC is off on general purpose buckets
+            # by default) and rds-db:connect never supply aws:ResourceTag, and an IfExists
+            # operator would turn this into "deny everything untagged" -- the worker's own
+            # writes included. Those services are fenced by the ARN statements below.
             condition={
-                "StringNotEqualsIfExists": {
-                    f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": allowed_env_tags
-                }
+                "StringNotEquals": {f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": allowed_env_tags},
+                "Null": {f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": "false"},
             },
         ),
         statement(
