@@ -630,3 +630,27 @@ def test_unsupported_condition_fails_closed(stacks: Stacks, project: Project) ->
     result = pair(proof, EXP, PROD)
     assert result.status == BROKEN
     assert any("IpAddress" in d for d in result.details)
+
+
+def test_a_boundary_that_denies_untagged_requests_breaks_the_controls(
+    stacks: Stacks, project: Project
+) -> None:
+    """`StringNotEqualsIfExists` on aws:ResourceTag denies every request that carries no
+    resource tag: S3 and rds-db requests carry none, so the environment's own roles lose their
+    data stores. The controls evaluate requests as AWS will and must catch it."""
+    s = copy.deepcopy(stacks)
+    b = boundary(s[EXP])
+    doc = m.policy(b)
+    for stmt in doc["Statement"]:
+        if stmt.get("Sid") == "DenyResourcesTaggedForOtherEnvironments":
+            stmt["Condition"] = {
+                "StringNotEqualsIfExists": {"aws:ResourceTag/environment": ["experiment"]}
+            }
+    m.set_policy(b, doc)
+    proof = prove(s, project)
+    failed = sorted(c.what for c in proof.controls if not c.found)
+    assert failed == [
+        f"experiment/{kind} reaches experiment's data stores"
+        for kind in ("analyst", "pipeline", "service")
+    ]
+    assert {p.status for p in proof.pairs} == {BROKEN}

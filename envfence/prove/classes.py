@@ -35,6 +35,7 @@ from envfence.prove.query import (
     decide,
     fixed_values,
     key_kind,
+    realistic_resource_tag,
     services_for,
 )
 from envfence.prove.smt import ProofError
@@ -81,6 +82,7 @@ class Search:
         self.q = query
         self.session = query.session()
         self.evaluated = 0
+        self.tag_keys: dict[str, list[str]] = {}  # target urn -> resource-tag keys tested
 
     # -- candidates ---------------------------------------------------------------------------
     def _action_patterns(self) -> list[str]:
@@ -181,6 +183,9 @@ class Search:
             if key_kind(lower, self.q) != "fixed":
                 by_key.setdefault(lower, []).append(cond)
         choices: list[list[tuple[str, Any]]] = []
+        self.tag_keys[target.urn] = [
+            conds[0][1] for lower, conds in by_key.items() if lower.startswith(RESOURCE_TAG)
+        ]
         for lower, conds in by_key.items():
             name = conds[0][1]
             multi = any(op.set_operator for op, *_ in conds)
@@ -347,7 +352,20 @@ class Search:
                             f"{self.q.principal.label}"
                         )
                     for ctx in contexts:
+                        if self.q.resource_tags == "realistic" and not self._realistic(
+                            ctx, action, target
+                        ):
+                            continue
                         yield target, action, resource, ctx
+
+    def _realistic(self, ctx: Mapping[str, Any], action: str, target: Target) -> bool:
+        """The context's resource tags (present or absent) are the ones AWS would put in
+        this request."""
+        for name in self.tag_keys.get(target.urn, ()):
+            expected = realistic_resource_tag(action, target, name[len(RESOURCE_TAG) :])
+            if ctx.get(name) != expected:
+                return False
+        return True
 
     def find(self) -> Witness | None:
         try:

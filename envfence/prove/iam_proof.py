@@ -355,7 +355,12 @@ class Prover:
                 if role is None or not targets:
                     out.append(Control(stack, what, False, f"no role {name} or no data resources"))
                     continue
-                q = Query(role, targets, tags_forgeable=self.forgeable.get(role.arn, False))
+                q = Query(
+                    role,
+                    targets,
+                    tags_forgeable=self.forgeable.get(role.arn, False),
+                    resource_tags="realistic",
+                )
                 try:
                     w = self.ask(q)
                 except ProofError as exc:
@@ -387,6 +392,7 @@ class Prover:
                 exemptions=exemptions,
                 only_exempt=True,
                 tags_forgeable=self.forgeable.get(role.arn, False),
+                resource_tags="realistic",
             )
             try:
                 w = self.ask(q)

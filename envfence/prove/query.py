@@ -51,6 +51,12 @@ class Query:
     exemptions: tuple[Exemption, ...] = ()
     tags_forgeable: bool = False
     only_exempt: bool = False  # a flow control: look only inside the exemptions
+    # How `aws:ResourceTag/*` reaches the request. "either": the resource's tag or absent,
+    # whatever the service (isolation questions: covers both readings, so it is sound whichever
+    # is right). "realistic": absent for services that put no resource tag in the request,
+    # the resource's tag otherwise (controls: the environment's own access must work as AWS
+    # will evaluate it, so a boundary that denies untagged requests is caught).
+    resource_tags: str = "either"
 
     def session(self) -> iam.Principal:
         return self.principal.principal()
@@ -106,6 +112,19 @@ def services_for(target: Target) -> tuple[str, ...]:
 def action_fits(action: str, target: Target) -> bool:
     lower = action.lower()
     return lower not in RESOURCELESS_ACTIONS and lower.split(":", 1)[0] in services_for(target)
+
+
+# Services whose requests carry no aws:ResourceTag: S3 general purpose buckets unless ABAC is
+# enabled on the bucket ("Enabling ABAC in general purpose buckets": disabled by default), and
+# IAM database authentication (rds-db:connect names a database user, not a tagged resource).
+UNTAGGED_REQUEST_SERVICES = ("s3", "rds-db")
+
+
+def realistic_resource_tag(action: str, target: Target, tag: str) -> str | None:
+    """The value of aws:ResourceTag/<tag> AWS puts in this request, or None (absent)."""
+    if action.split(":", 1)[0].lower() in UNTAGGED_REQUEST_SERVICES:
+        return None
+    return next((v for k, v in target.tags.items() if k.lower() == tag.lower()), None)
 
 
 def key_kind(key: str, query: Query) -> str:

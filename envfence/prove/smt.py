@@ -37,6 +37,7 @@ from envfence import iam
 from envfence.iam import PrincipalMatch
 from envfence.prove.query import (
     RESOURCE_TAG,
+    UNTAGGED_REQUEST_SERVICES,
     Query,
     Witness,
     action_fits,
@@ -228,12 +229,32 @@ class Encoder:
     def _resource_tag_domain(self, lower: str, key: _Key) -> None:
         tag = lower[len(RESOURCE_TAG) :]
         alternatives = []
+        absent = _and([_not(p) for p, _ in key.slots])
         for t in self.q.targets:
             actual = next((v for k, v in t.tags.items() if k.lower() == tag), None)
-            own = [z.Not(p) for p, _ in key.slots]
+            if self.q.resource_tags == "realistic":
+                untagged = _or(
+                    [
+                        z.InRe(
+                            self.action, z.Concat(z.Re(z.StringVal(f"{svc}:")), z.Star(_any_char()))
+                        )
+                        for svc in UNTAGGED_REQUEST_SERVICES
+                    ]
+                )
+                if actual is None:
+                    value = absent
+                else:
+                    present = _and(
+                        [key.slots[0][0], key.slots[0][1] == z.StringVal(actual)]
+                        + [_not(p) for p, _ in key.slots[1:]]
+                    )
+                    value = _or([_and([untagged, absent]), _and([_not(untagged), present])])
+                alternatives.append(_and([self._in_target(t), value]))
+                continue
+            own = [_not(p) for p, _ in key.slots]
             if actual is not None:
-                own = [z.Or(z.Not(p), v == z.StringVal(actual)) for p, v in key.slots]
-            alternatives.append(z.And(self._in_target(t), *own))
+                own = [_or([_not(p), v == z.StringVal(actual)]) for p, v in key.slots]
+            alternatives.append(_and([self._in_target(t), *own]))
         self.domain.append(_or(alternatives))
 
     # -- statements ---------------------------------------------------------------------------
