@@ -23,7 +23,7 @@ import mutations as m
 import pytest
 
 from envfence.model import Resource, StackState
-from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, PairProof, prove_iam
+from envfence.prove.iam_proof import BROKEN, JOBS, PROVED, REFUTED, IamProof, PairProof, prove_iam
 from envfence.prove.world import build_world
 from envfence.rules.context import build_context
 from infra.project import Project
@@ -456,8 +456,10 @@ def test_clean_stacks_are_proved_with_controls(stacks: Stacks, project: Project)
     assert all(c.found for c in proof.controls), [c for c in proof.controls if not c.found]
     whats = {c.what for c in proof.controls}
     for stack in (PROD, EXP):
-        for kind in ("service", "pipeline", "analyst"):
-            assert f"{stack}/{kind} reaches {stack}'s data stores" in whats
+        for kind, jobs in JOBS.items():
+            for action, which in jobs:
+                assert f"{stack}/{kind} may {action} on {stack}'s {which}" in whats
+    assert len(whats) == 2 * sum(len(jobs) for jobs in JOBS.values()) + 1
     assert "declared flow prod/pipeline may read experiment/results is usable" in whats
     assert pair(proof, PROD, EXP).flows == ["prod/pipeline may read experiment/results"]
     assert all(p.principals >= 6 and p.resources >= 10 for p in proof.pairs)
@@ -588,7 +590,10 @@ def test_a_role_losing_all_access_breaks_its_control(stacks: Stacks, project: Pr
     m.set_policy(role_policy(s[EXP], "analyst"), {"Version": "2012-10-17", "Statement": []})
     proof = prove(s, project)
     failed = [c for c in proof.controls if not c.found]
-    assert [c.what for c in failed] == ["experiment/analyst reaches experiment's data stores"]
+    assert [c.what for c in failed] == [
+        f"experiment/analyst may {action} on experiment's {which}"
+        for action, which in JOBS["analyst"]
+    ]
     assert {p.status for p in proof.pairs} == {BROKEN}
 
 
@@ -649,8 +654,11 @@ def test_a_boundary_that_denies_untagged_requests_breaks_the_controls(
     m.set_policy(b, doc)
     proof = prove(s, project)
     failed = sorted(c.what for c in proof.controls if not c.found)
-    assert failed == [
-        f"experiment/{kind} reaches experiment's data stores"
-        for kind in ("analyst", "pipeline", "service")
-    ]
+    # Every S3 and rds-db job of experiment's roles; SQS, KMS and AppConfig carry the tag.
+    assert failed == sorted(
+        f"experiment/{kind} may {action} on experiment's {which}"
+        for kind, jobs in JOBS.items()
+        for action, which in jobs
+        if action.split(":")[0] in ("s3", "rds-db")
+    )
     assert {p.status for p in proof.pairs} == {BROKEN}

@@ -17,6 +17,7 @@ import yaml
 
 from envfence.evaluate import evaluate
 from envfence.model import StackState
+from envfence.prove.iam_proof import JOBS
 from envfence.prove.run import ProofReport, prove
 from envfence.rules import run_all
 from infra.project import Project, load_project
@@ -86,8 +87,9 @@ def test_every_pair_of_three_is_proved(report: ProofReport) -> None:
 
 def test_controls_cover_the_short_lived_stack(report: ProofReport) -> None:
     whats = {c.what: c.found for c in report.iam.controls}
-    for kind in ("service", "pipeline", "analyst"):
-        assert whats[f"{SHORT}/{kind} reaches {SHORT}'s data stores"] is True
+    for kind, jobs in JOBS.items():
+        for action, which in jobs:
+            assert whats[f"{SHORT}/{kind} may {action} on {SHORT}'s {which}"] is True
     assert any(n.source == n.target == SHORT and n.packet for n in report.network_controls())
 
 

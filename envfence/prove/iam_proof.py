@@ -14,8 +14,8 @@ For every ordered pair of environments (A, B), A != B:
    method (`envfence.prove.classes`); they must agree.
 
 Controls, which must *find* access or the proof is broken, not passed: each environment's
-`service`, `pipeline` and `analyst` roles reach their own environment's data, and each declared
-flow's role can do what the flow declares.
+`service`, `pipeline` and `analyst` roles can do their jobs on their own environment's data
+(`JOBS`), and each declared flow's role can do what the flow declares.
 """
 
 from __future__ import annotations
@@ -26,15 +26,48 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pulumi_aws as aws
+
 from envfence import iam
 from envfence.prove import classes, smt
 from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
 from envfence.prove.smt import ProofError
 from envfence.prove.world import Role, Target, World, compatible
+from envfence.rules import classify
 from envfence.rules.policies import READ_ACTIONS
 from infra import naming
 
 PROVED, REFUTED, BROKEN = "proved", "refuted", "broken"
+
+# Controls: what each role of an environment must be able to do to its own data, as the worker
+# (`service`), processing jobs (`pipeline`) and people (`analyst`) do. A proof whose encoding
+# loses these is wrong, whatever it says about other environments.
+JOBS: dict[str, tuple[tuple[str, str], ...]] = {
+    "service": (
+        ("sqs:ReceiveMessage", "queue:ingest"),
+        ("s3:PutObject", "store:raw"),
+        ("kms:GenerateDataKey", "key"),
+        ("rds-db:connect", "database"),
+        ("appconfig:GetLatestConfiguration", "flags"),
+    ),
+    "pipeline": (
+        ("sqs:SendMessage", "queue:ingest"),
+        ("s3:GetObject", "store:raw"),
+        ("s3:PutObject", "store:curated"),
+        ("s3:PutObject", "store:results"),
+        ("rds-db:connect", "database"),
+    ),
+    "analyst": (
+        ("s3:GetObject", "store:curated"),
+        ("s3:GetObject", "store:results"),
+        ("kms:Decrypt", "key"),
+        ("rds-db:connect", "database"),
+    ),
+}
+_QUEUE = classify.token(aws.sqs.Queue)
+_KEY = classify.token(aws.kms.Key)
+_PROFILE = classify.token(aws.appconfig.ConfigurationProfile)
+_DATABASES = (classify.token(aws.rds.Instance), classify.token(aws.rds.Cluster))
 Solver = Callable[[Query], Witness | None]
 
 
@@ -343,37 +376,51 @@ class Prover:
         return tuple(out)
 
     # -- the proof ----------------------------------------------------------------------------
+    def _job_targets(self, stack: str, which: str) -> tuple[Target, ...]:
+        """The targets a job names: `store:<name>`, `queue:<purpose>`, `database`, `key`,
+        `flags`."""
+        targets = self.world.targets.get(stack, [])
+        kind, _, name = which.partition(":")
+        if kind == "store":
+            return tuple(t for t in targets if t.store == name)
+        if kind == "queue":
+            queue = naming.queue_name(self.project, stack, name)
+            return tuple(
+                t
+                for t in targets
+                if t.type == _QUEUE and (t.shapes[0][0] or "").endswith(f":{queue}")
+            )
+        types = {"database": _DATABASES, "key": (_KEY,), "flags": (_PROFILE,)}[kind]
+        return tuple(t for t in targets if t.type in types)
+
     def controls(self) -> list[Control]:
         out = []
         for stack in self.world.stacks:
-            # The data stores themselves: a key or a log group alone would be a weak control.
-            targets = tuple(t for t in self.world.targets.get(stack, []) if t.store)
-            for kind in naming.ROLES:
+            for kind, jobs in JOBS.items():
                 name = naming.role_name(self.project, stack, kind)
                 role = next((r for r in self.world.roles_of(stack) if r.name == name), None)
-                what = f"{stack}/{kind} reaches {stack}'s data stores"
-                if role is None or not targets:
-                    out.append(Control(stack, what, False, f"no role {name} or no data resources"))
-                    continue
-                q = Query(
-                    role,
-                    targets,
-                    tags_forgeable=self.forgeable.get(role.arn, False),
-                    resource_tags="realistic",
-                )
-                try:
-                    w = self.ask(q)
-                except ProofError as exc:
-                    out.append(Control(stack, what, False, str(exc)))
-                    continue
-                out.append(
-                    Control(
-                        stack,
-                        what,
-                        w is not None,
-                        f"{w.action} on {w.resource}" if w else "no access found",
+                for action, which in jobs:
+                    targets = self._job_targets(stack, which)
+                    if which.startswith("store:") and not targets:
+                        continue  # a store this stack does not configure
+                    what = f"{stack}/{kind} may {action} on {stack}'s {which}"
+                    if role is None or not targets:
+                        out.append(Control(stack, what, False, f"no role {name} or no {which}"))
+                        continue
+                    q = Query(
+                        role,
+                        targets,
+                        action=action,
+                        tags_forgeable=self.forgeable.get(role.arn, False),
+                        resource_tags="realistic",
                     )
-                )
+                    try:
+                        w = self.ask(q)
+                    except ProofError as exc:
+                        out.append(Control(stack, what, False, str(exc)))
+                        continue
+                    detail = f"on {w.resource}" if w else "not allowed"
+                    out.append(Control(stack, what, w is not None, detail))
         for f in self.world.flows:
             name = naming.role_name(self.project, f.source, f.role)
             role = next((r for r in self.world.roles_of(f.source) if r.name == name), None)
