@@ -393,6 +393,15 @@ class Prover:
         types = {"database": _DATABASES, "key": (_KEY,), "flags": (_PROFILE,)}[kind]
         return tuple(t for t in targets if t.type in types)
 
+    def _control(self, stack: str, what: str, query: Query) -> Control:
+        try:
+            w = self.ask(query)
+        except ProofError as exc:
+            return Control(stack, what, False, str(exc))
+        if w is None:
+            return Control(stack, what, False, "not allowed")
+        return Control(stack, what, True, f"{w.action} on {w.resource}")
+
     def controls(self) -> list[Control]:
         out = []
         for stack in self.world.stacks:
@@ -414,13 +423,7 @@ class Prover:
                         tags_forgeable=self.forgeable.get(role.arn, False),
                         resource_tags="realistic",
                     )
-                    try:
-                        w = self.ask(q)
-                    except ProofError as exc:
-                        out.append(Control(stack, what, False, str(exc)))
-                        continue
-                    detail = f"on {w.resource}" if w else "not allowed"
-                    out.append(Control(stack, what, w is not None, detail))
+                    out.append(self._control(stack, what, q))
         for f in self.world.flows:
             name = naming.role_name(self.project, f.source, f.role)
             role = next((r for r in self.world.roles_of(f.source) if r.name == name), None)
@@ -441,19 +444,7 @@ class Prover:
                 tags_forgeable=self.forgeable.get(role.arn, False),
                 resource_tags="realistic",
             )
-            try:
-                w = self.ask(q)
-            except ProofError as exc:
-                out.append(Control(f.source, what, False, str(exc)))
-                continue
-            out.append(
-                Control(
-                    f.source,
-                    what,
-                    w is not None,
-                    f"{w.action} on {w.resource}" if w else "no access found",
-                )
-            )
+            out.append(self._control(f.source, what, q))
         return out
 
     def pair(self, source: str, target: str) -> PairProof:

@@ -88,7 +88,7 @@ import ipaddress
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -1666,7 +1666,8 @@ def _ipv6_pair(topo: _Topology, a: str, b: str) -> bool:
     return a in topo.ipv6_stacks and b in topo.ipv6_stacks
 
 
-def _pair(topo: _Topology, a: str, b: str, timeout_ms: int) -> NetworkResult:
+def _finisher(a: str, b: str) -> Callable[..., NetworkResult]:
+    """`done(status, answer=None, detail="")` for the pair (a, b), timed from now."""
     start = time.perf_counter()
 
     def done(status: str, answer: _Answer | None = None, detail: str = "") -> NetworkResult:
@@ -1679,6 +1680,12 @@ def _pair(topo: _Topology, a: str, b: str, timeout_ms: int) -> NetworkResult:
             answer.path if answer else (),
             detail,
         )
+
+    return done
+
+
+def _pair(topo: _Topology, a: str, b: str, timeout_ms: int) -> NetworkResult:
+    done = _finisher(a, b)
 
     if issues := _issues(topo, a, b):
         return done("broken", detail="not known or not modelled: " + "; ".join(issues))
@@ -1707,18 +1714,7 @@ def _pair(topo: _Topology, a: str, b: str, timeout_ms: int) -> NetworkResult:
 
 def _control(topo: _Topology, state: StackState, timeout_ms: int) -> NetworkResult:
     a = state.stack
-    start = time.perf_counter()
-
-    def done(status: str, answer: _Answer | None = None, detail: str = "") -> NetworkResult:
-        return NetworkResult(
-            a,
-            a,
-            status,
-            time.perf_counter() - start,
-            answer.packet if answer else None,
-            answer.path if answer else (),
-            detail,
-        )
+    done = _finisher(a, a)
 
     if issues := _issues(topo, a, a):
         return done("broken", detail="not known or not modelled: " + "; ".join(issues))
