@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from envfence import iam
+from envfence.prove import logic
 from envfence.prove.query import (
     PRINCIPAL_TAG,
     RESOURCE_TAG,
@@ -62,19 +63,10 @@ def _action_classes(patterns: tuple[str, ...], candidates: tuple[str, ...]) -> t
     """One action per class: classes are the sets of patterns an action matches."""
     compiled = [iam.wildcard_to_regex(p, True) for p in patterns]
     return tuple(
-        _dedupe(candidates, lambda a: tuple(rx.fullmatch(a) is not None for rx in compiled))
+        logic.first_of_each(
+            candidates, lambda a: tuple(rx.fullmatch(a) is not None for rx in compiled)
+        )
     )
-
-
-def _dedupe(candidates: Iterable[Any], signature: Any) -> list[Any]:
-    seen: set[Any] = set()
-    out = []
-    for c in candidates:
-        s = signature(c)
-        if s not in seen:
-            seen.add(s)
-            out.append(c)
-    return out
 
 
 class Search:
@@ -151,7 +143,9 @@ class Search:
                             candidates += [head + tail, head + "zz" + tail]
         candidates = [c for c in candidates if target.matches(c)]
         compiled = [iam.wildcard_to_regex(p, False) for p in expanded]
-        return _dedupe(candidates, lambda r: tuple(rx.fullmatch(r) is not None for rx in compiled))
+        return logic.first_of_each(
+            candidates, lambda r: tuple(rx.fullmatch(r) is not None for rx in compiled)
+        )
 
     def _conditions(self, target: Target) -> list[tuple[iam.ConditionOperator, str, object, bool]]:
         out = []
@@ -229,7 +223,7 @@ class Search:
                         sig.append(False)
                 return tuple(sig)
 
-            kept = _dedupe(options, signature)
+            kept = logic.first_of_each(options, signature)
             choices.append([(name, v) for v in kept])
         combos = []
         for combo in itertools.product(*choices):

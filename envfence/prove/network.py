@@ -94,13 +94,10 @@ from typing import Any
 
 from cvc5.pythonic import (
     ULE,
-    And,
     BitVec,
     BitVecVal,
     Bool,
-    BoolVal,
     Not,
-    Or,
     SolverFor,
     is_true,
     sat,
@@ -108,6 +105,7 @@ from cvc5.pythonic import (
 )
 
 from envfence.model import UNKNOWN, Resource, StackState
+from envfence.prove import logic
 
 __all__ = ["NetworkResult", "Packet", "prove_network"]
 
@@ -324,37 +322,18 @@ def _describe(proto: int | None, ports: tuple[int, int] | None) -> str:
 
 
 def _and(*xs: Any) -> Any:
-    out = []
-    for x in xs:
-        if x is True:
-            continue
-        if x is False:
-            return False
-        out.append(x)
-    if not out:
-        return True
-    return out[0] if len(out) == 1 else And(*out)
+    return logic.all_of(xs)
 
 
 def _or(*xs: Any) -> Any:
-    out = []
-    for x in xs:
-        if x is False:
-            continue
-        if x is True:
-            return True
-        out.append(x)
-    if not out:
-        return False
-    return out[0] if len(out) == 1 else Or(*out)
+    return logic.any_of(xs)
 
 
 def _not(x: Any) -> Any:
-    return (not x) if isinstance(x, bool) else Not(x)
+    return logic.negate(x)
 
 
-def _smt(x: Any) -> Any:
-    return BoolVal(x) if isinstance(x, bool) else x
+_smt = logic.as_term
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,10 +558,10 @@ class _Topology:
         # label filter and carry exactly the same packets: keep the first, or every query through
         # that table or group would grow with the number of stacks declaring it.
         for rt, routes in self.route_tables.items():
-            self.route_tables[rt] = _unique(routes, lambda r: replace(r, label=""))
+            self.route_tables[rt] = logic.first_of_each(routes, lambda r: replace(r, label=""))
         for g in self.sgs.values():
-            g.ingress = _unique(g.ingress, lambda r: replace(r, label=""))
-            g.egress = _unique(g.egress, lambda r: replace(r, label=""))
+            g.ingress = logic.first_of_each(g.ingress, lambda r: replace(r, label=""))
+            g.egress = logic.first_of_each(g.egress, lambda r: replace(r, label=""))
         for g in self.sgs.values():
             if g.vpc:
                 self.sgs_of_vpc[g.vpc].add(g.id)
@@ -1568,17 +1547,6 @@ class _Query:
             f"no return route to {_ip(src_seen)} in {rt}: replies are lost, but this one-way"
             " packet still arrives"
         )
-
-
-def _unique(items: list[Any], key: Any) -> list[Any]:
-    seen: set[Any] = set()
-    out = []
-    for item in items:
-        k = key(item)
-        if k not in seen:
-            seen.add(k)
-            out.append(item)
-    return out
 
 
 def _overlaps(a: _Cidr, b: _Cidr) -> bool:

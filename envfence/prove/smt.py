@@ -30,11 +30,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cvc5 import Kind
 from cvc5 import pythonic as z
 
 from envfence import iam
 from envfence.iam import PrincipalMatch
+from envfence.prove import logic
 from envfence.prove.query import (
     RESOURCE_TAG,
     UNTAGGED_REQUEST_SERVICES,
@@ -56,8 +56,7 @@ class ProofError(Exception):
     a model the concrete evaluator refuses."""
 
 
-# Formulas are built from Python booleans where a part is decided without the solver, and only
-# the undecided parts become cvc5 terms: constant folding in Python is far cheaper than in cvc5.
+_or, _and, _not, _term = logic.any_of, logic.all_of, logic.negate, logic.as_term
 
 
 def _false() -> Any:
@@ -66,43 +65,6 @@ def _false() -> Any:
 
 def _true() -> Any:
     return True
-
-
-def _bool(kind: Kind, terms: list[Any]) -> Any:
-    # Straight to the term manager: the pythonic layer's argument coercion costs more than
-    # building the term itself, and every argument here is already a Boolean term.
-    ctx = terms[0].ctx
-    return z.BoolRef(ctx.tm.mkTerm(kind, *[t.ast for t in terms]), ctx)
-
-
-def _or(terms: list[Any]) -> Any:
-    rest = []
-    for t in terms:
-        if t is True:
-            return True
-        if t is not False:
-            rest.append(t)
-    return False if not rest else rest[0] if len(rest) == 1 else _bool(Kind.OR, rest)
-
-
-def _and(terms: list[Any]) -> Any:
-    rest = []
-    for t in terms:
-        if t is False:
-            return False
-        if t is not True:
-            rest.append(t)
-    return True if not rest else rest[0] if len(rest) == 1 else _bool(Kind.AND, rest)
-
-
-def _not(term: Any) -> Any:
-    if term is True or term is False:
-        return not term
-    return _bool(Kind.NOT, [term])
-
-
-def _term(value: Any) -> Any:
-    return z.BoolVal(value) if isinstance(value, bool) else value
 
 
 @functools.lru_cache(maxsize=1)
