@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_isolation_invariants import owner_of
 from test_stacks import (
     BUCKET_POLICY,
     DATA_ROLES,
@@ -301,18 +302,6 @@ def container_of(state: StackState) -> dict[str, Any]:
     )
     assert len(definitions) == 1, [d.get("name") for d in definitions]
     return dict(definitions[0])
-
-
-def owner_of(name: str, project: str) -> str | None:
-    """The stack a physical name belongs to: the longest stack name that prefixes it."""
-    best = None
-    for stack in STACKS:
-        prefix = f"{project}-{stack}"
-        if (name == prefix or name.startswith(f"{prefix}-")) and (
-            best is None or len(stack) > len(best)
-        ):
-            best = stack
-    return best
 
 
 def strings(value: Any) -> Iterator[str]:

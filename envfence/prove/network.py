@@ -507,13 +507,7 @@ class _Topology:
                 # No DefaultSecurityGroup resource: AWS's default rules ("Default security
                 # groups for your VPCs"): all inbound from the group itself, all outbound.
                 label = f"default security group {sg} of {self.vpc_label.get(vpc, vpc)}"
-                self.sgs[sg] = _Sg(
-                    sg,
-                    label,
-                    vpc,
-                    [_SgRule(f"{label} (AWS default: all from itself)", None, None, self_ref=True)],
-                    [_SgRule(f"{label} (AWS default: all to 0.0.0.0/0)", None, None, _cidr("0/0"))],
-                )
+                self.sgs[sg] = _aws_default_sg(sg, label, vpc)
         for stack, r in self._each(SG, DEFAULT_SG):
             self._guard(stack, r, lambda r=r: self._sg_inline(r))
         for stack, r in self._each(SG_INGRESS, SG_EGRESS, SG_RULE):
@@ -1040,13 +1034,7 @@ class _Topology:
             sg = f"default-sg-of-{vpc}"
             self.vpc_default_sg[vpc] = sg
             label = f"default security group of {self.vpc_name(vpc)}"
-            self.sgs[sg] = _Sg(
-                sg,
-                label,
-                vpc,
-                [_SgRule(f"{label} (AWS default: all from itself)", None, None, self_ref=True)],
-                [_SgRule(f"{label} (AWS default: all to 0.0.0.0/0)", None, None, _cidr("0/0"))],
-            )
+            self.sgs[sg] = _aws_default_sg(sg, label, vpc)
             self.sgs_of_vpc[vpc].add(sg)
             out.add(sg)
         return out
@@ -1547,6 +1535,18 @@ class _Query:
             f"no return route to {_ip(src_seen)} in {rt}: replies are lost, but this one-way"
             " packet still arrives"
         )
+
+
+def _aws_default_sg(sg: str, label: str, vpc: str) -> _Sg:
+    """A default group as AWS creates it ("Default security groups for your VPCs"): all
+    inbound from the group itself, all outbound."""
+    return _Sg(
+        sg,
+        label,
+        vpc,
+        [_SgRule(f"{label} (AWS default: all from itself)", None, None, self_ref=True)],
+        [_SgRule(f"{label} (AWS default: all to 0.0.0.0/0)", None, None, _cidr("0/0"))],
+    )
 
 
 def _overlaps(a: _Cidr, b: _Cidr) -> bool:
