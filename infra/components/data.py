@@ -29,6 +29,9 @@ DATA_ACTIONS = [
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
 ]
+# Condition keys of the SSE headers of PutObject (Service Authorization Reference, Amazon S3).
+SSE_HEADER = "s3:x-amz-server-side-encryption"
+SSE_KEY_ID = "s3:x-amz-server-side-encryption-aws-kms-key-id"
 
 
 @dataclass
@@ -179,6 +182,14 @@ class Data(pulumi.ComponentResource):
                     "ArnNotEquals": {"aws:PrincipalArn": s.role_arns() + flow_principals + teardown}
                 },
             ),
+            # A PutObject with no SSE header is encrypted with the bucket default (our key) and
+            # carries neither SSE condition key; the worker sends none. So each deny tests that
+            # its key is present ("Null": false) -- an ...IfExists operator would be true on
+            # the missing key and deny every write of the environment's own roles. A header
+            # naming aws:kms without a key id selects the AWS managed key aws/s3, not ours: the
+            # second deny refuses an SSE header that comes without our key id.
+            # https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html
+            # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_IfExists
             statement(
                 "DenyOtherEncryptionKeys",
                 "Deny",
@@ -186,10 +197,17 @@ class Data(pulumi.ComponentResource):
                 [objects],
                 principal="*",
                 condition={
-                    "StringNotEqualsIfExists": {
-                        "s3:x-amz-server-side-encryption-aws-kms-key-id": args.key_arn
-                    }
+                    "StringNotEquals": {SSE_KEY_ID: args.key_arn},
+                    "Null": {SSE_KEY_ID: "false"},
                 },
+            ),
+            statement(
+                "DenyEncryptionHeaderWithoutThisKey",
+                "Deny",
+                ["s3:PutObject"],
+                [objects],
+                principal="*",
+                condition={"Null": {SSE_HEADER: "false", SSE_KEY_ID: "true"}},
             ),
         ]
         for flow, principal in zip(flows, flow_principals, strict=True):

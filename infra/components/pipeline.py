@@ -39,13 +39,15 @@ class Pipeline(pulumi.ComponentResource):
         super().__init__("envfence:index:Pipeline", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
+        # Experiment records expire with the experiment's other data: 4 days in either queue.
+        # Production keeps 14 days (SQS's maximum) so a failed record can still be replayed.
         retention = 1209600 if s.is_production else 345600  # 14 days / 4 days, in seconds
         self.dead_letter_queue = aws.sqs.Queue(
             "ingest-dlq",
             name=naming.queue_name(s.project, s.stack, "ingest-dlq"),
             kms_master_key_id=args.key_arn,
             kms_data_key_reuse_period_seconds=300,
-            message_retention_seconds=1209600,
+            message_retention_seconds=retention,
             opts=child,
         )
         self.queue = aws.sqs.Queue(
