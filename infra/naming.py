@@ -113,3 +113,8 @@ def log_group_prefix(project: str, stack: str) -> str:
 
 def log_group_name(project: str, stack: str, purpose: str) -> str:
     return f"{log_group_prefix(project, stack)}/{purpose}"
+
+
+def rds_log_group_name(db_identifier: str, log: str = "postgresql") -> str:
+    """The group RDS exports a DB instance's log to; its name is fixed by RDS."""
+    return f"/aws/rds/instance/{db_identifier}/{log}"

@@ -116,6 +116,17 @@ class NetworkSettings:
 class DatabaseSettings:
     engine_version: str
     instance_class: str
+
+    @property
+    def auto_minor_version_upgrade(self) -> bool:
+        """RDS applies minor upgrades only when the version names the major alone; a pinned
+        "16.4" would otherwise be upgraded behind Pulumi's back and the next `pulumi up` would
+        try to downgrade it (Terraform aws_db_instance: engine_version / engine_version_actual)."""
+        return "." not in self.engine_version
+
+    @property
+    def major_version(self) -> str:
+        return self.engine_version.split(".")[0]
     allocated_storage: int
     max_allocated_storage: int
     multi_az: bool
@@ -654,7 +665,14 @@ def _parse_audit(r: _Reader, production: bool) -> AuditSettings:
             default=365,
         )
     else:
-        lock = r.get("objectLockDays", _int_in(0, 3650), "an integer from 0 to 3650", default=0)
+        # An object-locked (COMPLIANCE) audit bucket cannot be emptied, so `pulumi destroy` of an
+        # experiment would fail for as long as the lock lasts: experiments must stay destroyable.
+        lock = r.get(
+            "objectLockDays",
+            _int_in(0, 0),
+            "0 or nothing: object lock would block the experiment's own `pulumi destroy`",
+            default=0,
+        )
     return AuditSettings(alert_emails=tuple(emails), object_lock_days=lock)
 
 
@@ -702,8 +720,9 @@ def _parse_database(r: _Reader, production: bool) -> DatabaseSettings:
         engine_version=r.get(
             "engineVersion",
             _matching(ENGINE_VERSION_RE),
-            'a PostgreSQL version from 13 to 17, e.g. "16" or "16.4"',
-            default="16.4",
+            'a PostgreSQL major version from 13 to 17 ("16": minor upgrades applied by RDS), '
+            'or major.minor ("16.4": pinned, automatic minor upgrades off)',
+            default="16",
         ),
         instance_class=r.get(
             "instanceClass",

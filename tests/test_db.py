@@ -46,12 +46,22 @@ def count(conn: psycopg.Connection, table: str) -> int:
 
 def test_migrations_apply_in_order_and_are_idempotent(pg: Database) -> None:
     with pg.connect() as conn:
-        assert migrate(conn, **PROD) == ["0001_schema", "0002_provenance_fence", "0003_roles"]
+        assert migrate(conn, **PROD) == [
+            "0001_schema",
+            "0002_provenance_fence",
+            "0003_roles",
+            "0004_retention",
+        ]
         assert migrate(conn, **PROD) == []
         rows = conn.execute(
             "SELECT version, name FROM envfence.schema_migrations ORDER BY version"
         ).fetchall()
-        assert rows == [("0001", "schema"), ("0002", "provenance_fence"), ("0003", "roles")]
+        assert rows == [
+            ("0001", "schema"),
+            ("0002", "provenance_fence"),
+            ("0003", "roles"),
+            ("0004", "retention"),
+        ]
         identity = conn.execute(
             "SELECT environment, tier, experiment_id FROM envfence.environment_identity"
         ).fetchall()
@@ -88,7 +98,7 @@ def test_command_line(pg: Database, capsys: pytest.CaptureFixture[str]) -> None:
     args += ["--experiment-id", "shared"]
     assert main(args) == 0
     assert capsys.readouterr().out == (
-        "db.migrate: applied 0001_schema, 0002_provenance_fence, 0003_roles\n"
+        "db.migrate: applied 0001_schema, 0002_provenance_fence, 0003_roles, 0004_retention\n"
     )
     assert main(args) == 0
     assert capsys.readouterr().out == "db.migrate: up to date\n"

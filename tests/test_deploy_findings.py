@@ -151,3 +151,115 @@ def test_no_deny_uses_a_negated_if_exists_operator(stacks: Stacks) -> None:
                         if "Not" in op and op.endswith("IfExists"):
                             found.append(f"{state.stack}/{r.name}#{stmt.get('Sid')}: {op}")
     assert not found
+
+
+# -- 9. engine version and automatic minor upgrades ---------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["prod", "experiment"])
+def test_the_engine_version_names_the_major_so_minor_upgrades_cause_no_diff(
+    stacks: Stacks, stack: str
+) -> None:
+    """With automatic minor upgrades, a pinned "16.4" becomes 16.5 in the maintenance window and
+    the next `pulumi up` tries to go back. The provider compares only the prefix it is given
+    (Terraform aws_db_instance, engine_version: "If auto_minor_version_upgrade is enabled, you
+    can provide a prefix of the version ... The actual engine version used is returned in the
+    attribute engine_version_actual")."""
+    db = stacks[stack].of_type("aws:rds/instance:Instance")[0]
+    version = db.inputs["engineVersion"]
+    assert db.inputs["autoMinorVersionUpgrade"] is ("." not in version)
+    assert "." not in version
+
+
+def test_a_pinned_minor_version_turns_automatic_upgrades_off() -> None:
+    from test_settings import parse, raw_config
+
+    pinned = parse(
+        "prod", raw_config("prod", merge={"envfence:database": {"engineVersion": "16.4"}})
+    )
+    assert pinned.database.auto_minor_version_upgrade is False
+    assert pinned.database.major_version == "16"
+    major = parse("prod", raw_config("prod", merge={"envfence:database": {"engineVersion": "16"}}))
+    assert major.database.auto_minor_version_upgrade is True
+
+
+# -- 10. a store read by a declared flow stays readable -----------------------------------------
+
+
+def _transitions(state: StackState, store: str) -> list[dict[str, Any]]:
+    bucket = naming.bucket_name("envfence", state.stack, store, account(state))
+    lifecycle = next(
+        r
+        for r in state.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        if r.inputs["bucket"] == bucket
+    )
+    return [t for rule in lifecycle.inputs["rules"] for t in rule.get("transitions", [])]
+
+
+def test_the_promoted_results_store_archives_to_a_class_get_object_reads(stacks: Stacks) -> None:
+    """GetObject on an object in S3 Glacier Flexible Retrieval fails until it is restored
+    (InvalidObjectState); Glacier Instant Retrieval serves it in milliseconds
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/storage-class-intro.html). prod's
+    pipeline reads experiment's `results` through a declared flow for as long as it is declared."""
+    experiment = stacks["experiment"]
+    results = _transitions(experiment, "results")
+    assert results, "the experiment stack archives before it expires"
+    assert {t["storageClass"] for t in results} == {"GLACIER_IR"}
+    # Stores no flow reads keep the cheaper archive.
+    assert {t["storageClass"] for t in _transitions(experiment, "raw")} == {"GLACIER"}
+
+
+# -- 13. experiments stay destroyable ------------------------------------------------------------
+
+
+def test_object_lock_is_refused_for_the_experiment_tier() -> None:
+    from test_settings import assert_message, raw_config, refused
+
+    msg = refused(
+        "experiment", raw_config("experiment", merge={"envfence:audit": {"objectLockDays": 30}})
+    )
+    assert_message(msg, "experiment", "envfence:audit.objectLockDays", 30, "pulumi destroy")
+
+
+# -- 15. database logs and incomplete uploads -----------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["prod", "experiment"])
+def test_the_audit_bucket_aborts_incomplete_uploads(stacks: Stacks, stack: str) -> None:
+    state = stacks[stack]
+    audit = naming.audit_bucket_name("envfence", stack, account(state))
+    lifecycle = next(
+        r
+        for r in state.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        if r.inputs["bucket"] == audit
+    )
+    assert all(
+        rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] >= 1
+        for rule in lifecycle.inputs["rules"]
+    )
+
+
+@pytest.mark.parametrize("stack", ["prod", "experiment"])
+def test_logs_may_encrypt_the_database_log_group_with_the_key(
+    world: World, stacks: Stacks, stack: str
+) -> None:
+    """CloudWatch Logs encrypts a group's events with the group's key, as the service principal
+    logs.REGION.amazonaws.com, with the group ARN as encryption context
+    (https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/encrypt-log-data-kms.html)."""
+    state = stacks[stack]
+    group = (
+        f"arn:aws:logs:{REGION}:{account(state)}:log-group:"
+        f"/aws/rds/instance/envfence-{stack}/postgresql"
+    )
+    for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+        outcome = decide(
+            world,
+            RealRequest(
+                "logs encrypts the RDS log group",
+                f"logs.{REGION}.amazonaws.com",
+                action,
+                key_arn(state),
+                {"kms:EncryptionContext:aws:logs:arn": group, "aws:SecureTransport": True},
+            ),
+        )
+        assert outcome.allowed, outcome.line()

@@ -475,7 +475,12 @@ def test_physical_names_carry_the_stack_name(stacks: dict[str, StackState]) -> N
             for r in resources:
                 value = r.inputs[key]
                 assert owner_of(value, state.project) == name or value.startswith(
-                    (f"/{state.project}/{name}/", f"alias/{state.project}/{name}")
+                    (
+                        f"/{state.project}/{name}/",
+                        f"alias/{state.project}/{name}",
+                        # RDS fixes the name of the group it exports a log to
+                        f"/aws/rds/instance/{state.project}-{name}/",
+                    )
                 ), (name, value)
 
 

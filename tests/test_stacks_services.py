@@ -180,6 +180,10 @@ class Expect:
     def log_group(self, purpose: str) -> str:
         return f"/{self.facts.project}/{self.facts.stack}/{purpose}"
 
+    @property
+    def rds_log_group(self) -> str:
+        return f"/aws/rds/instance/{self.prefix}/postgresql"
+
     def role(self, role: str) -> str:
         return f"{self.prefix}-{role}"
 
@@ -932,9 +936,22 @@ def test_every_log_group_keeps_the_configured_retention(state: StackState, expec
     f = expect.facts
     groups = {g.inputs["name"]: g for g in state.of_type(LOG_GROUP)}
     assert {expect.log_group(p) for p in ("vpc-flow-logs", "worker", "cloudtrail")} <= set(groups)
+    assert expect.rds_log_group in groups
     for name, group in groups.items():
-        assert name.startswith(expect.log_group("")), name
+        assert name.startswith(expect.log_group("")) or name == expect.rds_log_group, name
         assert group.inputs["retentionInDays"] == f.log_retention, name
+
+
+def test_the_database_log_is_exported_into_a_group_made_first(
+    state: StackState, expect: Expect
+) -> None:
+    """Issue 8: RDS exports the PostgreSQL log to /aws/rds/instance/<id>/postgresql; created by
+    RDS it would be unencrypted and kept forever, so the stack creates it before the instance."""
+    db = state.of_type(DB)[0]
+    assert db.inputs["enabledCloudwatchLogsExports"] == ["postgresql"]
+    group = log_group_named(state, expect.rds_log_group)
+    assert group.urn in db.dependencies
+    assert group.inputs["kmsKeyId"] == state.named("key", "aws:kms/key:Key").outputs["arn"]
 
 
 def test_audit_bucket_lifecycle_follows_the_tier(state: StackState, expect: Expect) -> None:
@@ -1109,7 +1126,7 @@ def test_new_resources_carry_their_own_stack_name(state: StackState, expect: Exp
         for r in resources:
             name = r.inputs[key]
             if type_ == LOG_GROUP:
-                assert name.startswith(f"/{f.project}/{f.stack}/"), name
+                assert name.startswith((f"/{f.project}/{f.stack}/", expect.rds_log_group)), name
             else:
                 assert owner_of(name, f.project) == f.stack, (type_, name)
             parts = arn(r).split(":", 5)

@@ -131,7 +131,14 @@ class Audit(pulumi.ComponentResource):
                 },
                 opts=keep,
             )
-        lifecycle: dict[str, object] = {"id": "audit-retention", "status": "Enabled", "filter": {}}
+        lifecycle: dict[str, object] = {
+            "id": "audit-retention",
+            "status": "Enabled",
+            "filter": {},
+            # CloudTrail uploads in one PUT, but any multipart upload left behind is billed
+            # until aborted.
+            "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+        }
         if s.is_production:
             lifecycle["transitions"] = [{"days": 90, "storage_class": "GLACIER"}]
         else:

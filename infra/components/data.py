@@ -34,6 +34,16 @@ SSE_HEADER = "s3:x-amz-server-side-encryption"
 SSE_KEY_ID = "s3:x-amz-server-side-encryption-aws-kms-key-id"
 
 
+def archive_class(s: Settings, store: str) -> str:
+    """Where archived experiment objects go. GetObject fails on S3 Glacier Flexible Retrieval
+    until the object is restored, so a store that another environment reads through a declared
+    flow archives to Glacier Instant Retrieval, which GetObject reads in milliseconds.
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/storage-class-intro.html"""
+    if any(f.store == store for f in s.inbound_flows()):
+        return "GLACIER_IR"
+    return "GLACIER"
+
+
 @dataclass
 class DataArgs:
     settings: Settings
@@ -116,7 +126,7 @@ class Data(pulumi.ComponentResource):
             opts=keep,
         )
         aws.s3.BucketLifecycleConfiguration(
-            f"store-{store}-lifecycle", bucket=bucket.id, rules=[self._lifecycle(s)], opts=child
+            f"store-{store}-lifecycle", bucket=bucket.id, rules=[self._lifecycle(s, store)], opts=child
         )
         aws.s3.BucketPolicy(
             f"store-{store}-policy",
@@ -127,7 +137,7 @@ class Data(pulumi.ComponentResource):
         return bucket
 
     @staticmethod
-    def _lifecycle(s: Settings) -> dict[str, object]:
+    def _lifecycle(s: Settings, store: str) -> dict[str, object]:
         r = s.retention
         rule: dict[str, object] = {
             "id": "envfence-retention",
@@ -147,7 +157,9 @@ class Data(pulumi.ComponentResource):
             rule["expiration"] = {"days": r.expire_after_days}
             rule["noncurrent_version_expiration"] = {"noncurrent_days": r.noncurrent_expire_days}
             if r.archive_after_days:
-                rule["transitions"] = [{"days": r.archive_after_days, "storage_class": "GLACIER"}]
+                rule["transitions"] = [
+                    {"days": r.archive_after_days, "storage_class": archive_class(s, store)}
+                ]
         return rule
 
     @staticmethod
@@ -238,7 +250,7 @@ class Data(pulumi.ComponentResource):
         s: Settings, args: DataArgs, child: pulumi.ResourceOptions, keep: pulumi.ResourceOptions
     ) -> aws.rds.Instance:
         db = s.database
-        major = db.engine_version.split(".")[0]
+        major = db.major_version
         subnet_group = aws.rds.SubnetGroup(
             "db-subnets",
             subnet_ids=args.data_subnet_ids,
@@ -257,6 +269,13 @@ class Data(pulumi.ComponentResource):
             opts=child,
         )
         identifier = naming.db_identifier(s.project, s.stack)
+        log_group = aws.cloudwatch.LogGroup(
+            "db-logs",
+            name=naming.rds_log_group_name(identifier),
+            kms_key_id=args.key_arn,
+            retention_in_days=s.log_retention_days,
+            opts=child,
+        )
         return aws.rds.Instance(
             "db",
             identifier=identifier,
@@ -285,6 +304,13 @@ class Data(pulumi.ComponentResource):
             deletion_protection=db.deletion_protection,
             skip_final_snapshot=not s.is_production,
             final_snapshot_identifier=f"{identifier}-final" if s.is_production else None,
-            auto_minor_version_upgrade=True,
-            opts=keep,
+            # "16": RDS applies minor upgrades in the maintenance window and the provider
+            # compares only the prefix given; "16.4": pinned, upgrades are a config change.
+            # https://registry.terraform.io/providers/hashicorp/aws/latest/docs/resources/db_instance#engine_version
+            auto_minor_version_upgrade=db.auto_minor_version_upgrade,
+            # The server log (connections, errors) goes to CloudWatch Logs, into a group created
+            # first with the environment's key and retention (RDS would create it unencrypted,
+            # kept forever). https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_LogAccess.Procedural.UploadtoCloudWatch.html
+            enabled_cloudwatch_logs_exports=["postgresql"],
+            opts=pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(depends_on=[log_group])),
         )

@@ -98,12 +98,17 @@ class Keys(pulumi.ComponentResource):
                 ],
                 ["*"],
                 principal={"Service": f"logs.{s.region}.amazonaws.com"},
+                # The environment's own groups, and the one RDS exports the database log to.
                 condition={
                     "ArnLike": {
-                        "kms:EncryptionContext:aws:logs:arn": (
+                        "kms:EncryptionContext:aws:logs:arn": [
                             f"arn:aws:logs:{s.region}:{s.account}:log-group:"
-                            f"{naming.log_group_prefix(s.project, s.stack)}/*"
-                        )
+                            f"{naming.log_group_prefix(s.project, s.stack)}/*",
+                            f"arn:aws:logs:{s.region}:{s.account}:log-group:"
+                            + naming.rds_log_group_name(
+                                naming.db_identifier(s.project, s.stack)
+                            ),
+                        ]
                     }
                 },
             ),
