@@ -127,6 +127,7 @@ class DatabaseSettings:
     @property
     def major_version(self) -> str:
         return self.engine_version.split(".")[0]
+
     allocated_storage: int
     max_allocated_storage: int
     multi_az: bool

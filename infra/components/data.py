@@ -126,7 +126,10 @@ class Data(pulumi.ComponentResource):
             opts=keep,
         )
         aws.s3.BucketLifecycleConfiguration(
-            f"store-{store}-lifecycle", bucket=bucket.id, rules=[self._lifecycle(s, store)], opts=child
+            f"store-{store}-lifecycle",
+            bucket=bucket.id,
+            rules=[self._lifecycle(s, store)],
+            opts=child,
         )
         aws.s3.BucketPolicy(
             f"store-{store}-policy",
@@ -310,7 +313,8 @@ class Data(pulumi.ComponentResource):
             auto_minor_version_upgrade=db.auto_minor_version_upgrade,
             # The server log (connections, errors) goes to CloudWatch Logs, into a group created
             # first with the environment's key and retention (RDS would create it unencrypted,
-            # kept forever). https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_LogAccess.Procedural.UploadtoCloudWatch.html
+            # kept forever).
+            # https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_LogAccess.Concepts.PostgreSQL.html
             enabled_cloudwatch_logs_exports=["postgresql"],
             opts=pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(depends_on=[log_group])),
         )

@@ -105,9 +105,7 @@ class Keys(pulumi.ComponentResource):
                             f"arn:aws:logs:{s.region}:{s.account}:log-group:"
                             f"{naming.log_group_prefix(s.project, s.stack)}/*",
                             f"arn:aws:logs:{s.region}:{s.account}:log-group:"
-                            + naming.rds_log_group_name(
-                                naming.db_identifier(s.project, s.stack)
-                            ),
+                            + naming.rds_log_group_name(naming.db_identifier(s.project, s.stack)),
                         ]
                     }
                 },
