@@ -220,6 +220,11 @@ class Settings:
     flags: tuple[FeatureFlag, ...] = ()
     audit: AuditSettings = AuditSettings((), 0)
     peers: Mapping[str, PeerStack] = field(default_factory=dict, compare=False)
+    # The role that runs `pulumi up` in this account (README, "Deploying"): every resource
+    # policy keeps what the provider needs for it, and no data access.
+    deployer: str = ""
+    # Roles outside the environment (the security team's) that read and validate audit logs.
+    audit_readers: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -537,10 +542,26 @@ def parse_settings(
     retention = _parse_retention(top.obj("retention"), production)
 
     access = top.obj("access")
-    access.reject_unknown(("analystPrincipals", "adminPrincipals"))
+    access.reject_unknown(("deployer", "analystPrincipals", "adminPrincipals", "auditReaders"))
     principal_help = (
         f"IAM role or user ARNs of account {accounts[0]}, no wildcards "
         f"(e.g. arn:aws:iam::{accounts[0]}:role/data-analysts)"
+    )
+    own_prefix = f"arn:aws:iam::{accounts[0]}:role/{naming.prefix(project, stack)}-"
+    deployer_help = (
+        f"the ARN of the role that runs `pulumi up` in account {accounts[0]} (e.g. "
+        f"arn:aws:iam::{accounts[0]}:role/envfence-deployer), not a role of the environment"
+    )
+    deployer = access.get(
+        "deployer",
+        _matching(re.compile(rf"^arn:aws:iam::{accounts[0]}:role/[A-Za-z0-9+=,.@_/-]+$")),
+        deployer_help,
+        required=True,
+    )
+    if deployer.startswith(own_prefix):
+        raise access.fail("deployer", deployer, deployer_help)
+    readers: tuple[str, ...] = access.get(
+        "auditReaders", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
     )
     analysts: tuple[str, ...] = access.get(
         "analystPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
@@ -548,7 +569,11 @@ def parse_settings(
     admins: tuple[str, ...] = access.get(
         "adminPrincipals", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
     )
-    for name, arns in (("analystPrincipals", analysts), ("adminPrincipals", admins)):
+    for name, arns in (
+        ("analystPrincipals", analysts),
+        ("adminPrincipals", admins),
+        ("auditReaders", readers),
+    ):
         for arn in arns:
             m = PRINCIPAL_RE.match(arn)
             if m and m.group(1) != accounts[0]:
@@ -582,6 +607,8 @@ def parse_settings(
         retention=retention,
         analyst_principals=tuple(analysts),
         admin_principals=tuple(admins),
+        deployer=deployer,
+        audit_readers=tuple(readers),
         flows=flows,
         log_retention_days=log_retention,
         container=container,

@@ -1118,6 +1118,20 @@ def flow_key_grant_widened(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
 
 
 @leak
+def key_locks_out_deployer(stacks: Stacks, at: str = PROD) -> Resource:
+    """The key policy's administration statement names only the break-glass administrators:
+    the deployer that runs `pulumi up` can no longer read or replace it; KMS refuses such a
+    policy at CreateKey (EF403)."""
+    r = stacks[at].named("key", KEY)
+    doc = policy(r)
+    for s in doc["Statement"]:
+        if s.get("Sid") == "KeyAdministration":
+            s["Principal"] = {"AWS": ["arn:aws:iam::123456789012:role/platform-admins"]}
+    set_policy(r, doc)
+    return r
+
+
+@leak
 def key_rotation_off(stacks: Stacks, at: str = PROD) -> Resource:
     """Key rotation disabled (EF402)."""
     r = stacks[at].named("key", KEY)

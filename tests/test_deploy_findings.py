@@ -263,3 +263,214 @@ def test_logs_may_encrypt_the_database_log_group_with_the_key(
             ),
         )
         assert outcome.allowed, outcome.line()
+
+
+# -- 4. CloudTrail and the key -------------------------------------------------------------------
+
+
+def trail_arn(state: StackState) -> str:
+    return f"arn:aws:cloudtrail:{REGION}:{account(state)}:trail/envfence-{state.stack}"
+
+
+@pytest.mark.parametrize("stack", ["prod", "experiment"])
+@pytest.mark.parametrize("action", ["kms:DescribeKey", "kms:Decrypt", "kms:GenerateDataKey"])
+def test_cloudtrail_can_use_the_key(world: World, stacks: Stacks, stack: str, action: str) -> None:
+    """CloudTrail calls DescribeKey (no encryption context: KMS API reference, GrantConstraints),
+    GenerateDataKey with kms:EncryptionContext:aws:cloudtrail:arn, and Decrypt because the audit
+    bucket uses an S3 Bucket Key ("Configure AWS KMS key policies for CloudTrail")."""
+    state = stacks[stack]
+    context: dict[str, Any] = {
+        "aws:SourceArn": trail_arn(state),
+        "aws:SourceAccount": account(state),
+        "aws:SecureTransport": True,
+    }
+    if action == "kms:GenerateDataKey":
+        context["kms:EncryptionContext:aws:cloudtrail:arn"] = trail_arn(state)
+    outcome = decide(
+        world,
+        RealRequest("CloudTrail", "cloudtrail.amazonaws.com", action, key_arn(state), context),
+    )
+    assert outcome.allowed, outcome.line()
+
+
+def test_another_trail_cannot_use_the_key(world: World, stacks: Stacks) -> None:
+    state = stacks["prod"]
+    other = f"arn:aws:cloudtrail:{REGION}:999999999999:trail/elsewhere"
+    outcome = decide(
+        world,
+        RealRequest(
+            "CloudTrail",
+            "cloudtrail.amazonaws.com",
+            "kms:Decrypt",
+            key_arn(state),
+            {"aws:SourceArn": other, "aws:SourceAccount": "999999999999"},
+        ),
+    )
+    assert not outcome.allowed
+
+
+# -- 11. alarms to the encrypted topic ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["kms:GenerateDataKey", "kms:Decrypt"])
+def test_alarms_reach_the_encrypted_topic_without_source_keys(
+    world: World, stacks: Stacks, action: str
+) -> None:
+    """No AWS page says CloudWatch's KMS calls for an alarm action carry aws:SourceAccount; the
+    statement must hold without it (AWS Knowledge Center, cloudwatch-configure-alarm-sns)."""
+    state = stacks["prod"]
+    outcome = decide(
+        world,
+        RealRequest("alarm", "cloudwatch.amazonaws.com", action, key_arn(state), {}),
+    )
+    assert outcome.allowed, outcome.line()
+
+
+# -- 5, 6, 7, 12. the deployer ---------------------------------------------------------------------
+
+
+def deployer(state: StackState) -> str:
+    return f"arn:aws:iam::{account(state)}:role/envfence-deployer"
+
+
+DEPLOYER_MUST = [
+    # the provider's reads of the key, and the policy replacement CreateKey insists on
+    ("kms:PutKeyPolicy", "key", {}),
+    ("kms:GetKeyPolicy", "key", {}),
+    ("kms:DescribeKey", "key", {}),
+    ("kms:GetKeyRotationStatus", "key", {}),
+    # ECR repository encryption: DescribeKey, CreateGrant at create, RetireGrant at delete
+    ("kms:CreateGrant", "key", {"kms:ViaService": f"ecr.{REGION}.amazonaws.com"}),
+    ("kms:RetireGrant", "key", {}),
+    # RDS storage and the managed master secret
+    ("kms:CreateGrant", "key", {"kms:ViaService": f"rds.{REGION}.amazonaws.com"}),
+    ("kms:GenerateDataKey", "key", {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}),
+    # HeadBucket (the provider's read of a bucket) is authorized as s3:ListBucket
+    ("s3:ListBucket", "store:raw", {}),
+    ("s3:ListBucket", "store:results", {}),
+    ("s3:GetBucketPolicy", "store:raw", {}),
+    ("s3:PutBucketPolicy", "store:raw", {}),
+]
+DEPLOYER_MUST_NOT = [
+    ("s3:GetObject", "object:raw", {}),
+    ("s3:PutObject", "object:curated", {}),
+    ("s3:DeleteObject", "object:results", {}),
+    ("kms:Decrypt", "key", {}),
+    ("kms:Decrypt", "key", {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}),
+    ("kms:CreateGrant", "key", {}),
+]
+
+
+def _resource(state: StackState, which: str) -> str:
+    kind, _, store = which.partition(":")
+    if kind == "key":
+        return key_arn(state)
+    if kind == "store":
+        return naming.bucket_arn("envfence", state.stack, store, account(state))
+    return object_arn(state, store, "raw/x.json")
+
+
+def _caller_account(state: StackState, context: dict[str, Any]) -> dict[str, Any]:
+    return {"aws:SecureTransport": True, "kms:CallerAccount": account(state), **context}
+
+
+@pytest.mark.parametrize("stack", ["prod", "experiment"])
+@pytest.mark.parametrize("action,which,context", DEPLOYER_MUST)
+def test_the_deployer_keeps_what_the_provider_calls(
+    world: World, stacks: Stacks, stack: str, action: str, which: str, context: dict[str, Any]
+) -> None:
+    state = stacks[stack]
+    outcome = decide(
+        world,
+        RealRequest(
+            "deployer",
+            deployer(state),
+            action,
+            _resource(state, which),
+            _caller_account(state, context),
+        ),
+    )
+    assert outcome.allowed, outcome.line()
+
+
+@pytest.mark.parametrize("action,which,context", DEPLOYER_MUST_NOT)
+def test_the_deployer_cannot_touch_production_data(
+    world: World, stacks: Stacks, action: str, which: str, context: dict[str, Any]
+) -> None:
+    """What the README promises: the deployer manages, it does not read, write or decrypt
+    production data (its own IAM policy is taken as Allow *: the worst case)."""
+    state = stacks["prod"]
+    outcome = decide(
+        world,
+        RealRequest(
+            "deployer",
+            deployer(state),
+            action,
+            _resource(state, which),
+            _caller_account(state, context),
+        ),
+    )
+    assert not outcome.allowed, outcome.line()
+
+
+def test_break_glass_administrators_cannot_grant_themselves_key_use(
+    world: World, stacks: Stacks
+) -> None:
+    state = stacks["prod"]
+    for action in ("kms:CreateGrant", "kms:Decrypt", "kms:ReEncryptFrom"):
+        outcome = decide(
+            world,
+            RealRequest(
+                "admin",
+                f"arn:aws:iam::{account(state)}:role/platform-admins",
+                action,
+                key_arn(state),
+                {"aws:SecureTransport": True},
+            ),
+        )
+        assert not outcome.allowed, outcome.line()
+
+
+# -- 14. the audit reader ------------------------------------------------------------------------
+
+
+def test_the_audit_reader_reads_trail_logs_and_no_data(world: World, stacks: Stacks) -> None:
+    state = stacks["prod"]
+    reader = f"arn:aws:iam::{account(state)}:role/security-audit"
+    audit = f"arn:aws:s3:::{naming.audit_bucket_name('envfence', 'prod', account(state))}"
+    log = f"{audit}/AWSLogs/{account(state)}/CloudTrail/eu-west-1/2026/12/02/x.json.gz"
+    allowed = [
+        RealRequest("list", reader, "s3:ListBucket", audit, {"aws:SecureTransport": True}),
+        RealRequest("read", reader, "s3:GetObject", log, {"aws:SecureTransport": True}),
+        RealRequest(
+            "decrypt",
+            reader,
+            "kms:Decrypt",
+            key_arn(state),
+            {
+                "kms:ViaService": f"s3.{REGION}.amazonaws.com",
+                "kms:EncryptionContext:aws:cloudtrail:arn": trail_arn(state),
+                "kms:CallerAccount": account(state),
+            },
+        ),
+    ]
+    for request in allowed:
+        outcome = decide(world, request)
+        assert outcome.allowed, outcome.line()
+    denied = [
+        RealRequest("data", reader, "s3:GetObject", object_arn(state, "raw", "raw/x.json"), {}),
+        RealRequest("delete", reader, "s3:DeleteObject", log, {}),
+        RealRequest(
+            "decrypt data",
+            reader,
+            "kms:Decrypt",
+            key_arn(state),
+            {
+                "kms:ViaService": f"s3.{REGION}.amazonaws.com",
+                "kms:EncryptionContext:aws:s3:arn": _resource(state, "store:raw"),
+            },
+        ),
+    ]
+    for request in denied:
+        outcome = decide(world, request)
+        assert not outcome.allowed, outcome.line()

@@ -51,7 +51,9 @@ class Owned:
     stack: str
     account: str
     region: str
-    principals: set[str]  # configured analysts and administrators (this account)
+    # Configured principals outside the environment (this account): the deployer, analysts,
+    # break-glass key administrators and audit readers, exactly as the stack file names them.
+    principals: set[str]
     buckets: set[str]
     iam_names: set[str]
     key_ids: set[str]
@@ -90,8 +92,10 @@ def owned(state: StackState) -> Owned:
         stack=state.stack,
         account=account,
         region=region,
-        principals=set(access.get("analystPrincipals", []))
-        | set(access.get("adminPrincipals", [])),
+        principals={access["deployer"]}
+        | set(access.get("analystPrincipals", []))
+        | set(access.get("adminPrincipals", []))
+        | set(access.get("auditReaders", [])),
         buckets={r.inputs["bucket"] for r in state.of_type("aws:s3/bucket:Bucket")},
         iam_names={
             r.inputs["name"] for r in state.of_type("aws:iam/role:Role", "aws:iam/policy:Policy")
@@ -124,9 +128,14 @@ def arn_problem(arn: str, me: Owned) -> str | None:
     _, _, service, region, account, resource = parts
     names = re.findall(rf"{re.escape(me.project)}-[a-z0-9-]*[a-z0-9]", resource)
     paths = re.findall(rf"/{re.escape(me.project)}/([a-z0-9-]+)", resource)
+    # A configured principal may carry the project's name (the deployer,
+    # `<project>-deployer`) as long as the name is no stack's: `<project>-<other stack>-...` is
+    # still another environment's, configured or not.
+    configured = service == "iam" and arn in me.principals
     for name in names:
-        if owner_of(name, me.project) != me.stack:
-            return f"names {name}, of stack {owner_of(name, me.project)}"
+        owner = owner_of(name, me.project)
+        if owner != me.stack and not (configured and owner is None):
+            return f"names {name}, of stack {owner}"
     for path in paths:
         if path != me.stack:
             return f"names the path /{me.project}/{path}"
@@ -141,6 +150,8 @@ def arn_problem(arn: str, me: Owned) -> str | None:
         return f"region {region}"
     if service == "iam" and resource != "root":
         name = resource.split("/", 1)[-1]
+        if configured:
+            return None
         if name.startswith(f"{me.project}-"):
             return None if name in me.iam_names else f"{name} is not an IAM name of this stack"
         return None if arn in me.principals else f"{arn} is not a configured principal"
@@ -335,6 +346,18 @@ def test_the_check_finds_an_undeclared_cross_environment_arn(
         lambda d: _statements(d)[1]["Condition"]["ArnEquals"]["aws:PrincipalArn"].append(sibling),
     )
     assert [v for v in isolation_violations(shared_account) if sibling in v]
+
+    # Only the principals this stack's file configures pass as principals outside the
+    # environment: another stack's deployer, or an unconfigured role of the project's name.
+    def add_key_admin(arn: str) -> Callable[[dict[str, Any]], None]:
+        return lambda d: _statements(d)[0]["Principal"]["AWS"].append(arn)
+
+    exp_deployer = _stack_file("experiment")["envfence:access"]["deployer"]
+    assert exp_deployer != _stack_file("prod")["envfence:access"]["deployer"]
+    unconfigured = "arn:aws:iam::123456789012:role/envfence-operator"
+    for arn in (exp_deployer, unconfigured):
+        admitted = _with_policy(prod, "aws:kms/key:Key", lambda r: True, add_key_admin(arn))
+        assert [v for v in isolation_violations(admitted) if arn in v], arn
 
 
 def test_flows_are_declared_by_both_stacks() -> None:

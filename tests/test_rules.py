@@ -321,7 +321,7 @@ CASES = [
         also=FLOW_GRANTS,
         kwargs={"at": P},
     ),
-    # EF401-EF402 keys
+    # EF401-EF403 keys
     Case(
         "key_policy_other_role",
         "EF401",
@@ -338,6 +338,13 @@ CASES = [
     ),
     Case("flow_key_grant_widened", "EF401", E, "allows arn:aws:iam::123456789012:root", P),
     Case("key_rotation_off", "EF402", P, "key key does not rotate"),
+    Case(
+        "key_locks_out_deployer",
+        "EF403",
+        P,
+        "does not let the deployer arn:aws:iam::123456789012:role/envfence-deployer "
+        "call kms:PutKeyPolicy",
+    ),
     # EF501-EF504 tagging and lifecycle
     Case(
         "provider_tags_removed",

@@ -70,6 +70,9 @@ IAM_POLICY = "aws:iam/policy:Policy"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 DATA_ROLES = ("service", "pipeline", "analyst")
+# Roles AWS services assume for the environment; `migrator` is the database tasks' execution role.
+SUPPORT_ROLES = ("flowlogs", "execution", "trail", "migrator")
+ENV_ROLES = (*DATA_ROLES, *SUPPORT_ROLES)
 CLASSIFICATION = {"production": "production", "experiment": "experimental"}
 # What reads or writes data under a KMS key (CreateGrant hands these out to a grantee).
 KMS_DATA_ACTIONS = (
@@ -84,16 +87,60 @@ KMS_DATA_ACTIONS = (
     "kms:GenerateMac",
     "kms:VerifyMac",
 )
+# Hands key use to a grantee: as much a data permission as the actions above.
+KMS_GRANT = "kms:CreateGrant"
+# What the deployer and break-glass administrators may do with the key: named one by one,
+# management only (no data use, no grants).
+KEY_ADMIN_ACTIONS = {
+    "kms:DescribeKey",
+    "kms:GetKeyPolicy",
+    "kms:PutKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:EnableKeyRotation",
+    "kms:DisableKeyRotation",
+    "kms:RotateKeyOnDemand",
+    "kms:ListKeyRotations",
+    "kms:ListResourceTags",
+    "kms:ListKeyPolicies",
+    "kms:ListGrants",
+    "kms:ListAliases",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateKeyDescription",
+    "kms:CreateAlias",
+    "kms:UpdateAlias",
+    "kms:DeleteAlias",
+    "kms:EnableKey",
+    "kms:DisableKey",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+}
+# What AWS services do with the key on the deployer's behalf when it creates the database, its
+# RDS-managed master secret and the ECR repository; and the only services they may do it through.
+DEPLOYER_THROUGH_SERVICES = {"kms:CreateGrant", "kms:DescribeKey", "kms:Decrypt", "kms:GenerateDataKey*"}
+DEPLOYER_SERVICES = ("rds", "secretsmanager", "ecr")
 S3_OBJECT_ACTIONS = (
     "s3:GetObject",
     "s3:GetObjectVersion",
     "s3:PutObject",
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
-    "s3:ListBucket",
-    "s3:ListBucketVersions",
     "s3:RestoreObject",
 )
+S3_LIST_ACTIONS = ("s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads")
+# The data stores' object fence and listing fence, action by action.
+STORE_OBJECT_FENCE = {
+    "s3:GetObject*",
+    "s3:PutObject*",
+    "s3:DeleteObject*",
+    "s3:RestoreObject",
+    "s3:ReplicateObject",
+    "s3:ReplicateDelete",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+}
+SSE_HEADER = "s3:x-amz-server-side-encryption"
+SSE_KEY_ID = "s3:x-amz-server-side-encryption-aws-kms-key-id"
 
 
 # -- expectations from the stack file --------------------------------------------------------
@@ -114,8 +161,10 @@ class Facts:
     az_count: int
     nat_gateways: int
     stores: tuple[str, ...]
+    deployer: str  # the role that runs `pulumi up`
     analysts: tuple[str, ...]
-    admins: tuple[str, ...]
+    admins: tuple[str, ...]  # break-glass key administrators
+    audit_readers: tuple[str, ...]
     log_retention: int
     retention: dict[str, Any]
     flows: tuple[dict[str, str], ...]
@@ -128,6 +177,14 @@ class Facts:
     @property
     def root(self) -> str:
         return f"arn:aws:iam::{self.account}:root"
+
+    @property
+    def trail_arn(self) -> str:
+        return f"arn:aws:cloudtrail:{self.region}:{self.account}:trail/{self.project}-{self.stack}"
+
+    def via(self, service: str) -> str:
+        """The kms:ViaService value of an AWS service in the stack's region."""
+        return f"{service}.{self.region}.amazonaws.com"
 
     def account_of(self, stack: str) -> str:
         return self.account if stack == self.stack else self.peer_accounts[stack]
@@ -197,8 +254,10 @@ def facts_of(state: StackState) -> Facts:
         az_count=int(network.get("azCount", 2)),
         nat_gateways=int(network.get("natGateways", 0)),
         stores=tuple(_value(c, "envfence:dataStores", ["raw", "curated", "results"])),
+        deployer=access["deployer"],
         analysts=tuple(access.get("analystPrincipals", ())),
         admins=tuple(access.get("adminPrincipals", ())),
+        audit_readers=tuple(access.get("auditReaders", ())),
         log_retention=int(c.get("envfence:logRetentionDays", 365 if tier == "production" else 30)),
         retention=_value(c, "envfence:retention", {}),
         flows=flows,
@@ -447,6 +506,37 @@ def test_no_ingress_from_outside_the_vpc(state: StackState, facts: Facts) -> Non
         assert not rule.inputs.get("cidrIpv6"), rule.name
 
 
+# AWS services the tasks reach through interface endpoints (no NAT in production): ECR for the
+# image, logs, the queue, the flags and (ECS, for the database tasks) Secrets Manager.
+INTERFACE_SERVICES = ("ecr.api", "ecr.dkr", "logs", "sqs", "appconfigdata", "secretsmanager")
+
+
+def test_interface_endpoints_serve_the_app_subnets_for_this_account_only(
+    state: StackState, facts: Facts
+) -> None:
+    vpc = vpc_of(state)
+    app_ids = {sn.id for sn in subnets(state, "app")}
+    interface = [e for e in state.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Interface"]
+    assert sorted(e.inputs["serviceName"] for e in interface) == sorted(
+        f"com.amazonaws.{facts.region}.{service}" for service in INTERFACE_SERVICES
+    )
+    sg_endpoints = {sg.id for sg in state.of_type(SG)}
+    for endpoint in interface:
+        i = endpoint.inputs
+        assert i["vpcId"] == vpc.id
+        assert set(i["subnetIds"]) == app_ids, endpoint.name
+        assert i["privateDnsEnabled"] is True, endpoint.name
+        assert set(i["securityGroupIds"]) <= sg_endpoints, endpoint.name
+        (st,) = statements(i["policy"])
+        assert st["Effect"] == "Allow"
+        assert st["Condition"] == {
+            "StringEquals": {
+                "aws:PrincipalAccount": facts.account,
+                "aws:ResourceAccount": facts.account,
+            }
+        }, endpoint.name
+
+
 def _s3_endpoint(state: StackState, facts: Facts) -> Resource:
     return only(
         with_inputs(state, ENDPOINT, serviceName=f"com.amazonaws.{facts.region}.s3"), "S3 endpoint"
@@ -519,8 +609,22 @@ def test_key_rotates_and_has_an_alias(state: StackState, facts: Facts) -> None:
     assert alias.inputs["name"] == f"alias/{facts.project}/{facts.stack}"
 
 
+def _actions(st: dict[str, Any]) -> set[str]:
+    assert "NotAction" not in st, st
+    return set(as_list(st["Action"]))
+
+
+def _by_sid(stmts: list[dict[str, Any]], sid: str) -> dict[str, Any]:
+    found = [st for st in stmts if st.get("Sid") == sid]
+    assert len(found) == 1, f"expected one statement {sid}, found {len(found)}"
+    return found[0]
+
+
 def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
-    """None if an Allow statement granting data use of the key has an acceptable shape."""
+    """None if an Allow statement granting data use of the key (or grants of it) has one of the
+    acceptable shapes: the environment's roles; a declared flow, through S3; the deployer, only
+    through the services that encrypt for it; the migrator, only through Secrets Manager; the
+    audit readers, only trail logs through S3; or a pinned AWS service."""
     cond = st.get("Condition", {})
     aws = principals(st, "AWS")
     services = principals(st, "Service")
@@ -528,38 +632,66 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
         return "open to every principal"
     if aws and services:
         return "mixes AWS and service principals"
+    if set(st) - {"Sid", "Effect", "Principal", "Action", "Resource", "Condition"}:
+        return f"unexpected elements {sorted(st)}"
     if aws:
         arns = set(as_list(cond.get("ArnEquals", {}).get("aws:PrincipalArn", [])))
+        equals = cond.get("StringEquals", {})
+        via = as_list(equals.get("kms:ViaService", []))
         own_roles = {facts.role_arn(r) for r in DATA_ROLES}
         if aws == {facts.root} and arns and arns <= own_roles:
+            if KMS_GRANT in _actions(st) or set(cond) != {"ArnEquals"}:
+                return "the environment roles' use grants or is conditioned otherwise"
             return None  # the environment's roles
+        if aws == {facts.root} and arns == {facts.role_arn("migrator")}:
+            if _actions(st) == {"kms:Decrypt"} and cond == {
+                "ArnEquals": {"aws:PrincipalArn": facts.role_arn("migrator")},
+                "StringEquals": {"kms:ViaService": facts.via("secretsmanager")},
+            }:
+                return None  # the database tasks read the master secret, through Secrets Manager
+            return "the migrator's use is not decrypt-through-Secrets-Manager only"
+        if aws == {facts.root} and facts.audit_readers and arns == set(facts.audit_readers):
+            if _actions(st) == {"kms:Decrypt"} and set(cond) == {
+                "ArnEquals",
+                "StringEquals",
+                "StringLike",
+            } and equals == {"kms:ViaService": facts.via("s3")} and cond["StringLike"] == {
+                "kms:EncryptionContext:aws:cloudtrail:arn": facts.trail_arn
+            }:
+                return None  # the security team reads this trail's logs, through S3
+            return "the audit readers' use is not decrypt-this-trail's-logs-through-S3 only"
         for flow in facts.inbound():
             src = flow["from"]
             if (
                 aws == {f"arn:aws:iam::{facts.account_of(src)}:root"}
                 and arns == {facts.role_arn(flow["role"], src)}
-                and as_list(cond.get("StringEquals", {}).get("kms:ViaService"))
-                == [f"s3.{facts.region}.amazonaws.com"]
-                and not grants_any(st, ("kms:Encrypt", "kms:GenerateDataKey"))
+                and via == [facts.via("s3")]
+                and not grants_any(st, ("kms:Encrypt", "kms:GenerateDataKey", KMS_GRANT))
             ):
                 return None  # a declared flow: decrypt through S3 only
-        admins = set(facts.admins) or {facts.root}
-        equals = cond.get("StringEquals", {})
-        via = set(as_list(equals.get("kms:ViaService", [])))
-        if (
-            aws <= admins
-            and not arns
-            and equals.get("kms:CallerAccount") == facts.account
-            and via
-            and all(v.endswith(f".{facts.region}.amazonaws.com") for v in via)
-            and not via & {f"s3.{facts.region}.amazonaws.com"}
-        ):
-            return None  # administrators, only through AWS services that encrypt for them
+        if aws == {facts.deployer}:
+            if (
+                _actions(st) == DEPLOYER_THROUGH_SERVICES
+                and set(cond) == {"StringEquals"}
+                and set(equals) == {"kms:CallerAccount", "kms:ViaService"}
+                and equals["kms:CallerAccount"] == facts.account
+                and sorted(via) == sorted(facts.via(s) for s in DEPLOYER_SERVICES)
+            ):
+                return None  # the deployer, only through the services that encrypt for it
+            return "the deployer's use is not limited to RDS, Secrets Manager and ECR"
         return f"data use by {sorted(aws)} not limited to this environment's roles"
     if services:
         values = json.dumps(cond)
+        if services == {"cloudwatch.amazonaws.com"} and not cond:
+            # Deliberately unconditioned (keys.py): CloudWatch's KMS calls are not documented to
+            # carry aws:SourceAccount/SourceArn. Only what publishing to the topic needs.
+            if _actions(st) == {"kms:Decrypt", "kms:GenerateDataKey*"}:
+                return None
+            return "CloudWatch's unconditioned use goes beyond publishing to the topic"
         if not cond:
             return f"service principal {sorted(services)} without a condition"
+        if KMS_GRANT in _actions(st):
+            return f"service principal {sorted(services)} may hand out grants"
         if facts.account not in values:
             return f"service principal {sorted(services)} not bound to account {facts.account}"
         others = set(facts.peer_accounts.values()) - {facts.account}
@@ -573,7 +705,11 @@ def test_key_policy_data_use_is_limited_to_this_environment(
     state: StackState, facts: Facts
 ) -> None:
     stmts = statements(key_of(state).inputs["policy"])
-    data = [st for st in stmts if st["Effect"] == "Allow" and grants_any(st, KMS_DATA_ACTIONS)]
+    data = [
+        st
+        for st in stmts
+        if st["Effect"] == "Allow" and grants_any(st, (*KMS_DATA_ACTIONS, KMS_GRANT))
+    ]
     problems = {st.get("Sid"): _data_statement_is_allowed(st, facts) for st in data}
     assert {sid: why for sid, why in problems.items() if why} == {}
     # The roles' use is narrowed by aws:PrincipalArn to exactly the environment's data roles.
@@ -587,28 +723,134 @@ def test_key_policy_data_use_is_limited_to_this_environment(
     ]
     assert len(role_use) == 1
     assert grants(role_use[0], "kms:Decrypt") and grants(role_use[0], "kms:GenerateDataKey")
-    # CloudWatch Logs may use it only for this environment's log groups.
-    logs = [
-        st for st in data if principals(st, "Service") == {f"logs.{facts.region}.amazonaws.com"}
-    ]
-    assert len(logs) == 1
-    assert logs[0]["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"] == (
-        f"arn:aws:logs:{facts.region}:{facts.account}:log-group:/{facts.project}/{facts.stack}/*"
+
+    # The deployer: only what RDS, Secrets Manager and ECR do with the key for its creates,
+    # plus retiring ECR's grants; never directly, never through S3.
+    deployer = _by_sid(stmts, "DeployerThroughServices")
+    assert deployer["Principal"] == {"AWS": facts.deployer}
+    assert _actions(deployer) == DEPLOYER_THROUGH_SERVICES
+    assert deployer["Condition"]["StringEquals"]["kms:CallerAccount"] == facts.account
+    assert sorted(as_list(deployer["Condition"]["StringEquals"]["kms:ViaService"])) == sorted(
+        facts.via(s) for s in DEPLOYER_SERVICES
     )
+    retire = _by_sid(stmts, "DeployerRetiresServiceGrants")
+    assert retire["Principal"] == {"AWS": facts.deployer} and "Condition" not in retire
+    assert as_list(retire["Action"]) == ["kms:RetireGrant"]
+    # The deployer is named in exactly these two statements and the administration one.
+    assert sorted(st.get("Sid") for st in stmts if facts.deployer in principals(st, "AWS")) == [
+        "DeployerRetiresServiceGrants",
+        "DeployerThroughServices",
+        "KeyAdministration",
+    ]
+    # Nothing else may hand out grants.
+    assert [st.get("Sid") for st in data if grants(st, KMS_GRANT)] == ["DeployerThroughServices"]
+
+    # The database tasks' execution role decrypts the master secret, through Secrets Manager.
+    migrator = _by_sid(stmts, "DatabaseTasksReadTheMasterSecret")
+    assert migrator["Principal"] == {"AWS": facts.root}
+    assert as_list(migrator["Action"]) == ["kms:Decrypt"]
+    assert migrator["Condition"] == {
+        "ArnEquals": {"aws:PrincipalArn": facts.role_arn("migrator")},
+        "StringEquals": {"kms:ViaService": facts.via("secretsmanager")},
+    }
+
+    # CloudWatch Logs may use it only for this environment's log groups (and the one RDS
+    # exports this environment's database log to).
+    logs = [st for st in data if principals(st, "Service") == {facts.via("logs")}]
+    assert len(logs) == 1
+    log_groups = f"arn:aws:logs:{facts.region}:{facts.account}:log-group:"
+    assert logs[0]["Condition"] == {
+        "ArnLike": {
+            "kms:EncryptionContext:aws:logs:arn": [
+                f"{log_groups}/{facts.project}/{facts.stack}/*",
+                f"{log_groups}/aws/rds/instance/{facts.project}-{facts.stack}/postgresql",
+            ]
+        }
+    }
+
+    # CloudTrail: data keys for this trail's logs; DescribeKey and the bucket key's Decrypt
+    # (no encryption context on those calls) for this trail only.
+    trail = [st for st in stmts if principals(st, "Service") == {"cloudtrail.amazonaws.com"}]
+    assert sorted(st["Sid"] for st in trail) == [
+        "CloudTrailDescribesKeyAndUsesTheBucketKey",
+        "CloudTrailEncryptsLogs",
+    ]
+    encrypts = _by_sid(trail, "CloudTrailEncryptsLogs")
+    assert as_list(encrypts["Action"]) == ["kms:GenerateDataKey*"]
+    assert encrypts["Condition"] == {
+        "StringEquals": {"aws:SourceArn": facts.trail_arn},
+        "StringLike": {
+            "kms:EncryptionContext:aws:cloudtrail:arn": (
+                f"arn:aws:cloudtrail:*:{facts.account}:trail/*"
+            )
+        },
+    }
+    describes = _by_sid(trail, "CloudTrailDescribesKeyAndUsesTheBucketKey")
+    assert _actions(describes) == {"kms:DescribeKey", "kms:Decrypt"}
+    assert describes["Condition"] == {"StringEquals": {"aws:SourceArn": facts.trail_arn}}
+
+    # The audit readers decrypt this trail's log files, through S3, and nothing else.
+    readers = [st for st in stmts if st.get("Sid") == "AuditReadersDecryptTrailLogs"]
+    if facts.audit_readers:
+        assert len(readers) == 1
+        assert readers[0]["Principal"] == {"AWS": facts.root}
+        assert as_list(readers[0]["Action"]) == ["kms:Decrypt"]
+        assert readers[0]["Condition"] == {
+            "ArnEquals": {"aws:PrincipalArn": list(facts.audit_readers)},
+            "StringEquals": {"kms:ViaService": facts.via("s3")},
+            "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn": facts.trail_arn},
+        }
+    else:
+        assert readers == []
+
+    # Data use by whom, exactly: every principal the data statements narrow to.
+    narrowed = {
+        arn
+        for st in data
+        for arn in as_list(st.get("Condition", {}).get("ArnEquals", {}).get("aws:PrincipalArn", []))
+    }
+    assert narrowed == own_roles | {facts.role_arn("migrator")} | set(facts.audit_readers) | {
+        facts.role_arn(f["role"], f["from"]) for f in facts.inbound()
+    }
+    assert {p for st in data for p in principals(st, "Service")} == {
+        facts.via("logs"),
+        "cloudtrail.amazonaws.com",
+        "cloudwatch.amazonaws.com",
+    }
     # Each declared inbound flow has its own decrypt statement, and nothing else from outside.
-    foreign = [st for st in data if principals(st, "AWS") - {facts.root} - set(facts.admins)]
+    foreign = [st for st in data if principals(st, "AWS") - {facts.root, facts.deployer}]
     assert len(foreign) == len(facts.inbound())
+    # The break-glass administrators have no data use at all.
+    assert [st.get("Sid") for st in data if principals(st, "AWS") & set(facts.admins)] == []
 
 
 def test_key_administration_grants_no_data_use(state: StackState, facts: Facts) -> None:
     stmts = statements(key_of(state).inputs["policy"])
+    admin = _by_sid(stmts, "KeyAdministration")
+    assert admin["Effect"] == "Allow" and "Condition" not in admin
+    assert set(admin["Principal"]) == {"AWS"}
+    assert principals(admin, "AWS") == {facts.deployer, *facts.admins}
+    assert _actions(admin) == KEY_ADMIN_ACTIONS  # named one by one: no wildcard
+    assert not grants_any(admin, (*KMS_DATA_ACTIONS, KMS_GRANT, "kms:RetireGrant"))
+    # The administrators (deployer included) appear in no other Allow, except the deployer's
+    # two service-bound statements (checked in the data-use test).
+    for st in stmts:
+        if st["Effect"] == "Allow" and st is not admin:
+            assert not principals(st, "AWS") & set(facts.admins), st
     unconditioned = [st for st in stmts if st["Effect"] == "Allow" and not st.get("Condition")]
-    assert unconditioned, "no key administration statement"
-    admins = set(facts.admins) or {facts.root}
+    assert sorted(st.get("Sid") for st in unconditioned) == [
+        "CloudWatchAlarmsPublishToTheTopic",
+        "DeployerRetiresServiceGrants",
+        "KeyAdministration",
+    ]
     for st in unconditioned:
-        assert principals(st, "AWS") <= admins, st
-        assert not principals(st, "Service"), st
-        assert not grants_any(st, KMS_DATA_ACTIONS), st
+        if principals(st, "AWS"):
+            assert principals(st, "AWS") <= {facts.deployer, *facts.admins}, st
+            assert not principals(st, "Service"), st
+            assert not grants_any(st, (*KMS_DATA_ACTIONS, KMS_GRANT)), st
+        else:  # the alarms' publishing to the encrypted topic: that service, those two actions
+            assert st["Principal"] == {"Service": "cloudwatch.amazonaws.com"}, st
+            assert _actions(st) == {"kms:Decrypt", "kms:GenerateDataKey*"}, st
     if facts.production:
         assert any(
             st["Effect"] == "Deny"
@@ -626,6 +868,8 @@ def test_database_is_private_encrypted_and_iam_authenticated(
 ) -> None:
     key_arn = key_of(state).outputs["arn"]
     db = only(state.of_type(DB), "database").inputs
+    assert db["engine"] == "postgres"
+    assert db["engineVersion"] == str(_value(state.config, "envfence:database", {})["engineVersion"])
     assert db["publiclyAccessible"] is False
     assert db["storageEncrypted"] is True
     assert db["kmsKeyId"] == key_arn
@@ -710,11 +954,21 @@ def test_experiment_data_expires_after_30_days(stacks: dict[str, StackState]) ->
 
 
 def test_data_store_policies_fence_the_environment(state: StackState, facts: Facts) -> None:
+    key_arn = key_of(state).outputs["arn"]
     for store in facts.stores:
         bucket = bucket_of(state, facts.bucket(store))
         arn = bucket.outputs["arn"]
         stmts = statements(attached(state, BUCKET_POLICY, bucket).inputs["policy"])
         denies = [st for st in stmts if st["Effect"] == "Deny"]
+        assert sorted(st.get("Sid") for st in denies) == [
+            "DenyEncryptionHeaderWithoutThisKey",
+            "DenyInsecureTransport",
+            "DenyListingOutsideThisEnvironment",
+            "DenyOtherEncryptionKeys",
+            "DenyPrincipalsOutsideThisEnvironment",
+        ], store
+        for st in denies:
+            assert st["Principal"] in ("*", {"AWS": "*"}), (store, st)
 
         tls = [
             st
@@ -723,31 +977,64 @@ def test_data_store_policies_fence_the_environment(state: StackState, facts: Fac
             in ("false", False)
         ]
         assert len(tls) == 1, store
-        assert principals(tls[0], "*") == {"*"} or tls[0]["Principal"] == {"AWS": "*"}
         assert grants(tls[0], "s3:GetObject") and grants(tls[0], "s3:PutBucketPolicy")
         assert set(as_list(tls[0]["Resource"])) == {arn, f"{arn}/*"}
 
-        fence = [
+        fences = [
             st
             for st in denies
             if "aws:PrincipalArn" in st.get("Condition", {}).get("ArnNotEquals", {})
         ]
-        assert len(fence) == 1, store
-        st = fence[0]
-        assert st["Principal"] in ("*", {"AWS": "*"})
-        assert set(as_list(st["Resource"])) == {arn, f"{arn}/*"}
-        for action in S3_OBJECT_ACTIONS:
-            assert grants(st, action), (store, action)
+        assert len(fences) == 2, store
         flow_roles = {
             facts.role_arn(f["role"], f["from"]) for f in facts.inbound() if f["store"] == store
         }
         expected = {facts.role_arn(r) for r in DATA_ROLES} | flow_roles
+
+        # Objects: nobody outside the environment's roles and the store's declared flows. The
+        # deployer empties experiment buckets on destroy; production data it never touches.
+        objects = [st for st in fences if st["Sid"] == "DenyPrincipalsOutsideThisEnvironment"]
+        assert len(objects) == 1, store
+        st = objects[0]
+        assert set(st["Condition"]) == {"ArnNotEquals"}, "the fence must not be conditional"
+        assert set(as_list(st["Resource"])) == {arn, f"{arn}/*"}
+        assert _actions(st) == STORE_OBJECT_FENCE, store
+        for action in S3_OBJECT_ACTIONS:
+            assert grants(st, action), (store, action)
+        assert not grants_any(st, S3_LIST_ACTIONS), "listing has its own fence"
         exempt = set(as_list(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
         if facts.production:
             assert exempt == expected, store
-        else:  # experiment buckets: the configured administrators may empty them on destroy
-            assert expected <= exempt <= expected | set(facts.admins), store
+            assert facts.deployer not in exempt and not exempt & set(facts.admins)
+        else:
+            assert exempt == expected | {facts.deployer}, store
+
+        # Listing (object keys, not contents): the same principals and the deployer, whose
+        # provider reads the bucket back with HeadBucket (authorized as s3:ListBucket).
+        listing = [st for st in fences if st["Sid"] == "DenyListingOutsideThisEnvironment"]
+        assert len(listing) == 1, store
+        st = listing[0]
         assert set(st["Condition"]) == {"ArnNotEquals"}, "the fence must not be conditional"
+        assert as_list(st["Resource"]) == [arn]
+        assert _actions(st) == set(S3_LIST_ACTIONS), store
+        exempt = set(as_list(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
+        assert exempt == expected | {facts.deployer}, store
+        assert not exempt & set(facts.admins)
+
+        # Writes are encrypted with the environment's key: a key id other than ours, or an SSE
+        # header without a key id (AES256, or aws:kms with the AWS managed key), is refused.
+        # No header at all is fine: the bucket default is our key.
+        other_key = _by_sid(denies, "DenyOtherEncryptionKeys")
+        assert as_list(other_key["Action"]) == ["s3:PutObject"]
+        assert as_list(other_key["Resource"]) == [f"{arn}/*"]
+        assert other_key["Condition"] == {
+            "StringNotEquals": {SSE_KEY_ID: key_arn},
+            "Null": {SSE_KEY_ID: "false"},
+        }
+        no_key = _by_sid(denies, "DenyEncryptionHeaderWithoutThisKey")
+        assert as_list(no_key["Action"]) == ["s3:PutObject"]
+        assert as_list(no_key["Resource"]) == [f"{arn}/*"]
+        assert no_key["Condition"] == {"Null": {SSE_HEADER: "false", SSE_KEY_ID: "true"}}
 
         # Allows exist only for declared flows: read-only, to exactly the flow's role.
         for allow in [s for s in stmts if s["Effect"] == "Allow"]:
@@ -763,8 +1050,9 @@ def test_data_store_policies_fence_the_environment(state: StackState, facts: Fac
 def test_roles_carry_the_environment_boundary_and_tags(state: StackState, facts: Facts) -> None:
     boundary = boundary_of(state, facts)
     names = {r.inputs["name"] for r in state.of_type(ROLE)}
-    for role in (*DATA_ROLES, "flowlogs"):
-        assert f"{facts.project}-{facts.stack}-{role}" in names
+    # Every role of the environment, and (experiments only) the retention schedule's role.
+    scheduler = () if facts.production else ("scheduler",)
+    assert names == {f"{facts.project}-{facts.stack}-{r}" for r in (*ENV_ROLES, *scheduler)}
     for role in state.of_type(ROLE):
         assert role.inputs["name"].startswith(f"{facts.project}-{facts.stack}-")
         assert role.inputs["permissionsBoundary"] == boundary.outputs["arn"], role.name
@@ -817,10 +1105,16 @@ def test_boundary_denies_data_and_keys_of_other_environments(
     }
     assert set(as_list(kms[0]["NotResource"])) == {key_of(state).outputs["arn"]} | peer_keys
 
-    assume = [st for st in denies if grants(st, "sts:AssumeRole") and "NotResource" in st]
-    assert len(assume) == 1
+    # Only the environment's own roles may be assumed or passed under the boundary. The
+    # experiment's `scheduler` role (assumed by EventBridge Scheduler alone) is not among them:
+    # no role of the environment needs to assume or pass it.
     own_roles = {r.outputs["arn"] for r in state.of_type(ROLE)}
-    assert set(as_list(assume[0]["NotResource"])) == own_roles
+    env_roles = {facts.role_arn(r) for r in ENV_ROLES}
+    assert env_roles <= own_roles
+    for action in ("sts:AssumeRole", "iam:PassRole"):
+        fence = [st for st in denies if grants(st, action) and "NotResource" in st]
+        assert len(fence) == 1, action
+        assert set(as_list(fence[0]["NotResource"])) == env_roles, action
 
 
 def _trust(state: StackState, facts: Facts, role: str) -> list[dict[str, Any]]:
@@ -874,7 +1168,7 @@ def test_role_policies_are_attached_to_this_environments_roles(
     roles = {r.outputs["id"] for r in state.of_type(ROLE)} | {r.id for r in state.of_type(ROLE)}
     policies = state.of_type(ROLE_POLICY)
     assert {p.inputs["role"] for p in policies} >= {
-        f"{facts.project}-{facts.stack}-{r}" for r in (*DATA_ROLES, "flowlogs")
+        f"{facts.project}-{facts.stack}-{r}" for r in ENV_ROLES
     }
     for policy in policies:
         assert policy.inputs["role"] in roles

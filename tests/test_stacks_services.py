@@ -26,6 +26,7 @@ from test_stacks import (
     BUCKET_POLICY,
     DATA_ROLES,
     DB,
+    ENV_ROLES,
     LIFECYCLE,
     LOG_GROUP,
     PROJECT,
@@ -35,6 +36,8 @@ from test_stacks import (
     STACKS,
     VERSIONING,
     Facts,
+    _actions,
+    _by_sid,
     _value,
     as_list,
     attached,
@@ -80,6 +83,9 @@ METRIC_FILTER = "aws:cloudwatch/logMetricFilter:LogMetricFilter"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 TOPIC = "aws:sns/topic:Topic"
 SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+TOPIC_POLICY = "aws:sns/topicPolicy:TopicPolicy"
+SCHEDULE = "aws:scheduler/schedule:Schedule"
+MIGRATION = "pulumi-python:dynamic/envfence:MigrationRun"
 
 APP_DIR = PROJECT.root / "app"
 DAY = 86400
@@ -300,10 +306,14 @@ def log_group_named(state: StackState, name: str) -> Resource:
     return only(with_inputs(state, LOG_GROUP, name=name), f"log group {name}")
 
 
-def container_of(state: StackState) -> dict[str, Any]:
-    definitions = json.loads(
-        only(state.of_type(TASK), "task definition").inputs["containerDefinitions"]
-    )
+def task_named(state: StackState, name: str) -> Resource:
+    """The worker's task definition (`worker-task`) or the database tasks' (`db-task`)."""
+    assert sorted(r.name for r in state.of_type(TASK)) == ["db-task", "worker-task"]
+    return only([r for r in state.of_type(TASK) if r.name == name], f"task definition {name}")
+
+
+def container_of(state: StackState, task: str = "worker-task") -> dict[str, Any]:
+    definitions = json.loads(task_named(state, task).inputs["containerDefinitions"])
     assert len(definitions) == 1, [d.get("name") for d in definitions]
     return dict(definitions[0])
 
@@ -475,26 +485,35 @@ def test_repository_policy_admits_only_this_environment(state: StackState, expec
     )
     stmts = statements(policy.inputs["policy"])
     assert [st for st in stmts if st["Effect"] != "Deny"] == []  # no other account is admitted
+    assert sorted(st.get("Sid") for st in stmts) == [
+        "DenyPullsOutsideThisEnvironment",
+        "OnlyTheDeployerPushes",
+    ]
     own_roles = {arn(r) for r in state.of_type(ROLE)}
 
+    # Pulls: the environment's roles (the execution and migrator roles start the tasks) and
+    # the deployer, whose `docker push` checks layers (BatchCheckLayerAvailability).
     pulls = [st for st in stmts if grants(st, "ecr:BatchGetImage")]
     assert len(pulls) == 1
     st = pulls[0]
+    assert st["Sid"] == "DenyPullsOutsideThisEnvironment"
     assert st["Principal"] in ("*", {"AWS": "*"})
     assert set(st["Condition"]) == {"ArnNotEquals"}
-    assert all(grants(st, a) for a in PULLS)
+    assert _actions(st) == set(PULLS)
     exempt = set(as_list(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
-    assert role_arn(state, expect, "execution") in exempt
-    assert exempt <= own_roles | set(f.admins)
+    env_roles = {f.role_arn(r) for r in ENV_ROLES}
+    assert env_roles <= own_roles
+    assert {role_arn(state, expect, "execution"), role_arn(state, expect, "migrator")} <= exempt
+    assert exempt == env_roles | {f.deployer}
+    assert not exempt & set(f.admins)
 
+    # Pushes: the deployer alone.
     pushes = [st for st in stmts if grants(st, "ecr:PutImage")]
-    if f.admins:  # only the configured administrators (the deployers) push
-        assert len(pushes) == 1
-        assert all(grants(pushes[0], a) for a in PUSHES)
-        assert pushes[0]["Principal"] in ("*", {"AWS": "*"})
-        assert set(as_list(pushes[0]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"])) == set(
-            f.admins
-        )
+    assert len(pushes) == 1
+    assert pushes[0]["Sid"] == "OnlyTheDeployerPushes"
+    assert _actions(pushes[0]) == set(PUSHES)
+    assert pushes[0]["Principal"] in ("*", {"AWS": "*"})
+    assert pushes[0]["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": [f.deployer]}}
 
 
 def test_repository_lifecycle_expires_old_images(state: StackState, expect: Expect) -> None:

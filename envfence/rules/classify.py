@@ -189,7 +189,9 @@ TASK_DEFINITIONS = tokens(aws.ecs.TaskDefinition)
 ECS_SERVICES = tokens(aws.ecs.Service)
 TRAILS = tokens(aws.cloudtrail.Trail)
 IMAGES = tokens(docker.Image)
-COMPUTE = TASK_DEFINITIONS | ECS_SERVICES | IMAGES | tokens(aws.ecs.Cluster)
+# A schedule starts a task definition with a role: checked through the task and the role.
+SCHEDULES = tokens(aws.scheduler.Schedule)
+COMPUTE = TASK_DEFINITIONS | ECS_SERVICES | IMAGES | SCHEDULES | tokens(aws.ecs.Cluster)
 AUDIT = TRAILS | tokens(aws.cloudwatch.LogMetricFilter, aws.cloudwatch.MetricAlarm)
 
 CLASSES: dict[str, frozenset[str]] = {

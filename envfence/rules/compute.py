@@ -59,7 +59,9 @@ def task_hardened(r: Resource, state: StackState, ctx: Context) -> Iterator[Find
                 f"task {r.name} {key} {arn} is not a role of this environment",
                 ctx.owner_of_arn(str(arn)),
             )
-        if not arn:
+        # No task role is allowed: the containers then get no AWS credentials at all (the
+        # database tasks need none). An execution role is needed to pull the image.
+        if not arn and key == "executionRoleArn":
             yield Finding(r.urn, f"task {r.name} has no {key}")
     own_groups = {str(g.get("name")) for g in state.of_type(*c.LOG_GROUPS)}
     for d in _containers(r):

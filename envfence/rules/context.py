@@ -131,6 +131,7 @@ class Env:
     arns: set[str] = field(default_factory=set)  # concrete ARNs seen in its state
     vpc_ids: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)  # every resource id of the stack
+    deployer: str | None = None  # the role that runs `pulumi up` (envfence:access.deployer)
 
     # Representative ARNs -------------------------------------------------------------------
     def role_arns(self) -> list[str]:
@@ -267,6 +268,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
         arns=arns,
         vpc_ids=vpc_ids,
         ids={r.id for r in state.resources if r.id and r.custom},
+        deployer=settings.deployer if settings else None,
     )
     return env
 
@@ -289,6 +291,7 @@ def env_from_stack_file(project: Project, stack: str) -> Env | None:
         experiment_id=s.experiment_id,
         expires_on=s.expires_on,
         flows=s.flows,
+        deployer=s.deployer,
     )
 
 

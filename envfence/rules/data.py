@@ -4,7 +4,9 @@ granted to no principal of another environment; production data cannot be delete
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+from envfence import iam
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, Env, as_list, need, parse_policy, statements
@@ -177,6 +179,10 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
         allowed = condition_values(s, "aws:PrincipalArn").get("ArnNotEquals") or condition_values(
             s, "aws:PrincipalArn"
         ).get("ArnNotLike")
+        # The guard is the deny on object reads and writes (reads only on the audit bucket,
+        # which CloudTrail writes); a deny on listing alone is not.
+        if not _covers_object_data(s, reads_only=store == "audit"):
+            continue
         if allowed and all(
             is_own_principal(env, ctx, a) or _declared_flow_principal(env, a, ctx, store)
             for a in allowed
@@ -190,6 +196,12 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
             f"bucket {r.name} policy does not deny principals outside the "
             "environment (Deny with ArnNotEquals aws:PrincipalArn on its roles)",
         )
+
+
+def _covers_object_data(stmt: dict[str, Any], *, reads_only: bool = False) -> bool:
+    actions = [a for a in as_list(stmt.get("Action")) if isinstance(a, str)]
+    wanted = ("s3:GetObject",) if reads_only else ("s3:GetObject", "s3:PutObject")
+    return all(any(iam.action_matches(a, w) for a in actions) for w in wanted)
 
 
 def _declared_flow_principal(env: Env, arn: str, ctx: Context, store: str | None) -> bool:

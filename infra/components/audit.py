@@ -152,6 +152,7 @@ class Audit(pulumi.ComponentResource):
             for r in (*naming.ROLES, *naming.SUPPORT_ROLES)
         ]
         objects = pulumi.Output.concat(self.bucket.arn, "/*")
+        deployer = [s.deployer] if s.deployer else []
         policy = aws.s3.BucketPolicy(
             "audit-policy",
             bucket=self.bucket.id,
@@ -170,18 +171,34 @@ class Audit(pulumi.ComponentResource):
                     TAMPERING,
                     [self.bucket.arn, objects],
                     principal="*",
-                    condition={"ArnEquals": {"aws:PrincipalArn": every_role}},
+                    condition={"ArnEquals": {"aws:PrincipalArn": every_role + list(s.audit_readers)}},
                 ),
                 # Requests from AWS services carry no aws:PrincipalArn; the Null test keeps
-                # CloudTrail's own writes out of this Deny.
+                # CloudTrail's own writes out of these Denies. The audit readers (the security
+                # team, outside every environment) read and validate the log
+                # (`aws cloudtrail validate-logs` reads digest and log files); the deployer only
+                # lists, which is how the provider reads the bucket back (HeadBucket).
                 statement(
-                    "DenyPrincipalsOutsideThisEnvironment",
+                    "DenyReadingOutsideTheAuditors",
                     "Deny",
-                    ["s3:GetObject*", "s3:ListBucket*", "s3:RestoreObject"],
-                    [self.bucket.arn, objects],
+                    ["s3:GetObject*", "s3:RestoreObject"],
+                    [objects],
                     principal="*",
                     condition={
-                        "ArnNotEquals": {"aws:PrincipalArn": every_role + list(s.admin_principals)},
+                        "ArnNotEquals": {"aws:PrincipalArn": every_role + list(s.audit_readers)},
+                        "Null": {"aws:PrincipalArn": "false"},
+                    },
+                ),
+                statement(
+                    "DenyListingOutsideTheAuditors",
+                    "Deny",
+                    ["s3:ListBucket*"],
+                    [self.bucket.arn],
+                    principal="*",
+                    condition={
+                        "ArnNotEquals": {
+                            "aws:PrincipalArn": every_role + list(s.audit_readers) + deployer
+                        },
                         "Null": {"aws:PrincipalArn": "false"},
                     },
                 ),

@@ -10,6 +10,7 @@ role or credential that reaches production, and vice versa.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,15 @@ import pulumi_aws as aws
 import pulumi_docker as docker
 
 from infra import naming
+from infra.components.database_tasks import DatabaseTasks, DatabaseTasksArgs
 from infra.components.policies import document, statement
 from infra.settings import Settings
 
-APP_DIR = Path(__file__).resolve().parents[2] / "app"
+ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = ROOT / "app"
+# What the image is built from (the build context is the repository, narrowed by .dockerignore
+# to these): the worker and the database migrations it runs as a one-off task.
+IMAGE_SOURCES = ("app", "db")
 PULL_ACTIONS = [
     "ecr:BatchGetImage",
     "ecr:GetDownloadUrlForLayer",
@@ -36,15 +42,28 @@ PUSH_ACTIONS = [
 ]
 
 
-def source_tag(app_dir: Path = APP_DIR) -> str:
-    """A tag derived from the image's sources: tags are immutable, so a change needs a new one."""
+def source_tag(root: Path = ROOT) -> str:
+    """A tag derived from the image's sources: tags are immutable, so a change needs a new one,
+    and the same sources give the same tag in every checkout (CI after a laptop)."""
     digest = hashlib.sha256()
-    for path in sorted(
-        p for p in app_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    ):
-        digest.update(str(path.relative_to(app_dir)).encode())
-        digest.update(path.read_bytes())
+    for top in (".dockerignore", *IMAGE_SOURCES):
+        base = root / top
+        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in paths:
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                continue
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
     return f"src-{digest.hexdigest()[:16]}"
+
+
+def build_paths(root: Path = ROOT, cwd: Path | None = None) -> tuple[str, str]:
+    """Build context and Dockerfile relative to where `pulumi up` runs. The docker provider
+    keeps both in the state: absolute paths differ between a laptop and CI, so every run from
+    another checkout would show a change, rebuild, and push the same tag again into an
+    immutable repository, which refuses it."""
+    base = Path(os.path.relpath(root, cwd or Path.cwd()))
+    return base.as_posix(), (base / "app" / "Dockerfile").as_posix()
 
 
 @dataclass
@@ -56,12 +75,17 @@ class ComputeArgs:
     app_subnet_ids: list[pulumi.Input[str]]
     app_security_group_id: pulumi.Input[str]
     environment: dict[str, pulumi.Input[str]]
+    migrator_role_arn: pulumi.Input[str]
+    boundary_arn: pulumi.Input[str]
+    db_address: pulumi.Input[str]
+    master_secret_arn: pulumi.Input[str]
 
 
 class Compute(pulumi.ComponentResource):
     repository: aws.ecr.Repository
     log_group: aws.cloudwatch.LogGroup
     image_ref: pulumi.Output[str]
+    db_tasks: DatabaseTasks
 
     def __init__(self, name: str, args: ComputeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Compute", name, None, opts)
@@ -82,25 +106,27 @@ class Compute(pulumi.ComponentResource):
             naming.role_arn(s.project, s.stack, r, s.account)
             for r in (*naming.ROLES, *naming.SUPPORT_ROLES)
         ]
+        deployer = [s.deployer] if s.deployer else []
         repo_statements = [
             statement(
                 "DenyPullsOutsideThisEnvironment",
                 "Deny",
                 PULL_ACTIONS,
                 principal="*",
-                condition={
-                    "ArnNotEquals": {"aws:PrincipalArn": env_roles + list(s.admin_principals)}
-                },
+                # `docker push` checks layers with BatchCheckLayerAvailability: the deployer,
+                # which builds and pushes the image, must pass this statement too.
+                # https://docs.aws.amazon.com/AmazonECR/latest/userguide/image-push-iam.html
+                condition={"ArnNotEquals": {"aws:PrincipalArn": [*env_roles, *deployer]}},
             ),
         ]
-        if s.admin_principals:
+        if deployer:
             repo_statements.append(
                 statement(
-                    "OnlyAdministratorsPush",
+                    "OnlyTheDeployerPushes",
                     "Deny",
                     PUSH_ACTIONS,
                     principal="*",
-                    condition={"ArnNotEquals": {"aws:PrincipalArn": list(s.admin_principals)}},
+                    condition={"ArnNotEquals": {"aws:PrincipalArn": deployer}},
                 )
             )
         aws.ecr.RepositoryPolicy(
@@ -147,12 +173,13 @@ class Compute(pulumi.ComponentResource):
                 registry_id=self.repository.registry_id,
                 opts=pulumi.InvokeOutputOptions(parent=self),
             )
+            context, dockerfile = build_paths()
             image = docker.Image(
                 "worker-image",
                 image_name=pulumi.Output.concat(self.repository.repository_url, ":", source_tag()),
                 build={
-                    "context": str(APP_DIR),
-                    "dockerfile": str(APP_DIR / "Dockerfile"),
+                    "context": context,
+                    "dockerfile": dockerfile,
                     "platform": "linux/amd64",
                 },
                 registry={
@@ -172,6 +199,23 @@ class Compute(pulumi.ComponentResource):
             name=prefix,
             settings=[{"name": "containerInsights", "value": "enabled"}],
             opts=child,
+        )
+        # Migrations first: the worker refuses to start against an unmigrated database.
+        self.db_tasks = DatabaseTasks(
+            "db-tasks",
+            DatabaseTasksArgs(
+                settings=s,
+                key_arn=args.key_arn,
+                image=self.image_ref,
+                cluster_arn=cluster.arn,
+                migrator_role_arn=args.migrator_role_arn,
+                boundary_arn=args.boundary_arn,
+                db_address=args.db_address,
+                master_secret_arn=args.master_secret_arn,
+                app_subnet_ids=args.app_subnet_ids,
+                app_security_group_id=args.app_security_group_id,
+            ),
+            child,
         )
         self.log_group = aws.cloudwatch.LogGroup(
             "worker-logs",
@@ -228,7 +272,12 @@ class Compute(pulumi.ComponentResource):
                 "assign_public_ip": False,
             },
             deployment_circuit_breaker={"enable": True, "rollback": True},
+            # `pulumi up` succeeds only once the new tasks are running and stable; a worker that
+            # cannot start (exit 2/3: config, database) trips the circuit breaker, the
+            # deployment rolls back and `pulumi up` fails instead of reporting success.
+            # https://www.pulumi.com/registry/packages/aws/api-docs/ecs/service/#waitforsteadystate_python
+            wait_for_steady_state=True,
             propagate_tags="SERVICE",
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.db_tasks.migration]),
         )
         self.register_outputs({"image": self.image_ref, "clusterArn": cluster.arn})

@@ -22,13 +22,17 @@ DATA_ACTIONS = [
     "s3:GetObject*",
     "s3:PutObject*",
     "s3:DeleteObject*",
-    "s3:ListBucket*",
     "s3:RestoreObject",
     "s3:ReplicateObject",
     "s3:ReplicateDelete",
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
 ]
+# Listing reveals object keys, not contents. The deployer keeps it: the provider reads a bucket
+# with HeadBucket, which S3 authorizes as s3:ListBucket, so without it `pulumi refresh` and every
+# later update of the bucket fail with 403 (https://docs.aws.amazon.com/AmazonS3/latest/API/
+# API_HeadBucket.html; terraform-provider-aws internal/service/s3/bucket.go, resourceBucketRead).
+LIST_ACTIONS = ["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"]
 # Condition keys of the SSE headers of PutObject (Service Authorization Reference, Amazon S3).
 SSE_HEADER = "s3:x-amz-server-side-encryption"
 SSE_KEY_ID = "s3:x-amz-server-side-encryption-aws-kms-key-id"
@@ -56,6 +60,7 @@ class DataArgs:
 class Data(pulumi.ComponentResource):
     buckets: dict[str, aws.s3.Bucket]
     database: aws.rds.Instance
+    master_secret_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: DataArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Data", name, None, opts)
@@ -67,6 +72,10 @@ class Data(pulumi.ComponentResource):
         )
         self.buckets = {store: self._store(s, store, args, child, keep) for store in s.data_stores}
         self.database = self._database(s, args, child, keep)
+        # The secret RDS keeps the master password in; only the database tasks read it.
+        self.master_secret_arn = self.database.master_user_secrets.apply(
+            lambda secrets: secrets[0].secret_arn if secrets else ""
+        )
         self.register_outputs(
             {
                 "buckets": {k: b.bucket for k, b in self.buckets.items()},
@@ -175,9 +184,11 @@ class Data(pulumi.ComponentResource):
             naming.role_arn(s.project, f.source, f.role, s.peers[f.source].account or s.account)
             for f in flows
         ]
-        # Experiment buckets are emptied by `pulumi destroy` (forceDestroy), which runs as an
-        # administrator; production data is never readable or deletable by administrators.
-        teardown = [] if s.is_production else list(s.admin_principals)
+        # Experiment buckets are emptied by `pulumi destroy` (forceDestroy: ListObjectVersions,
+        # DeleteObjects), which runs as the deployer; production data is never readable or
+        # deletable by the deployer or any administrator.
+        deployer = [s.deployer] if s.deployer else []
+        teardown = [] if s.is_production else deployer
         statements = [
             statement(
                 "DenyInsecureTransport",
@@ -195,6 +206,16 @@ class Data(pulumi.ComponentResource):
                 principal="*",
                 condition={
                     "ArnNotEquals": {"aws:PrincipalArn": s.role_arns() + flow_principals + teardown}
+                },
+            ),
+            statement(
+                "DenyListingOutsideThisEnvironment",
+                "Deny",
+                LIST_ACTIONS,
+                [arn],
+                principal="*",
+                condition={
+                    "ArnNotEquals": {"aws:PrincipalArn": s.role_arns() + flow_principals + deployer}
                 },
             ),
             # A PutObject with no SSE header is encrypted with the bucket default (our key) and

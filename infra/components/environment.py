@@ -26,6 +26,7 @@ from infra.components.identity import (
 from infra.components.keys import Keys, KeysArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.pipeline import Pipeline, PipelineArgs
+from infra import naming
 from infra.settings import Settings
 
 
@@ -108,6 +109,10 @@ class Environment(pulumi.ComponentResource):
                 app_subnet_ids=[sn.id for sn in self.network.app_subnets],
                 app_security_group_id=self.network.app_security_group.id,
                 environment=worker_env,
+                migrator_role_arn=roles[naming.MIGRATOR_ROLE].arn,
+                boundary_arn=self.identity.boundary.arn,
+                db_address=self.data.database.address,
+                master_secret_arn=self.data.master_secret_arn,
             ),
             child,
         )
@@ -127,6 +132,8 @@ class Environment(pulumi.ComponentResource):
                     worker_log_group_arn=self.compute.log_group.arn,
                     trail_log_group_arn=self.audit.log_group.arn,
                     flags_configuration_arn=self.flags.configuration_arn,
+                    master_secret_arn=self.data.master_secret_arn,
+                    db_tasks_log_group_arn=self.compute.db_tasks.log_group.arn,
                 ),
             ),
             child,

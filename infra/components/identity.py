@@ -251,6 +251,7 @@ class Identity(pulumi.ComponentResource):
             "flowlogs": flow_logs_trust(s),
             "execution": ecs_trust(s),
             "trail": trail_trust(s),
+            naming.MIGRATOR_ROLE: ecs_trust(s),
         }
         purposes = {
             "service": "the worker: consumes the ingestion queue, writes raw data and rows",
@@ -259,6 +260,10 @@ class Identity(pulumi.ComponentResource):
             "flowlogs": "delivers VPC flow logs",
             "execution": "pulls the worker image and writes its logs (ECS)",
             "trail": "delivers CloudTrail events to the environment's log group",
+            naming.MIGRATOR_ROLE: (
+                "starts the database tasks (migrate, retention): pulls the image, writes their "
+                "logs, hands them the master password"
+            ),
         }
         self.roles = {
             role: aws.iam.Role(
@@ -290,6 +295,8 @@ class EnvironmentResources:
     worker_log_group_arn: pulumi.Input[str]
     trail_log_group_arn: pulumi.Input[str]
     flags_configuration_arn: pulumi.Input[str]
+    master_secret_arn: pulumi.Input[str]
+    db_tasks_log_group_arn: pulumi.Input[str]
 
 
 @dataclass
@@ -422,6 +429,45 @@ class Permissions(pulumi.ComponentResource):
                     "Allow",
                     ["logs:CreateLogStream", "logs:PutLogEvents"],
                     _log_streams(res.worker_log_group_arn),
+                ),
+            ],
+            # The execution role of the database tasks (ECS uses it before the container
+            # starts): the task itself gets no role and no AWS credentials at all.
+            # https://docs.aws.amazon.com/AmazonECS/latest/developerguide/secrets-envvar-secrets-manager.html
+            naming.MIGRATOR_ROLE: [
+                statement("EcrLogin", "Allow", ["ecr:GetAuthorizationToken"], ["*"]),
+                statement(
+                    "PullTheWorkerImage",
+                    "Allow",
+                    [
+                        "ecr:BatchGetImage",
+                        "ecr:GetDownloadUrlForLayer",
+                        "ecr:BatchCheckLayerAvailability",
+                    ],
+                    [res.repository_arn],
+                ),
+                statement(
+                    "WriteDatabaseTaskLogs",
+                    "Allow",
+                    ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    _log_streams(res.db_tasks_log_group_arn),
+                ),
+                statement(
+                    "ReadThisEnvironmentsMasterSecret",
+                    "Allow",
+                    ["secretsmanager:GetSecretValue"],
+                    [res.master_secret_arn],
+                ),
+                statement(
+                    "DecryptTheMasterSecret",
+                    "Allow",
+                    ["kms:Decrypt"],
+                    [res.key_arn],
+                    condition={
+                        "StringEquals": {
+                            "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"
+                        }
+                    },
                 ),
             ],
             "trail": [

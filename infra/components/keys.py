@@ -12,23 +12,35 @@ from infra import naming
 from infra.components.policies import account_root, document, statement
 from infra.settings import Settings
 
-# Management only: none of these reads or writes data.
+# Management only, named one by one: none of these reads or writes data, and none hands out key
+# use (kms:CreateGrant is not here; `kms:Create*` would include it). The provider calls
+# DescribeKey, GetKeyPolicy, GetKeyRotationStatus and ListResourceTags on every read of the key.
+# PutKeyPolicy must stay: CreateKey refuses a policy that would not let the caller call it later
+# (https://docs.aws.amazon.com/kms/latest/APIReference/API_CreateKey.html, "BypassPolicyLockout-
+# SafetyCheck"), and whoever holds it can rewrite the policy: the README says so.
 ADMIN_ACTIONS = [
-    "kms:Create*",
-    "kms:Describe*",
-    "kms:Enable*",
-    "kms:List*",
-    "kms:Put*",
-    "kms:Update*",
-    "kms:Revoke*",
-    "kms:Disable*",
-    "kms:Get*",
-    "kms:Delete*",
+    "kms:DescribeKey",
+    "kms:GetKeyPolicy",
+    "kms:PutKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:EnableKeyRotation",
+    "kms:DisableKeyRotation",
+    "kms:RotateKeyOnDemand",
+    "kms:ListKeyRotations",
+    "kms:ListResourceTags",
+    "kms:ListKeyPolicies",
+    "kms:ListGrants",
+    "kms:ListAliases",
     "kms:TagResource",
     "kms:UntagResource",
+    "kms:UpdateKeyDescription",
+    "kms:CreateAlias",
+    "kms:UpdateAlias",
+    "kms:DeleteAlias",
+    "kms:EnableKey",
+    "kms:DisableKey",
     "kms:ScheduleKeyDeletion",
     "kms:CancelKeyDeletion",
-    "kms:RotateKeyOnDemand",
 ]
 USE_ACTIONS = [
     "kms:Encrypt",
@@ -36,6 +48,18 @@ USE_ACTIONS = [
     "kms:ReEncrypt*",
     "kms:GenerateDataKey*",
     "kms:DescribeKey",
+]
+# What the deployer's creates make AWS services do with the key on its behalf (forward access
+# sessions): RDS storage encryption (CreateGrant, DescribeKey), the RDS-managed master secret
+# (Decrypt, GenerateDataKey, CreateGrant), ECR repository encryption (CreateGrant, DescribeKey).
+# https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Overview.Encryption.Keys.html
+# https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-secrets-manager.html
+# https://docs.aws.amazon.com/AmazonECR/latest/userguide/encryption-at-rest.html
+DEPLOY_THROUGH_SERVICES = [
+    "kms:CreateGrant",
+    "kms:DescribeKey",
+    "kms:Decrypt",
+    "kms:GenerateDataKey*",
 ]
 
 
@@ -52,10 +76,19 @@ class Keys(pulumi.ComponentResource):
         super().__init__("envfence:index:Keys", name, None, opts)
         s = args.settings
         root = account_root(s.account)
-        admins = list(s.admin_principals) or [root]
+        trail = (
+            f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/"
+            f"{naming.trail_name(s.project, s.stack)}"
+        )
+        managers = [s.deployer, *s.admin_principals] if s.deployer else list(s.admin_principals)
         statements = [
+            # The deployer and any break-glass administrators manage the key; no data use.
             statement(
-                "KeyAdministration", "Allow", ADMIN_ACTIONS, ["*"], principal={"AWS": admins}
+                "KeyAdministration",
+                "Allow",
+                ADMIN_ACTIONS,
+                ["*"],
+                principal={"AWS": managers or [root]},
             ),
             # Principal is the account, narrowed by aws:PrincipalArn: the roles need not exist yet
             # (KMS rejects a key policy naming a missing principal) and IAM must allow as well.
@@ -67,23 +100,49 @@ class Keys(pulumi.ComponentResource):
                 principal={"AWS": root},
                 condition={"ArnEquals": {"aws:PrincipalArn": s.role_arns()}},
             ),
-            # RDS and Secrets Manager encrypt the database and its master secret with grants
-            # made by whoever deploys: the administrators.
+        ]
+        if s.deployer:
+            statements += [
+                statement(
+                    "DeployerThroughServices",
+                    "Allow",
+                    DEPLOY_THROUGH_SERVICES,
+                    ["*"],
+                    principal={"AWS": s.deployer},
+                    condition={
+                        "StringEquals": {
+                            "kms:CallerAccount": s.account,
+                            "kms:ViaService": [
+                                f"rds.{s.region}.amazonaws.com",
+                                f"secretsmanager.{s.region}.amazonaws.com",
+                                f"ecr.{s.region}.amazonaws.com",
+                            ],
+                        }
+                    },
+                ),
+                # ECR retires its two grants when the repository is deleted; its guide asks for
+                # RetireGrant for the creator and says nothing of kms:ViaService on that call.
+                statement(
+                    "DeployerRetiresServiceGrants",
+                    "Allow",
+                    ["kms:RetireGrant"],
+                    ["*"],
+                    principal={"AWS": s.deployer},
+                ),
+            ]
+        statements += [
+            # ECS fetches the master password for the database tasks with the migrator role
+            # (Secrets Manager decrypts with kms:ViaService = secretsmanager).
+            # https://docs.aws.amazon.com/AmazonECS/latest/developerguide/secrets-envvar-secrets-manager.html
             statement(
-                "AdministratorsThroughServices",
+                "DatabaseTasksReadTheMasterSecret",
                 "Allow",
-                [*USE_ACTIONS, "kms:CreateGrant", "kms:ListGrants"],
+                ["kms:Decrypt"],
                 ["*"],
-                principal={"AWS": admins},
+                principal={"AWS": root},
                 condition={
-                    "StringEquals": {
-                        "kms:CallerAccount": s.account,
-                        "kms:ViaService": [
-                            f"rds.{s.region}.amazonaws.com",
-                            f"secretsmanager.{s.region}.amazonaws.com",
-                            f"ecr.{s.region}.amazonaws.com",
-                        ],
-                    }
+                    "ArnEquals": {"aws:PrincipalArn": s.role_arn(naming.MIGRATOR_ROLE)},
+                    "StringEquals": {"kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com"},
                 },
             ),
             statement(
@@ -110,16 +169,16 @@ class Keys(pulumi.ComponentResource):
                     }
                 },
             ),
-        ]
-        trail = (
-            f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/"
-            f"{naming.trail_name(s.project, s.stack)}"
-        )
-        statements += [
+            # CloudTrail, as "Configure AWS KMS key policies for CloudTrail" lays it out:
+            # GenerateDataKey* carries the trail's encryption context; DescribeKey carries no
+            # encryption context at all (KMS API reference, GrantConstraints), so a context
+            # condition there never matches; Decrypt is needed because the audit bucket has an
+            # S3 Bucket Key.
+            # https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-kms-key-policy-for-cloudtrail.html
             statement(
-                "CloudTrailOfThisEnvironment",
+                "CloudTrailEncryptsLogs",
                 "Allow",
-                ["kms:GenerateDataKey*", "kms:DescribeKey"],
+                ["kms:GenerateDataKey*"],
                 ["*"],
                 principal={"Service": "cloudtrail.amazonaws.com"},
                 condition={
@@ -131,16 +190,43 @@ class Keys(pulumi.ComponentResource):
                     },
                 },
             ),
-            # Alarms publish to the environment's encrypted SNS topic.
             statement(
-                "CloudWatchAlarmsOfThisAccount",
+                "CloudTrailDescribesKeyAndUsesTheBucketKey",
+                "Allow",
+                ["kms:DescribeKey", "kms:Decrypt"],
+                ["*"],
+                principal={"Service": "cloudtrail.amazonaws.com"},
+                condition={"StringEquals": {"aws:SourceArn": trail}},
+            ),
+            # Alarms publish to the environment's encrypted SNS topic. No condition: AWS does not
+            # document that CloudWatch's KMS calls carry aws:SourceAccount or aws:SourceArn, and
+            # an absent key would make the statement never match (no alarm would arrive). Another
+            # account's alarm cannot use it: the topic's default policy admits only this account.
+            # https://repost.aws/knowledge-center/cloudwatch-configure-alarm-sns
+            statement(
+                "CloudWatchAlarmsPublishToTheTopic",
                 "Allow",
                 ["kms:Decrypt", "kms:GenerateDataKey*"],
                 ["*"],
                 principal={"Service": "cloudwatch.amazonaws.com"},
-                condition={"StringEquals": {"aws:SourceAccount": s.account}},
             ),
         ]
+        if s.audit_readers:
+            # The security team reads the audit log: objects this trail wrote, through S3.
+            statements.append(
+                statement(
+                    "AuditReadersDecryptTrailLogs",
+                    "Allow",
+                    ["kms:Decrypt"],
+                    ["*"],
+                    principal={"AWS": root},
+                    condition={
+                        "ArnEquals": {"aws:PrincipalArn": list(s.audit_readers)},
+                        "StringEquals": {"kms:ViaService": f"s3.{s.region}.amazonaws.com"},
+                        "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn": trail},
+                    },
+                )
+            )
         for flow in s.inbound_flows():
             peer = s.peers[flow.source]
             if peer.account is None:

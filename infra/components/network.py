@@ -19,7 +19,10 @@ from infra.components.policies import document, statement
 from infra.settings import Settings
 
 # AWS services the environment reaches through interface endpoints instead of the internet.
-INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "sqs", "appconfigdata")
+# secretsmanager: ECS fetches the database tasks' master password before their container starts
+# ("you must create the interface VPC endpoints for Secrets Manager", Amazon ECS developer guide,
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/vpc-endpoints.html).
+INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "sqs", "appconfigdata", "secretsmanager")
 
 
 @dataclass
