@@ -43,7 +43,9 @@ CLASSIFICATION = {TIER_PRODUCTION: "production", TIER_EXPERIMENT: "experimental"
 # The per-environment roles. Order matters only for stable output.
 ROLES = ("service", "pipeline", "analyst")
 # Roles that AWS services assume for the environment (flow logs, ECS image pulls, CloudTrail).
-MIGRATOR_ROLE = "migrator"  # runs the database tasks (migrate, retention): image, logs, master secret
+MIGRATOR_ROLE = (
+    "migrator"  # runs the database tasks (migrate, retention): image, logs, master secret
+)
 SUPPORT_ROLES = ("flowlogs", "execution", "trail", MIGRATOR_ROLE)
 # Experiment stacks only: EventBridge Scheduler starts the daily retention task with it.
 SCHEDULER_ROLE = "scheduler"

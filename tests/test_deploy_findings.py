@@ -9,6 +9,7 @@ The request shapes come from AWS's pages, cited beside each test; see also
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -474,3 +475,22 @@ def test_the_audit_reader_reads_trail_logs_and_no_data(world: World, stacks: Sta
     for request in denied:
         outcome = decide(world, request)
         assert not outcome.allowed, outcome.line()
+
+
+# -- 8. the image from another checkout ------------------------------------------------------------
+
+
+def test_the_build_inputs_are_the_same_in_every_checkout(tmp_path: Path) -> None:
+    """The docker provider keeps context and Dockerfile in the state: absolute paths made every
+    run from another checkout rebuild and re-push the same (immutable) tag."""
+    from infra.components.compute import build_paths, source_tag
+
+    laptop, ci = tmp_path / "home" / "me" / "envfence", tmp_path / "runner" / "work" / "envfence"
+    for root in (laptop, ci):
+        for rel in ("app/Dockerfile", "app/worker/__init__.py", "db/migrate.py", ".dockerignore"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(rel)
+    assert build_paths(laptop, laptop) == build_paths(ci, ci) == (".", "app/Dockerfile")
+    assert source_tag(laptop) == source_tag(ci)
+    (ci / "db" / "migrate.py").write_text("changed")
+    assert source_tag(laptop) != source_tag(ci)  # db/ is in the image: a change is a new tag

@@ -117,7 +117,12 @@ KEY_ADMIN_ACTIONS = {
 }
 # What AWS services do with the key on the deployer's behalf when it creates the database, its
 # RDS-managed master secret and the ECR repository; and the only services they may do it through.
-DEPLOYER_THROUGH_SERVICES = {"kms:CreateGrant", "kms:DescribeKey", "kms:Decrypt", "kms:GenerateDataKey*"}
+DEPLOYER_THROUGH_SERVICES = {
+    "kms:CreateGrant",
+    "kms:DescribeKey",
+    "kms:Decrypt",
+    "kms:GenerateDataKey*",
+}
 DEPLOYER_SERVICES = ("rds", "secretsmanager", "ecr")
 S3_OBJECT_ACTIONS = (
     "s3:GetObject",
@@ -651,13 +656,18 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
                 return None  # the database tasks read the master secret, through Secrets Manager
             return "the migrator's use is not decrypt-through-Secrets-Manager only"
         if aws == {facts.root} and facts.audit_readers and arns == set(facts.audit_readers):
-            if _actions(st) == {"kms:Decrypt"} and set(cond) == {
-                "ArnEquals",
-                "StringEquals",
-                "StringLike",
-            } and equals == {"kms:ViaService": facts.via("s3")} and cond["StringLike"] == {
-                "kms:EncryptionContext:aws:cloudtrail:arn": facts.trail_arn
-            }:
+            if (
+                _actions(st) == {"kms:Decrypt"}
+                and set(cond)
+                == {
+                    "ArnEquals",
+                    "StringEquals",
+                    "StringLike",
+                }
+                and equals == {"kms:ViaService": facts.via("s3")}
+                and cond["StringLike"]
+                == {"kms:EncryptionContext:aws:cloudtrail:arn": facts.trail_arn}
+            ):
                 return None  # the security team reads this trail's logs, through S3
             return "the audit readers' use is not decrypt-this-trail's-logs-through-S3 only"
         for flow in facts.inbound():
@@ -869,7 +879,9 @@ def test_database_is_private_encrypted_and_iam_authenticated(
     key_arn = key_of(state).outputs["arn"]
     db = only(state.of_type(DB), "database").inputs
     assert db["engine"] == "postgres"
-    assert db["engineVersion"] == str(_value(state.config, "envfence:database", {})["engineVersion"])
+    assert db["engineVersion"] == str(
+        _value(state.config, "envfence:database", {})["engineVersion"]
+    )
     assert db["publiclyAccessible"] is False
     assert db["storageEncrypted"] is True
     assert db["kmsKeyId"] == key_arn

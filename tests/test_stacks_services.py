@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,7 +547,11 @@ def check_image(state: StackState, expect: Expect) -> None:
     else:
         image = only(images, "worker image")
         build = image.inputs["build"]
-        assert Path(build["context"]).resolve() == APP_DIR.resolve()
+        # Issue 8: relative to where `pulumi up` runs (the stacks are evaluated from the
+        # repository root), so another checkout records the same inputs and rebuilds nothing.
+        assert not Path(build["context"]).is_absolute(), build["context"]
+        assert not Path(build["dockerfile"]).is_absolute(), build["dockerfile"]
+        assert Path(build["context"]).resolve() == PROJECT.root.resolve()
         dockerfile = Path(build["dockerfile"]).resolve()
         assert dockerfile == (APP_DIR / "Dockerfile").resolve() and dockerfile.is_file()
         # The task's runtime platform is X86_64: an arm64 image would not start.
@@ -576,8 +581,7 @@ def test_image_is_built_from_app_and_pushed_to_this_environments_repository(
 
 
 def test_task_definition_is_locked_down(state: StackState, expect: Expect) -> None:
-    f = expect.facts
-    task = only(state.of_type(TASK), "task definition").inputs
+    task = task_named(state, "worker-task").inputs
     assert task["family"] == f"{expect.prefix}-worker"
     assert task["requiresCompatibilities"] == ["FARGATE"]
     assert task["networkMode"] == "awsvpc"
@@ -591,6 +595,17 @@ def test_task_definition_is_locked_down(state: StackState, expect: Expect) -> No
     assert all(set(v) == {"name"} for v in task["volumes"]), "task storage only, no host or EFS"
 
     c = container_of(state)
+    check_container_is_locked_down(c)
+    assert not c.get("secrets"), "the worker authenticates to the database with IAM"
+    volumes = {v["name"] for v in task["volumes"]}
+    assert all(m["sourceVolume"] in volumes for m in c["mountPoints"])
+    check_task_logs(state, expect, c, "worker")
+
+
+def check_container_is_locked_down(c: dict[str, Any]) -> None:
+    """Non-root (the image's own USER), read-only root, not privileged, no capabilities,
+    nothing listening."""
+    assert c["essential"] is True
     assert c["readonlyRootFilesystem"] is True
     assert c["privileged"] is False
     capabilities = c["linuxParameters"]["capabilities"]
@@ -599,17 +614,130 @@ def test_task_definition_is_locked_down(state: StackState, expect: Expect) -> No
     assert int(uid) != 0 and gid and int(gid) != 0
     dockerfile = (APP_DIR / "Dockerfile").read_text()
     assert re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)[-1] == c["user"]
-    assert not c.get("portMappings"), "nothing listens in the worker"
-    volumes = {v["name"] for v in task["volumes"]}
-    assert all(m["sourceVolume"] in volumes for m in c["mountPoints"])
+    assert not c.get("portMappings"), "nothing listens in the tasks"
 
+
+def check_task_logs(state: StackState, expect: Expect, c: dict[str, Any], purpose: str) -> None:
+    """The container logs to its own group of the environment, encrypted, with retention."""
+    f = expect.facts
     logging = c["logConfiguration"]
     assert logging["logDriver"] == "awslogs"
-    group = log_group_named(state, expect.log_group("worker"))
+    group = log_group_named(state, expect.log_group(purpose))
     assert logging["options"]["awslogs-group"] == group.inputs["name"]
     assert logging["options"]["awslogs-region"] == f.region
     assert group.inputs["kmsKeyId"] == arn(key_of(state))
     assert group.inputs["retentionInDays"] == f.log_retention
+
+
+def db_command(f: Facts, job: str) -> list[str]:
+    """`python -m db.<job>` for this environment, as the stack file names it."""
+    identity = ["--environment", f.stack, "--tier", f.tier]
+    if f.experiment_id:
+        identity += ["--experiment-id", f.experiment_id]
+    return [f"db.{job}", *identity]
+
+
+def master_secret_arn(state: StackState) -> str:
+    secrets = only(state.of_type(DB), "database").outputs["masterUserSecrets"]
+    assert len(secrets) == 1
+    return str(secrets[0]["secretArn"])
+
+
+def test_database_task_is_locked_down(state: StackState, expect: Expect) -> None:
+    """The one-off database tasks (migrate; retention in experiments) run the worker's image with
+    the master password ECS hands them, and nothing else: no task role (no AWS credentials in
+    the container), their own execution role, their own log group."""
+    f = expect.facts
+    task = task_named(state, "db-task").inputs
+    assert task["family"] == f"{expect.prefix}-db"
+    assert task["requiresCompatibilities"] == ["FARGATE"]
+    assert task["networkMode"] == "awsvpc"
+    assert task["runtimePlatform"] == {
+        "operatingSystemFamily": "LINUX",
+        "cpuArchitecture": "X86_64",
+    }
+    cpu, memory = int(task["cpu"]), int(task["memory"])
+    assert cpu == 256 and memory in (512, 1024, 2048), (cpu, memory)  # a Fargate size
+    assert "taskRoleArn" not in task, "the database tasks get no role and no AWS credentials"
+    assert task["executionRoleArn"] == role_arn(state, expect, "migrator")
+    assert task["executionRoleArn"] != role_arn(state, expect, "execution")
+    assert not task.get("volumes"), "no host, EFS or task storage"
+
+    c = container_of(state, "db-task")
+    assert c["name"] == "db"
+    check_container_is_locked_down(c)
+    assert not c.get("mountPoints")
+    assert c["image"] == container_of(state)["image"], "the worker's image, which carries db/"
+    assert c["entryPoint"] == ["python", "-m"]
+    assert c["command"] == db_command(f, "migrate")
+    db = only(state.of_type(DB), "database")
+    env = {v["name"]: v["value"] for v in c["environment"]}
+    assert len(env) == len(c["environment"])
+    sslroot = env.pop("PGSSLROOTCERT")  # the image's CA bundle: verify-full checks the name
+    assert sslroot.startswith("/") and sslroot.endswith(".pem"), sslroot
+    assert int(env.pop("PGCONNECT_TIMEOUT")) > 0
+    assert env == {
+        "PGHOST": db.outputs["address"],
+        "PGPORT": "5432",
+        "PGDATABASE": db.inputs["dbName"],
+        "PGUSER": db.inputs["username"],
+        "PGSSLMODE": "verify-full",
+    }
+    # The password comes from the RDS-managed secret of this environment's database, fetched by
+    # ECS with the execution role; it is never in the definition itself.
+    assert c["secrets"] == [
+        {"name": "PGPASSWORD", "valueFrom": f"{master_secret_arn(state)}:password::"}
+    ]
+    check_task_logs(state, expect, c, "db-tasks")
+    assert c["logConfiguration"]["options"]["awslogs-group"] != expect.log_group("worker")
+
+
+def test_migrator_role_reads_only_this_environments_master_secret(
+    state: StackState, expect: Expect
+) -> None:
+    """The database tasks' execution role: the image, the tasks' logs, the master secret and the
+    key through Secrets Manager. It is the only role that may read that secret."""
+    f = expect.facts
+    role = role_named(state, expect.role("migrator"))
+    assert role.inputs["permissionsBoundary"] == arn(boundary_of(state, f))
+    trust = statements(role.inputs["assumeRolePolicy"])
+    assert trust
+    for st in trust:
+        assert st["Effect"] == "Allow"
+        assert st["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert as_list(st["Action"]) == ["sts:AssumeRole"]
+        assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == f.account
+    repo = arn(repository_of(state, expect))
+    group = arn(log_group_named(state, expect.log_group("db-tasks")))
+    secret = master_secret_arn(state)
+    assert secret.startswith(expect.arn("secretsmanager", "secret:"))
+    stmts = role_policy(state, expect.role("migrator"))
+    for st in stmts:
+        assert st["Effect"] == "Allow" and "NotResource" not in st and "NotAction" not in st
+    assert {st["Sid"]: (_actions(st), set(as_list(st["Resource"]))) for st in stmts} == {
+        "EcrLogin": ({"ecr:GetAuthorizationToken"}, {"*"}),
+        "PullTheWorkerImage": (set(PULLS), {repo}),
+        "WriteDatabaseTaskLogs": (
+            {"logs:CreateLogStream", "logs:PutLogEvents"},
+            {group, f"{group}:log-stream:*"},
+        ),
+        "ReadThisEnvironmentsMasterSecret": ({"secretsmanager:GetSecretValue"}, {secret}),
+        "DecryptTheMasterSecret": ({"kms:Decrypt"}, {arn(key_of(state))}),
+    }
+    for st in stmts:
+        if st["Sid"] == "DecryptTheMasterSecret":
+            assert st["Condition"] == {
+                "StringEquals": {"kms:ViaService": f"secretsmanager.{f.region}.amazonaws.com"}
+            }
+        else:
+            assert "Condition" not in st, st
+    # No other role of the environment names Secrets Manager at all.
+    for policy in state.of_type(ROLE_POLICY):
+        if policy.inputs["role"] == expect.role("migrator"):
+            continue
+        for st in statements(policy.inputs["policy"]):
+            assert not grants(st, "secretsmanager:GetSecretValue"), (policy.inputs["role"], st)
+            assert secret not in json.dumps(st), policy.inputs["role"]
 
 
 def test_worker_is_wired_to_this_environments_resources_only(
@@ -667,10 +795,11 @@ def test_service_runs_in_the_app_subnets_without_public_ip(
     cluster = only(state.of_type(CLUSTER), "ECS cluster")
     assert cluster.inputs["name"] == expect.prefix
     assert {"name": "containerInsights", "value": "enabled"} in cluster.inputs["settings"]
-    service = only(state.of_type(SERVICE), "ECS service").inputs
+    service_resource = only(state.of_type(SERVICE), "ECS service")
+    service = service_resource.inputs
     assert service["name"] == f"{expect.prefix}-worker"
     assert service["cluster"] == arn(cluster)
-    assert service["taskDefinition"] == arn(only(state.of_type(TASK), "task definition"))
+    assert service["taskDefinition"] == arn(task_named(state, "worker-task"))
     assert service["launchType"] == "FARGATE"
     assert service["enableExecuteCommand"] is False, "ECS Exec is a way around the roles"
     assert service["desiredCount"] == expect.desired_count
@@ -679,6 +808,133 @@ def test_service_runs_in_the_app_subnets_without_public_ip(
     assert sorted(network["subnets"]) == sorted(sn.id for sn in subnets(state, "app"))
     sg_app = only([sg for sg in state.of_type(SG) if sg.name == "sg-app"], "app security group")
     assert network["securityGroups"] == [sg_app.id]
+    # `pulumi up` succeeds only once the new worker tasks are stable (a worker that cannot start
+    # trips the circuit breaker and rolls back), and only after the database is migrated.
+    assert service["waitForSteadyState"] is True
+    assert service["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    migration = only(state.of_type(MIGRATION), "migration run")
+    assert migration.urn in service_resource.dependencies
+
+
+def test_migration_runs_the_database_task_before_the_worker(
+    state: StackState, expect: Expect
+) -> None:
+    """`pulumi up` runs the migration task (a dynamic resource, in the deployer's process) in
+    this environment's cluster, app subnets and app security group, without a public IP."""
+    f = expect.facts
+    migration = only(state.of_type(MIGRATION), "migration run")
+    assert migration.name == "db-migration"
+    cluster = arn(only(state.of_type(CLUSTER), "ECS cluster"))
+    task = arn(task_named(state, "db-task"))
+    sg_app = only([sg for sg in state.of_type(SG) if sg.name == "sg-app"], "app security group")
+    props = {k: v for k, v in migration.inputs.items() if k != "__provider"}
+    checksum = props.pop("migrationsChecksum")
+    assert re.fullmatch(r"[0-9a-f]{64}", checksum), checksum
+    assert sorted(props.pop("subnets")) == sorted(sn.id for sn in subnets(state, "app"))
+    assert props == {
+        "region": f.region,
+        "account": f.account,
+        "cluster": cluster,
+        "taskDefinition": task,
+        "securityGroups": [sg_app.id],
+        "logGroup": expect.log_group("db-tasks"),
+    }
+    # The same run, by hand: the stack exports the command.
+    command = shlex.split(state.outputs["migrateCommand"])
+    network = command[-1]
+    assert command[:-1] == [
+        "aws",
+        "ecs",
+        "run-task",
+        "--region",
+        f.region,
+        "--cluster",
+        cluster,
+        "--task-definition",
+        task,
+        "--launch-type",
+        "FARGATE",
+        "--network-configuration",
+    ]
+    assert network == (
+        f"awsvpcConfiguration={{subnets=[{','.join(migration.inputs['subnets'])}],"
+        f"securityGroups=[{sg_app.id}],assignPublicIp=DISABLED}}"
+    )
+
+
+def test_retention_schedule_runs_the_database_task_in_experiments_only(
+    state: StackState, expect: Expect
+) -> None:
+    """Experiments: EventBridge Scheduler starts the database task daily with the retention
+    command, through a role of the environment that may start only that task and pass only the
+    migrator role. Production rows are never expired: no schedule, no such role."""
+    f = expect.facts
+    schedules = state.of_type(SCHEDULE)
+    scheduler_roles = with_inputs(state, ROLE, name=expect.role("scheduler"))
+    if f.production:
+        assert schedules == [] and scheduler_roles == []
+        assert [p.inputs["role"] for p in state.of_type(ROLE_POLICY)].count(
+            expect.role("scheduler")
+        ) == 0
+        return
+    role = only(scheduler_roles, "scheduler role")
+    assert role.inputs["permissionsBoundary"] == arn(boundary_of(state, f))
+    assert statements(role.inputs["assumeRolePolicy"]) == [
+        {
+            "Sid": "SchedulesOfThisAccount",
+            "Effect": "Allow",
+            "Principal": {"Service": "scheduler.amazonaws.com"},
+            "Action": ["sts:AssumeRole"],
+            "Condition": {"StringEquals": {"aws:SourceAccount": f.account}},
+        }
+    ]
+    cluster = arn(only(state.of_type(CLUSTER), "ECS cluster"))
+    task = arn(task_named(state, "db-task"))
+    family, _, revision = task.rpartition(":")
+    assert family == expect.arn("ecs", f"task-definition/{expect.prefix}-db") and revision
+    stmts = role_policy(state, expect.role("scheduler"))
+    assert stmts == [
+        {
+            "Sid": "RunTheDatabaseTask",
+            "Effect": "Allow",
+            "Action": ["ecs:RunTask"],
+            "Resource": [f"{family}:*"],
+            "Condition": {"ArnEquals": {"ecs:cluster": cluster}},
+        },
+        {
+            "Sid": "PassTheMigratorRole",
+            "Effect": "Allow",
+            "Action": ["iam:PassRole"],
+            "Resource": [role_arn(state, expect, "migrator")],
+            "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
+        },
+    ]
+
+    schedule = only(schedules, "retention schedule")
+    assert schedule.name == "retention-schedule"
+    i = schedule.inputs
+    assert i["name"] == f"{expect.prefix}-retention"
+    assert i["flexibleTimeWindow"] == {"mode": "OFF"}
+    assert re.fullmatch(r"cron\(\d+ \d+ \* \* \? \*\)", i["scheduleExpression"])  # daily
+    target = i["target"]
+    assert target["arn"] == cluster
+    assert target["roleArn"] == arn(role)
+    sg_app = only([sg for sg in state.of_type(SG) if sg.name == "sg-app"], "app security group")
+    ecs = target["ecsParameters"]
+    assert ecs["taskDefinitionArn"] == task
+    assert ecs["launchType"] == "FARGATE"
+    assert ecs["networkConfiguration"]["assignPublicIp"] is False
+    assert sorted(ecs["networkConfiguration"]["subnets"]) == sorted(
+        sn.id for sn in subnets(state, "app")
+    )
+    assert ecs["networkConfiguration"]["securityGroups"] == [sg_app.id]
+    assert not ecs.get("taskCount") or ecs["taskCount"] == 1
+    days = int(f.retention.get("expireAfterDays", 30))
+    assert json.loads(target["input"]) == {
+        "containerOverrides": [
+            {"name": "db", "command": [*db_command(f, "retention"), "--older-than-days", str(days)]}
+        ]
+    }
 
 
 # -- feature flags -----------------------------------------------------------------------------
@@ -850,7 +1106,17 @@ def test_audit_bucket_takes_cloudtrail_writes_and_no_role_tampers(
     ]
     assert [st.get("Sid") for st in blocking if _may_deny_cloudtrail(st)] == []
 
-    # Every role of the environment is denied every write, delete and re-configuration.
+    assert sorted(st.get("Sid") for st in denies) == [
+        "DenyInsecureTransport",
+        "DenyListingOutsideTheAuditors",
+        "DenyReadingOutsideTheAuditors",
+        "DenyTamperingByEnvironmentRoles",
+    ]
+    for st in denies:
+        assert st["Principal"] in ("*", {"AWS": "*"}), st
+
+    # Every role of the environment, and the audit readers, are denied every write, delete and
+    # re-configuration.
     tls = [st for st in denies if st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}]
     assert len(tls) == 1 and set(as_list(tls[0]["Resource"])) == {bucket_arn, f"{bucket_arn}/*"}
     tamper = [
@@ -858,12 +1124,48 @@ def test_audit_bucket_takes_cloudtrail_writes_and_no_role_tampers(
     ]
     assert len(tamper) == 1
     st = tamper[0]
-    assert st["Principal"] in ("*", {"AWS": "*"})
+    assert st["Sid"] == "DenyTamperingByEnvironmentRoles"
     assert set(st["Condition"]) == {"ArnEquals"}
     assert set(as_list(st["Resource"])) == {bucket_arn, f"{bucket_arn}/*"}
     roles = set(as_list(st["Condition"]["ArnEquals"]["aws:PrincipalArn"]))
-    assert roles == {arn(r) for r in state.of_type(ROLE)}
+    env_roles = {f.role_arn(r) for r in ENV_ROLES}
+    assert roles == env_roles | set(f.audit_readers)
     assert [a for a in AUDIT_TAMPERING if not grants(st, a)] == []
+    # A role of the stack the bucket policy does not name (the experiment's scheduler) carries
+    # the boundary, whose S3 fence leaves it no action at all on the audit bucket.
+    own_roles = state.of_type(ROLE)
+    assert env_roles <= {arn(r) for r in own_roles}
+    s3_fence = [
+        st
+        for st in statements(boundary_of(state, f).inputs["policy"])
+        if st["Effect"] == "Deny" and not st.get("Condition") and grants(st, "s3:PutObject")
+    ]
+    assert len(s3_fence) == 1 and as_list(s3_fence[0]["Action"]) == ["s3:*"]
+    assert not {bucket_arn, f"{bucket_arn}/*"} & set(as_list(s3_fence[0]["NotResource"]))
+    for role in own_roles:
+        if arn(role) not in roles:
+            assert role.inputs["permissionsBoundary"] == arn(boundary_of(state, f)), role.name
+
+    # Reading the log: the audit readers (and the environment's roles, which the boundary keeps
+    # off the bucket anyway); not the deployer, not the administrators. Listing: the same and
+    # the deployer (the provider reads the bucket back with HeadBucket). Requests of AWS
+    # services carry no aws:PrincipalArn: the Null test leaves CloudTrail's writes alone.
+    reading = _by_sid(denies, "DenyReadingOutsideTheAuditors")
+    assert _actions(reading) == {"s3:GetObject*", "s3:RestoreObject"}
+    assert as_list(reading["Resource"]) == [f"{bucket_arn}/*"]
+    assert set(reading["Condition"]) == {"ArnNotEquals", "Null"}
+    assert reading["Condition"]["Null"] == {"aws:PrincipalArn": "false"}
+    readers = set(as_list(reading["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
+    assert readers == env_roles | set(f.audit_readers)
+    assert f.deployer not in readers and not readers & set(f.admins)
+    listing = _by_sid(denies, "DenyListingOutsideTheAuditors")
+    assert as_list(listing["Action"]) == ["s3:ListBucket*"]
+    assert as_list(listing["Resource"]) == [bucket_arn]
+    assert set(listing["Condition"]) == {"ArnNotEquals", "Null"}
+    assert listing["Condition"]["Null"] == {"aws:PrincipalArn": "false"}
+    listers = set(as_list(listing["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]))
+    assert listers == env_roles | set(f.audit_readers) | {f.deployer}
+    assert not listers & set(f.admins)
 
     # Nor may any role stop, change or delete the trail or its log group.
     boundary = [
@@ -923,15 +1225,23 @@ def test_denied_access_raises_an_alarm_on_an_encrypted_topic(
     assert alarm["comparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["evaluationPeriods"] == 1
     assert alarm["alarmActions"] == [arn(topic)]
-    # The alarm can publish to the encrypted topic: CloudWatch may use the key, in this account.
+    # The alarm can publish to the encrypted topic: CloudWatch may use the key for that, and
+    # for nothing else. Deliberately without a condition (keys.py: CloudWatch's KMS calls are not
+    # documented to carry aws:SourceAccount/aws:SourceArn, and a missing key would silence every
+    # alarm); what keeps other accounts' alarms out is the topic's default policy, so the stack
+    # must not replace it.
     alarms_use = [
         st
         for st in statements(key_of(state).inputs["policy"])
         if st["Effect"] == "Allow" and principals(st, "Service") == {"cloudwatch.amazonaws.com"}
     ]
     assert len(alarms_use) == 1
-    assert grants(alarms_use[0], "kms:GenerateDataKey") and grants(alarms_use[0], "kms:Decrypt")
-    assert alarms_use[0]["Condition"] == {"StringEquals": {"aws:SourceAccount": f.account}}
+    assert alarms_use[0]["Sid"] == "CloudWatchAlarmsPublishToTheTopic"
+    assert alarms_use[0]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert _actions(alarms_use[0]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    assert as_list(alarms_use[0]["Resource"]) == ["*"]
+    assert "Condition" not in alarms_use[0]
+    assert not topic.inputs.get("policy") and state.of_type(TOPIC_POLICY) == []
 
 
 def check_alert_subscriptions(state: StackState, expect: Expect) -> None:
@@ -954,7 +1264,8 @@ def test_alerts_go_to_the_configured_emails(state: StackState, expect: Expect) -
 def test_every_log_group_keeps_the_configured_retention(state: StackState, expect: Expect) -> None:
     f = expect.facts
     groups = {g.inputs["name"]: g for g in state.of_type(LOG_GROUP)}
-    assert {expect.log_group(p) for p in ("vpc-flow-logs", "worker", "cloudtrail")} <= set(groups)
+    purposes = ("vpc-flow-logs", "worker", "db-tasks", "cloudtrail")
+    assert {expect.log_group(p) for p in purposes} <= set(groups)
     assert expect.rds_log_group in groups
     for name, group in groups.items():
         assert name.startswith(expect.log_group("")) or name == expect.rds_log_group, name
@@ -1042,8 +1353,12 @@ def test_prebuilt_image_is_used_without_a_build(overridden: StackState) -> None:
         test_repository_is_immutable_scanned_and_encrypted,
         test_repository_policy_admits_only_this_environment,
         test_task_definition_is_locked_down,
+        test_database_task_is_locked_down,
         test_execution_role_pulls_its_repository_and_writes_its_log_group_only,
+        test_migrator_role_reads_only_this_environments_master_secret,
         test_service_runs_in_the_app_subnets_without_public_ip,
+        test_migration_runs_the_database_task_before_the_worker,
+        test_retention_schedule_runs_the_database_task_in_experiments_only,
     ):
         check(overridden, expect)
 
@@ -1110,6 +1425,8 @@ NEW_TYPES = (
     OBJECT_LOCK,
     METRIC_FILTER,
     SUBSCRIPTION,
+    SCHEDULE,  # experiments only
+    MIGRATION,
 )
 KEY_INPUTS = ("kmsMasterKeyId", "kmsKeyId", "kmsKey")
 

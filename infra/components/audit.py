@@ -171,7 +171,9 @@ class Audit(pulumi.ComponentResource):
                     TAMPERING,
                     [self.bucket.arn, objects],
                     principal="*",
-                    condition={"ArnEquals": {"aws:PrincipalArn": every_role + list(s.audit_readers)}},
+                    condition={
+                        "ArnEquals": {"aws:PrincipalArn": every_role + list(s.audit_readers)}
+                    },
                 ),
                 # Requests from AWS services carry no aws:PrincipalArn; the Null test keeps
                 # CloudTrail's own writes out of these Denies. The audit readers (the security

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,7 @@ class DatabaseTasks(pulumi.ComponentResource):
         self.register_outputs({"migrateCommand": self.command})
 
     def _retention_schedule(
-        self, s: Settings, args: DatabaseTasksArgs, network: dict[str, object]
+        self, s: Settings, args: DatabaseTasksArgs, network: Mapping[str, object]
     ) -> None:
         child = pulumi.ResourceOptions(parent=self)
         role = aws.iam.Role(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pulumi
 
+from infra import naming
 from infra.components.audit import Audit, AuditArgs
 from infra.components.compute import Compute, ComputeArgs
 from infra.components.data import Data, DataArgs
@@ -26,7 +27,6 @@ from infra.components.identity import (
 from infra.components.keys import Keys, KeysArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.pipeline import Pipeline, PipelineArgs
-from infra import naming
 from infra.settings import Settings
 
 

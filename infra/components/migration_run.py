@@ -38,7 +38,7 @@ def run_migration(props: dict[str, Any], ecs: Any = None, sts: Any = None) -> st
     """Run the task once and return its ARN; raise MigrationFailed with the reason otherwise.
     `ecs`/`sts` are boto3 clients (made from the default credential chain when None)."""
     if ecs is None or sts is None:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         session = boto3.session.Session(region_name=props["region"])
         ecs = ecs or session.client("ecs")
@@ -75,7 +75,9 @@ def run_migration(props: dict[str, Any], ecs: Any = None, sts: Any = None) -> st
         WaiterConfig={"Delay": WAIT_DELAY_SECONDS, "MaxAttempts": WAIT_ATTEMPTS},
     )
     task = ecs.describe_tasks(cluster=props["cluster"], tasks=[task_arn])["tasks"][0]
-    container = next((c for c in task.get("containers", []) if c.get("name") == CONTAINER), {})
+    container: dict[str, Any] = next(
+        (c for c in task.get("containers", []) if c.get("name") == CONTAINER), {}
+    )
     code = container.get("exitCode")
     if code != 0:
         raise MigrationFailed(
