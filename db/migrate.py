@@ -196,20 +196,27 @@ def migrate(
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
-def _check_identity(conn: psycopg.Connection, identity: Identity, *, fresh_ok: bool) -> None:
+def recorded_identity(conn: psycopg.Connection) -> Identity | None:
+    """The identity the database recorded at its first migration; None before it has one."""
     (table,) = conn.execute(
         "SELECT to_regclass('envfence.environment_identity')::text"
     ).fetchone() or (None,)
     if table is None:
-        if fresh_ok:
-            return
-        raise MigrationError("the migrations did not record the environment identity")
+        return None
     row = conn.execute(
         "SELECT environment, tier, experiment_id FROM envfence.environment_identity"
     ).fetchone()
     if row is None:
         raise MigrationError("envfence.environment_identity is empty: the database is damaged")
-    existing = Identity(*row)
+    return Identity(*row)
+
+
+def _check_identity(conn: psycopg.Connection, identity: Identity, *, fresh_ok: bool) -> None:
+    existing = recorded_identity(conn)
+    if existing is None:
+        if fresh_ok:
+            return
+        raise MigrationError("the migrations did not record the environment identity")
     if existing != identity:
         raise IdentityMismatch(
             f"this database belongs to {existing.describe()}, not {identity.describe()}: "

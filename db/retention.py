@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from db.migrate import TIERS, Identity, MigrationError
+from db.migrate import TIERS, Identity, MigrationError, recorded_identity
 
 if TYPE_CHECKING:  # psycopg is imported where a connection is made
     import psycopg
@@ -82,17 +82,14 @@ def expire(conn: psycopg.Connection, identity: Identity, *, older_than_days: int
 
 def _check_identity(conn: psycopg.Connection, identity: Identity) -> None:
     """db.migrate's identity check, for a database that must already be migrated."""
-    table = conn.execute("SELECT to_regclass('envfence.environment_identity')::text").fetchone()
-    if table is None or table[0] is None:
+    try:
+        existing = recorded_identity(conn)
+    except MigrationError as exc:
+        raise RetentionError(str(exc)) from None
+    if existing is None:
         raise RetentionError(
             "envfence.environment_identity does not exist: this is not a migrated envfence database"
         )
-    row = conn.execute(
-        "SELECT environment, tier, experiment_id FROM envfence.environment_identity"
-    ).fetchone()
-    if row is None:
-        raise RetentionError("envfence.environment_identity is empty: the database is damaged")
-    existing = Identity(*row)
     if existing != identity:
         raise RetentionError(
             f"this database belongs to {existing.describe()}, not {identity.describe()}: "

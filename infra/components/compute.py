@@ -19,6 +19,7 @@ import pulumi_aws as aws
 import pulumi_docker as docker
 
 from infra import naming
+from infra.components.containers import PULL_ACTIONS, hardened_container
 from infra.components.database_tasks import DatabaseTasks, DatabaseTasksArgs
 from infra.components.policies import document, statement
 from infra.settings import Settings
@@ -28,11 +29,6 @@ APP_DIR = ROOT / "app"
 # What the image is built from (the build context is the repository, narrowed by .dockerignore
 # to these): the worker and the database migrations it runs as a one-off task.
 IMAGE_SOURCES = ("app", "db")
-PULL_ACTIONS = [
-    "ecr:BatchGetImage",
-    "ecr:GetDownloadUrlForLayer",
-    "ecr:BatchCheckLayerAvailability",
-]
 PUSH_ACTIONS = [
     "ecr:PutImage",
     "ecr:InitiateLayerUpload",
@@ -224,25 +220,15 @@ class Compute(pulumi.ComponentResource):
             retention_in_days=s.log_retention_days,
             opts=child,
         )
-        container = {
-            "name": "worker",
-            "image": self.image_ref,
-            "essential": True,
-            "user": "10001:10001",
-            "readonlyRootFilesystem": True,
-            "privileged": False,
-            "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
-            "environment": [{"name": k, "value": v} for k, v in sorted(args.environment.items())],
-            "mountPoints": [{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
-            "logConfiguration": {
-                "logDriver": "awslogs",
-                "options": {
-                    "awslogs-group": self.log_group.name,
-                    "awslogs-region": s.region,
-                    "awslogs-stream-prefix": "worker",
-                },
-            },
-        }
+        container = hardened_container(
+            "worker",
+            self.image_ref,
+            self.log_group.name,
+            s.region,
+            "worker",
+            environment=[{"name": k, "value": v} for k, v in sorted(args.environment.items())],
+            mountPoints=[{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
+        )
         task = aws.ecs.TaskDefinition(
             "worker-task",
             family=f"{prefix}-worker",

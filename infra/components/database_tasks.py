@@ -27,6 +27,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.components.containers import hardened_container
 from infra.components.migration_run import CONTAINER, MigrationRun
 from infra.components.policies import document, statement
 from infra.settings import Settings
@@ -98,18 +99,16 @@ class DatabaseTasks(pulumi.ComponentResource):
             retention_in_days=s.log_retention_days,
             opts=child,
         )
-        container = {
-            "name": CONTAINER,
-            "image": args.image,
-            "essential": True,
-            "user": "10001:10001",
-            "readonlyRootFilesystem": True,
-            "privileged": False,
-            "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
+        container = hardened_container(
+            CONTAINER,
+            args.image,
+            self.log_group.name,
+            s.region,
+            "db",
             # `python -m <command>`: the schedule overrides only `command` (db.retention).
-            "entryPoint": ["python", "-m"],
-            "command": migrate_command(s),
-            "environment": [
+            entryPoint=["python", "-m"],
+            command=migrate_command(s),
+            environment=[
                 {"name": "PGHOST", "value": args.db_address},
                 {"name": "PGPORT", "value": "5432"},
                 {"name": "PGDATABASE", "value": DB_NAME},
@@ -120,21 +119,13 @@ class DatabaseTasks(pulumi.ComponentResource):
             ],
             # The RDS-managed secret is JSON {"username", "password"}: take the password key.
             # https://docs.aws.amazon.com/AmazonECS/latest/developerguide/secrets-envvar-secrets-manager.html
-            "secrets": [
+            secrets=[
                 {
                     "name": "PGPASSWORD",
                     "valueFrom": pulumi.Output.concat(args.master_secret_arn, ":password::"),
                 }
             ],
-            "logConfiguration": {
-                "logDriver": "awslogs",
-                "options": {
-                    "awslogs-group": self.log_group.name,
-                    "awslogs-region": s.region,
-                    "awslogs-stream-prefix": "db",
-                },
-            },
-        }
+        )
         self.task = aws.ecs.TaskDefinition(
             "db-task",
             family=f"{prefix}-db",

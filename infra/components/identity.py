@@ -17,6 +17,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.components.containers import start_task_statements
 from infra.components.policies import account_root, document, statement
 from infra.settings import Settings
 
@@ -411,46 +412,17 @@ class Permissions(pulumi.ComponentResource):
                     _log_streams(res.flow_log_group_arn),
                 )
             ],
-            "execution": [
-                # GetAuthorizationToken acts on no resource: AWS only accepts Resource "*".
-                statement("EcrLogin", "Allow", ["ecr:GetAuthorizationToken"], ["*"]),
-                statement(
-                    "PullTheWorkerImage",
-                    "Allow",
-                    [
-                        "ecr:BatchGetImage",
-                        "ecr:GetDownloadUrlForLayer",
-                        "ecr:BatchCheckLayerAvailability",
-                    ],
-                    [res.repository_arn],
-                ),
-                statement(
-                    "WriteWorkerLogs",
-                    "Allow",
-                    ["logs:CreateLogStream", "logs:PutLogEvents"],
-                    _log_streams(res.worker_log_group_arn),
-                ),
-            ],
+            "execution": start_task_statements(
+                res.repository_arn, _log_streams(res.worker_log_group_arn), "WriteWorkerLogs"
+            ),
             # The execution role of the database tasks (ECS uses it before the container
             # starts): the task itself gets no role and no AWS credentials at all.
             # https://docs.aws.amazon.com/AmazonECS/latest/developerguide/secrets-envvar-secrets-manager.html
             naming.MIGRATOR_ROLE: [
-                statement("EcrLogin", "Allow", ["ecr:GetAuthorizationToken"], ["*"]),
-                statement(
-                    "PullTheWorkerImage",
-                    "Allow",
-                    [
-                        "ecr:BatchGetImage",
-                        "ecr:GetDownloadUrlForLayer",
-                        "ecr:BatchCheckLayerAvailability",
-                    ],
-                    [res.repository_arn],
-                ),
-                statement(
-                    "WriteDatabaseTaskLogs",
-                    "Allow",
-                    ["logs:CreateLogStream", "logs:PutLogEvents"],
+                *start_task_statements(
+                    res.repository_arn,
                     _log_streams(res.db_tasks_log_group_arn),
+                    "WriteDatabaseTaskLogs",
                 ),
                 statement(
                     "ReadThisEnvironmentsMasterSecret",
