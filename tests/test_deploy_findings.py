@@ -334,6 +334,13 @@ def deployer(state: StackState) -> str:
     return f"arn:aws:iam::{account(state)}:role/envfence-deployer"
 
 
+VALIDATE = "RequestToValidateKeyAccess"
+SECRET = {
+    "kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com",
+    "kms:EncryptionContext:SecretARN": (
+        f"arn:aws:secretsmanager:{REGION}:ACCOUNT:secret:rds!db-0123-abcd"
+    ),
+}
 DEPLOYER_MUST = [
     # the provider's reads of the key, and the policy replacement CreateKey insists on
     ("kms:PutKeyPolicy", "key", {}),
@@ -345,7 +352,10 @@ DEPLOYER_MUST = [
     ("kms:RetireGrant", "key", {}),
     # RDS storage and the managed master secret
     ("kms:CreateGrant", "key", {"kms:ViaService": f"rds.{REGION}.amazonaws.com"}),
-    ("kms:GenerateDataKey", "key", {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}),
+    # RDS-managed master secret: its value written, and the key-access check Secrets Manager
+    # makes (https://docs.aws.amazon.com/secretsmanager/latest/userguide/security-encryption.html)
+    ("kms:GenerateDataKey", "key", {**SECRET, "kms:EncryptionContext:SecretVersionId": "v-1"}),
+    ("kms:Decrypt", "key", {**SECRET, "kms:EncryptionContext:SecretVersionId": VALIDATE}),
     # HeadBucket (the provider's read of a bucket) is authorized as s3:ListBucket
     ("s3:ListBucket", "store:raw", {}),
     ("s3:ListBucket", "store:results", {}),
@@ -359,6 +369,8 @@ DEPLOYER_MUST_NOT = [
     ("kms:Decrypt", "key", {}),
     ("kms:Decrypt", "key", {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}),
     ("kms:CreateGrant", "key", {}),
+    # GetSecretValue on the master secret: Secrets Manager decrypts with the real version id
+    ("kms:Decrypt", "key", {**SECRET, "kms:EncryptionContext:SecretVersionId": "v-1"}),
 ]
 
 
@@ -372,7 +384,8 @@ def _resource(state: StackState, which: str) -> str:
 
 
 def _caller_account(state: StackState, context: dict[str, Any]) -> dict[str, Any]:
-    return {"aws:SecureTransport": True, "kms:CallerAccount": account(state), **context}
+    own = {k: v.replace(":ACCOUNT:", f":{account(state)}:") for k, v in context.items()}
+    return {"aws:SecureTransport": True, "kms:CallerAccount": account(state), **own}
 
 
 @pytest.mark.parametrize("stack", ["prod", "experiment"])

@@ -117,12 +117,7 @@ KEY_ADMIN_ACTIONS = {
 }
 # What AWS services do with the key on the deployer's behalf when it creates the database, its
 # RDS-managed master secret and the ECR repository; and the only services they may do it through.
-DEPLOYER_THROUGH_SERVICES = {
-    "kms:CreateGrant",
-    "kms:DescribeKey",
-    "kms:Decrypt",
-    "kms:GenerateDataKey*",
-}
+DEPLOYER_THROUGH_SERVICES = {"kms:CreateGrant", "kms:DescribeKey"}
 DEPLOYER_SERVICES = ("rds", "secretsmanager", "ecr")
 S3_OBJECT_ACTIONS = (
     "s3:GetObject",
@@ -688,6 +683,21 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
                 and sorted(via) == sorted(facts.via(s) for s in DEPLOYER_SERVICES)
             ):
                 return None  # the deployer, only through the services that encrypt for it
+            secret = f"arn:aws:secretsmanager:{facts.region}:{facts.account}:secret:rds!*"
+            if (
+                equals.get("kms:CallerAccount") == facts.account
+                and via == [facts.via("secretsmanager")]
+                and cond.get("StringLike") == {"kms:EncryptionContext:SecretARN": secret}
+                and (
+                    _actions(st) == {"kms:GenerateDataKey"}
+                    or (
+                        _actions(st) == {"kms:Decrypt"}
+                        and equals.get("kms:EncryptionContext:SecretVersionId")
+                        == "RequestToValidateKeyAccess"
+                    )
+                )
+            ):
+                return None  # the master secret's value written, its key access checked
             return "the deployer's use is not limited to RDS, Secrets Manager and ECR"
         return f"data use by {sorted(aws)} not limited to this environment's roles"
     if services:
@@ -746,10 +756,22 @@ def test_key_policy_data_use_is_limited_to_this_environment(
     retire = _by_sid(stmts, "DeployerRetiresServiceGrants")
     assert retire["Principal"] == {"AWS": facts.deployer} and "Condition" not in retire
     assert as_list(retire["Action"]) == ["kms:RetireGrant"]
-    # The deployer is named in exactly these two statements and the administration one.
+    # The master secret: written and key-checked through Secrets Manager, never read.
+    secret_arns = f"arn:aws:secretsmanager:{facts.region}:{facts.account}:secret:rds!*"
+    writes = _by_sid(stmts, "DeployerWritesTheMasterSecret")
+    assert as_list(writes["Action"]) == ["kms:GenerateDataKey"]
+    assert writes["Condition"]["StringLike"] == {"kms:EncryptionContext:SecretARN": secret_arns}
+    check = _by_sid(stmts, "DeployerValidatesTheSecretKeyOnly")
+    assert as_list(check["Action"]) == ["kms:Decrypt"]
+    assert check["Condition"]["StringEquals"]["kms:EncryptionContext:SecretVersionId"] == (
+        "RequestToValidateKeyAccess"
+    )
+    # The deployer is named in exactly these statements and the administration one.
     assert sorted(st.get("Sid") for st in stmts if facts.deployer in principals(st, "AWS")) == [
         "DeployerRetiresServiceGrants",
         "DeployerThroughServices",
+        "DeployerValidatesTheSecretKeyOnly",
+        "DeployerWritesTheMasterSecret",
         "KeyAdministration",
     ]
     # Nothing else may hand out grants.

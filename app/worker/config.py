@@ -69,6 +69,24 @@ class Config:
     flags_poll_seconds: int = 60
     log_level: str = "INFO"
 
+    def variables(self) -> dict[str, str | None]:
+        """The value each environment variable took, defaults applied (the request contract
+        names configuration values by these variables)."""
+        return {
+            "ENVFENCE_ENVIRONMENT": self.identity.environment,
+            "ENVFENCE_EXPERIMENT_ID": self.identity.experiment_id,
+            "QUEUE_URL": self.queue_url,
+            "RAW_BUCKET": self.raw_bucket,
+            "AWS_REGION": self.region,
+            "DB_HOST": self.db_host,
+            "DB_PORT": str(self.db_port),
+            "DB_NAME": self.db_name,
+            "DB_USER": self.db_user,
+            "APPCONFIG_APPLICATION": self.appconfig_application,
+            "APPCONFIG_ENVIRONMENT": self.appconfig_environment,
+            "APPCONFIG_PROFILE": self.appconfig_profile,
+        }
+
 
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build the Config from `environ`; raise ConfigError naming the first bad variable."""

@@ -45,6 +45,9 @@ class RealRequest:
     resource: str
     context: Mapping[str, ContextValue] = field(default_factory=dict)
     source: str = ""
+    # The policies of the VPC endpoints the request passes through (evaluated with it: an
+    # endpoint policy must allow, and its Deny wins like any other).
+    endpoint_policies: tuple[iam.Policy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def decide(world: World, request: RealRequest, target: Target | None = None) -> 
             resource=request.resource,
             resource_account=target.account,
             context=dict(request.context),
+            via_endpoint_policies=request.endpoint_policies,
         ),
         policies,
     )

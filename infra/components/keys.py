@@ -51,16 +51,23 @@ USE_ACTIONS = [
 ]
 # What the deployer's creates make AWS services do with the key on its behalf (forward access
 # sessions): RDS storage encryption (CreateGrant, DescribeKey), the RDS-managed master secret
-# (Decrypt, GenerateDataKey, CreateGrant), ECR repository encryption (CreateGrant, DescribeKey).
+# (CreateGrant, DescribeKey; its GenerateDataKey and key-check Decrypt below), ECR repository
+# encryption (CreateGrant, DescribeKey).
 # https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Overview.Encryption.Keys.html
 # https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-secrets-manager.html
 # https://docs.aws.amazon.com/AmazonECR/latest/userguide/encryption-at-rest.html
 DEPLOY_THROUGH_SERVICES = [
     "kms:CreateGrant",
     "kms:DescribeKey",
-    "kms:Decrypt",
-    "kms:GenerateDataKey*",
 ]
+# The RDS-managed master secret: Secrets Manager encrypts its value on behalf of the creator
+# (GenerateDataKey) and checks the creator's key access with a Decrypt whose encryption context
+# has SecretVersionId = "RequestToValidateKeyAccess" ("Secret encryption and decryption in AWS
+# Secrets Manager": https://docs.aws.amazon.com/secretsmanager/latest/userguide/
+# security-encryption.html). Reading the secret decrypts with its real version id, which these
+# statements do not allow: the deployer can create the database but not read its password.
+RDS_SECRETS = "secret:rds!*"
+VALIDATE_KEY_ACCESS = "RequestToValidateKeyAccess"
 
 
 @dataclass
@@ -118,6 +125,43 @@ class Keys(pulumi.ComponentResource):
                                 f"ecr.{s.region}.amazonaws.com",
                             ],
                         }
+                    },
+                ),
+                statement(
+                    "DeployerWritesTheMasterSecret",
+                    "Allow",
+                    ["kms:GenerateDataKey"],
+                    ["*"],
+                    principal={"AWS": s.deployer},
+                    condition={
+                        "StringEquals": {
+                            "kms:CallerAccount": s.account,
+                            "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com",
+                        },
+                        "StringLike": {
+                            "kms:EncryptionContext:SecretARN": (
+                                f"arn:aws:secretsmanager:{s.region}:{s.account}:{RDS_SECRETS}"
+                            )
+                        },
+                    },
+                ),
+                statement(
+                    "DeployerValidatesTheSecretKeyOnly",
+                    "Allow",
+                    ["kms:Decrypt"],
+                    ["*"],
+                    principal={"AWS": s.deployer},
+                    condition={
+                        "StringEquals": {
+                            "kms:CallerAccount": s.account,
+                            "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com",
+                            "kms:EncryptionContext:SecretVersionId": VALIDATE_KEY_ACCESS,
+                        },
+                        "StringLike": {
+                            "kms:EncryptionContext:SecretARN": (
+                                f"arn:aws:secretsmanager:{s.region}:{s.account}:{RDS_SECRETS}"
+                            )
+                        },
                     },
                 ),
                 # ECR retires its two grants when the repository is deleted; its guide asks for
