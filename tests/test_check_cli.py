@@ -182,7 +182,8 @@ def test_text_output_of_a_clean_pair(
     assert "prod/pipeline may read experiment/results" in out
     assert out.splitlines()[-1] == (
         "PASS: 0 violation(s), 1 declared flow(s) in use; "
-        "PROVED: 2/2 iam pair(s), 2/2 network pair(s) proved isolated"
+        "PROVED: 2/2 iam pair(s), 2/2 network pair(s) proved isolated, "
+        "84/84 real-request control(s) hold"
     )
 
 

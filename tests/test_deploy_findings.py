@@ -507,3 +507,31 @@ def test_the_build_inputs_are_the_same_in_every_checkout(tmp_path: Path) -> None
     assert source_tag(laptop) == source_tag(ci)
     (ci / "db" / "migrate.py").write_text("changed")
     assert source_tag(laptop) != source_tag(ci)  # db/ is in the image: a change is a new tag
+
+
+# -- CloudTrail's CloudWatch Logs role: source keys only if CloudTrail sends them -------------
+
+
+def _trust_with(stacks: Stacks, role: str, operator: str) -> list[tuple[str, str]]:
+    import copy
+
+    from envfence.rules import run_all
+
+    bad = copy.deepcopy(stacks)
+    r = bad["prod"].named(f"role-{role}", "aws:iam/role:Role")
+    doc = json.loads(r.get("assumeRolePolicy"))
+    for st in doc["Statement"]:
+        cond = st["Condition"]
+        for op in [k for k in cond if k.startswith("StringEquals")]:
+            cond[operator] = cond.pop(op)
+    r.set("assumeRolePolicy", json.dumps(doc))
+    return [(v.rule, v.urn.rsplit("::", 1)[-1]) for v in run_all(bad.values()).violations]
+
+
+def test_ef302_accepts_if_exists_only_for_cloudtrail(stacks: Stacks) -> None:
+    """CloudTrail documents aws:SourceAccount for its bucket and key policies, not for assuming
+    the CloudWatch Logs role: IfExists is accepted there (keys checked when sent, delivery not
+    locked out when not). Flow logs document the keys on their role: IfExists fires there."""
+    assert _trust_with(stacks, "trail", "StringEqualsIfExists") == []
+    assert _trust_with(stacks, "flowlogs", "StringEqualsIfExists") == [("EF302", "role-flowlogs")]
+    assert _trust_with(stacks, "trail", "StringLike") == [("EF302", "role-trail")]

@@ -48,7 +48,8 @@ def test_clean_pair_is_proved(
     assert "prod -> experiment: iam proved" in out
     assert "declared flow: prod/pipeline may read experiment/results" in out
     assert out.rstrip().splitlines()[-1] == (
-        "PROVED: 2/2 iam pair(s), 2/2 network pair(s) proved isolated"
+        "PROVED: 2/2 iam pair(s), 2/2 network pair(s) proved isolated, "
+        "84/84 real-request control(s) hold"
     )
 
 

@@ -42,6 +42,7 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, dict[str, 
     for name in ("Pulumi.yaml", "Pulumi.prod.yaml", "Pulumi.experiment.yaml"):
         shutil.copy(ROOT / name, root / name)
     (root / "infra").symlink_to(ROOT / "infra")
+    (root / "app").symlink_to(ROOT / "app")  # the worker's request contract
     short_lived_stack_file(root)
     project = load_project(root)
     return project, {name: evaluate(name, project) for name in project.stacks()}

@@ -1055,8 +1055,9 @@ def test_trail_delivers_to_its_own_encrypted_log_group(state: StackState, expect
     assert role.inputs["permissionsBoundary"] == arn(boundary_of(state, f))
     for st in statements(role.inputs["assumeRolePolicy"]):
         assert st["Principal"] == {"Service": "cloudtrail.amazonaws.com"}
-        assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == f.account
-        sources = st["Condition"]["ArnEquals"]["aws:SourceArn"]
+        # IfExists: CloudTrail does not document the source keys when it assumes this role
+        assert st["Condition"]["StringEqualsIfExists"]["aws:SourceAccount"] == f.account
+        sources = st["Condition"]["ArnEqualsIfExists"]["aws:SourceArn"]
         assert as_list(sources) == [expect.arn("cloudtrail", f"trail/{expect.prefix}")]
     for st in role_policy(state, expect.role("trail")):
         assert set(as_list(st["Resource"])) == {arn(group), f"{arn(group)}:log-stream:*"}
@@ -1107,11 +1108,23 @@ def test_audit_bucket_takes_cloudtrail_writes_and_no_role_tampers(
     assert [st.get("Sid") for st in blocking if _may_deny_cloudtrail(st)] == []
 
     assert sorted(st.get("Sid") for st in denies) == [
+        "DenyDeletingTheLog",
         "DenyInsecureTransport",
         "DenyListingOutsideTheAuditors",
         "DenyReadingOutsideTheAuditors",
         "DenyTamperingByEnvironmentRoles",
+        "DenyWritingTheLogOutsideCloudTrail",
     ]
+    # No IAM principal writes the log (CloudTrail's requests carry no aws:PrincipalArn), and
+    # in production none deletes from it; an experiment's deployer empties it on destroy.
+    forge = next(st for st in denies if st["Sid"] == "DenyWritingTheLogOutsideCloudTrail")
+    assert forge["Condition"] == {"Null": {"aws:PrincipalArn": "false"}}
+    assert as_list(forge["Resource"]) == [f"{bucket_arn}/*"]
+    delete = next(st for st in denies if st["Sid"] == "DenyDeletingTheLog")
+    expected: dict[str, Any] = {"Null": {"aws:PrincipalArn": "false"}}
+    if state.stack != "prod":
+        expected["ArnNotEquals"] = {"aws:PrincipalArn": [f.deployer]}
+    assert delete["Condition"] == expected
     for st in denies:
         assert st["Principal"] in ("*", {"AWS": "*"}), st
 

@@ -39,17 +39,12 @@ from infra import naming
 
 PROVED, REFUTED, BROKEN = "proved", "refuted", "broken"
 
-# Controls: what each role of an environment must be able to do to its own data, as the worker
-# (`service`), processing jobs (`pipeline`) and people (`analyst`) do. A proof whose encoding
-# loses these is wrong, whatever it says about other environments.
+# Encoding controls: what each role of an environment must be able to do to its own data. A
+# proof whose encoding loses these is wrong, whatever it says about other environments. The
+# worker's (`service`) come from its recorded request contract (`EncodingJob`s built by
+# `envfence.prove.controls`); these are the jobs no recorded call covers: processing jobs
+# (`pipeline`) and people (`analyst`). Each of them is also decided as a concrete request there.
 JOBS: dict[str, tuple[tuple[str, str], ...]] = {
-    "service": (
-        ("sqs:ReceiveMessage", "queue:ingest"),
-        ("s3:PutObject", "store:raw"),
-        ("kms:GenerateDataKey", "key"),
-        ("rds-db:connect", "database"),
-        ("appconfig:GetLatestConfiguration", "flags"),
-    ),
     "pipeline": (
         ("sqs:SendMessage", "queue:ingest"),
         ("s3:GetObject", "store:raw"),
@@ -69,6 +64,18 @@ _KEY = classify.token(aws.kms.Key)
 _PROFILE = classify.token(aws.appconfig.ConfigurationProfile)
 _DATABASES = (classify.token(aws.rds.Instance), classify.token(aws.rds.Cluster))
 Solver = Callable[[Query], Witness | None]
+
+
+@dataclass(frozen=True)
+class EncodingJob:
+    """One concrete request a role of `stack` really makes (action on resource): the solvers
+    must find some allowed request of that action on that resource's target."""
+
+    stack: str
+    what: str
+    role: str  # role ARN
+    action: str
+    resource: str
 
 
 @dataclass(frozen=True)
@@ -402,6 +409,28 @@ class Prover:
             return Control(stack, what, False, "not allowed")
         return Control(stack, what, True, f"{w.action} on {w.resource}")
 
+    def encoding_controls(self, jobs: Iterable[EncodingJob]) -> list[Control]:
+        out = []
+        for job in jobs:
+            role = self.world.roles.get(job.role)
+            target = next(
+                (t for t in self.world.targets.get(job.stack, []) if t.matches(job.resource)),
+                None,
+            )
+            if role is None or target is None:
+                missing = f"no role {job.role}" if role is None else f"no target {job.resource}"
+                out.append(Control(job.stack, job.what, False, missing))
+                continue
+            q = Query(
+                role,
+                (target,),
+                action=job.action,
+                tags_forgeable=self.forgeable.get(role.arn, False),
+                resource_tags="realistic",
+            )
+            out.append(self._control(job.stack, job.what, q))
+        return out
+
     def controls(self) -> list[Control]:
         out = []
         for stack in self.world.stacks:
@@ -491,6 +520,7 @@ def prove_iam(
     *,
     pairs: Iterable[tuple[str, str]] | None = None,
     controls: bool = True,
+    encoding_jobs: Iterable[EncodingJob] = (),
 ) -> IamProof:
     """Prove every ordered pair of environments (or only `pairs`), with the controls (a
     result without them can only be partial: tests use that to look at one pair)."""
@@ -498,7 +528,7 @@ def prove_iam(
     prover = Prover(world, project, solver)
     prover._compute_forgeable()
     prover._compute_edges()
-    found = prover.controls() if controls else []
+    found = (prover.controls() + prover.encoding_controls(encoding_jobs)) if controls else []
     wanted = (
         list(pairs)
         if pairs is not None

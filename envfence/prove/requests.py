@@ -99,13 +99,18 @@ def decide(world: World, request: RealRequest, target: Target | None = None) -> 
         resource=target.policy,
         resource_kind=target.kind,
     )
+    context = dict(request.context)
+    # "aws:ResourceAccount": present in the request context of most service actions, the
+    # account that owns the resource (AWS global condition context keys).
+    if target.account and not any(k.lower() == "aws:resourceaccount" for k in context):
+        context["aws:ResourceAccount"] = target.account
     decision = iam.evaluate(
         iam.Request(
             principal=principal,
             action=request.action,
             resource=request.resource,
             resource_account=target.account,
-            context=dict(request.context),
+            context=context,
             via_endpoint_policies=request.endpoint_policies,
         ),
         policies,

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from envfence.model import StackState
-from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, IamProof, prove_iam
+from envfence.prove import controls as real_controls
+from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, EncodingJob, IamProof, prove_iam
 from envfence.prove.network import NetworkResult, prove_network
-from envfence.prove.world import build_world
+from envfence.prove.world import World, build_world
 from envfence.rules import repository_project
 from envfence.rules.context import build_context
 from infra.project import Project
@@ -33,6 +35,9 @@ class ProofReport:
     iam: IamProof
     network: list[NetworkResult]
     seconds: float
+    # Controls that are real requests (`envfence.prove.controls`): the worker's contract, the
+    # jobs, AWS services, the deployer.
+    real: list[real_controls.Result] = field(default_factory=list)
 
     def network_pairs(self) -> list[NetworkResult]:
         return [n for n in self.network if n.source != n.target]
@@ -47,6 +52,7 @@ class ProofReport:
             and all(c.found for c in self.iam.controls)
             and all(n.status == PROVED for n in self.network_pairs())
             and all(n.status != BROKEN for n in self.network_controls())
+            and all(r.ok for r in self.real)
         )
 
     def failures(self) -> list[str]:
@@ -57,6 +63,9 @@ class ProofReport:
         for c in self.iam.controls:
             if not c.found:
                 out.append(f"iam control {c.what}: {c.detail}")
+        for r in self.real:
+            if not r.ok:
+                out.append(f"{r.group} control {r.what}: {r.detail}")
         for n in self.network:
             if n.source != n.target and n.status != PROVED:
                 out.append(f"network {n.source} -> {n.target}: {n.status}")
@@ -73,9 +82,41 @@ def prove(states: Iterable[StackState], project: Project | None = None) -> Proof
     by_name = {s.stack: s for s in states}
     world = build_world(by_name, {name: env.flows for name, env in ctx.envs.items()})
     project_name = states[0].project if states else "envfence"
-    iam_proof = prove_iam(world, project_name)
+    production = {name: env.tier == "production" for name, env in ctx.envs.items()}
+    deployers = {name: env.deployer for name, env in ctx.envs.items()}
+    # Outside a checkout there is no worker contract: its controls fail closed, naming it.
+    root = project.root if project is not None else Path.cwd()
+    real = real_controls.checks(by_name, world, root, production, deployers)
+    iam_proof = prove_iam(world, project_name, encoding_jobs=encoding_jobs(real, world))
     network = prove_network(by_name)
-    return ProofReport(list(by_name), iam_proof, network, time.perf_counter() - started)
+    for p in iam_proof.pairs:
+        broken = [r for r in real if not r.ok and r.stack in (p.source, p.target)]
+        if broken:
+            p.status = BROKEN
+            p.details += [f"{r.group} control failed: {r.what} ({r.detail})" for r in broken]
+    return ProofReport(list(by_name), iam_proof, network, time.perf_counter() - started, real)
+
+
+def encoding_jobs(results: Iterable[real_controls.Result], world: World) -> list[EncodingJob]:
+    """The real requests of the environments' own roles, as encoding controls: the solvers
+    must find what the concrete evaluator allows (one per role, action and resource kind)."""
+    out: dict[tuple[str, str, str], EncodingJob] = {}
+    for r in results:
+        if r.group != real_controls.WORKER:
+            continue  # the jobs' encoding controls are iam_proof.JOBS
+        for request in r.check.requests:
+            role = world.roles.get(request.principal)
+            if role is None or role.stack != r.stack:
+                continue
+            target = next(
+                (t for t in world.targets.get(r.stack, []) if t.matches(request.resource)), None
+            )
+            key = (role.arn, request.action.lower(), target.urn if target else request.resource)
+            if key not in out:
+                name = target.label if target else request.resource
+                what = f"{r.stack}/service may {request.action} on {name} (worker contract)"
+                out[key] = EncodingJob(r.stack, what, role.arn, request.action, request.resource)
+    return list(out.values())
 
 
 def to_json(report: ProofReport) -> dict[str, Any]:
@@ -104,6 +145,27 @@ def to_json(report: ProofReport) -> dict[str, Any]:
             ],
             "notes": report.iam.notes,
         },
+        "realControls": [
+            {
+                "stack": r.stack,
+                "group": r.group,
+                "control": r.what,
+                "ok": r.ok,
+                "detail": r.detail,
+                "requests": [
+                    {
+                        "what": q.what,
+                        "principal": q.principal,
+                        "action": q.action,
+                        "resource": q.resource,
+                        "context": dict(q.context),
+                        "source": q.source,
+                    }
+                    for q in r.check.requests
+                ],
+            }
+            for r in report.real
+        ],
         "network": [
             {
                 "source": n.source,
@@ -134,6 +196,23 @@ def text(report: ProofReport, out: Console) -> None:
     for c in report.iam.controls:
         mark = "[green]found[/green]" if c.found else "[yellow]NOT FOUND[/yellow]"
         out.print(f"  iam     {c.what}: {mark} ({c.detail})")
+    for stack in report.stacks:
+        mine = [r for r in report.real if r.stack == stack]
+        for group in real_controls.GROUPS:
+            of_group = [r for r in mine if r.group == group]
+            if not of_group:
+                continue
+            good = sum(r.ok for r in of_group)
+            out.print(
+                f"  real    {stack} {real_controls.TITLES[group]}: {good}/{len(of_group)} "
+                + ("[green]hold[/green]" if good == len(of_group) else "[yellow]BROKEN[/yellow]")
+            )
+            for r in of_group:
+                mark = "[green]ok[/green]" if r.ok else "[yellow]BROKEN[/yellow]"
+                detail = r.detail
+                if r.ok and len(r.check.requests) > 3 and not r.check.denied:
+                    detail = f"{len(r.check.requests)} requests allowed"
+                out.print(f"    {mark} {r.what.split(': ', 1)[-1]} ({detail})")
     for n in report.network_controls():
         mark = "[green]found[/green]" if n.status != BROKEN else "[yellow]NOT FOUND[/yellow]"
         packet = _packet(n)
@@ -165,11 +244,16 @@ def text(report: ProofReport, out: Console) -> None:
 
 
 def summary(report: ProofReport) -> str:
+    real = (
+        f", {sum(r.ok for r in report.real)}/{len(report.real)} real-request control(s) hold"
+        if report.real
+        else ""
+    )
     return (
         f"{'PROVED' if report.ok else 'NOT PROVED'}: "
         f"{sum(p.status == PROVED for p in report.iam.pairs)}/{len(report.iam.pairs)} iam pair(s), "
         f"{sum(n.status == PROVED for n in report.network_pairs())}/"
-        f"{len(report.network_pairs())} network pair(s) proved isolated"
+        f"{len(report.network_pairs())} network pair(s) proved isolated{real}"
     )
 
 

@@ -442,10 +442,13 @@ TABLE: dict[tuple[str, str], Row] = {
 }
 
 
-def translate(calls: list[Call], site: Site) -> list[RealRequest]:
+def translate(
+    calls: list[Call], site: Site, session: dict[str, Any] | None = None
+) -> list[RealRequest]:
     """Every IAM request the calls make, in order. Raises `Untranslated` for a call without a
-    row and `Unresolved` for a name the site does not declare."""
-    session: dict[str, Any] = {}
+    row and `Unresolved` for a name the site does not declare. `session` carries what a call
+    leaves for later ones (the AppConfig session's configuration) across separate calls."""
+    session = {} if session is None else session
     out: list[RealRequest] = []
     for call in calls:
         row = TABLE.get((call.service, call.operation))

@@ -86,6 +86,13 @@ def identity_policy(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
             )
 
 
+# Services that do not document sending aws:SourceAccount/aws:SourceArn when they assume a
+# role: CloudTrail documents them for its bucket and key policies ("Cross-service confused
+# deputy prevention") but not for the CloudWatch Logs role it assumes. For these the IfExists
+# form is accepted: it checks the key when it is sent and does not lock delivery out when not.
+SOURCE_KEYS_UNDOCUMENTED = ("cloudtrail.amazonaws.com",)
+
+
 @rule(
     "EF302",
     "trust-own-environment",
@@ -104,7 +111,10 @@ def trust_policy(r: Resource, state: StackState, ctx: Context) -> Iterator[Findi
             continue
         for kind, value in principals(stmt):
             if kind == "Service":
-                source = condition_values(stmt, "aws:SourceAccount").get("StringEquals")
+                values = condition_values(stmt, "aws:SourceAccount")
+                source = values.get("StringEquals")
+                if value in SOURCE_KEYS_UNDOCUMENTED and source is None:
+                    source = values.get("StringEqualsIfExists")
                 if source != [env.account]:
                     yield Finding(
                         r.urn,

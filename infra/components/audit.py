@@ -204,6 +204,33 @@ class Audit(pulumi.ComponentResource):
                         "Null": {"aws:PrincipalArn": "false"},
                     },
                 ),
+                # Nobody but CloudTrail writes the log, and in production nobody deletes from
+                # it (its lifecycle expires it); an experiment's deployer empties the bucket
+                # when the stack is destroyed (forceDestroy). The deployer is outside every
+                # environment role, so the Deny above does not cover it.
+                statement(
+                    "DenyWritingTheLogOutsideCloudTrail",
+                    "Deny",
+                    ["s3:PutObject*"],
+                    [objects],
+                    principal="*",
+                    condition={"Null": {"aws:PrincipalArn": "false"}},
+                ),
+                statement(
+                    "DenyDeletingTheLog",
+                    "Deny",
+                    ["s3:DeleteObject*"],
+                    [objects],
+                    principal="*",
+                    condition=(
+                        {"Null": {"aws:PrincipalArn": "false"}}
+                        if s.is_production or not deployer
+                        else {
+                            "Null": {"aws:PrincipalArn": "false"},
+                            "ArnNotEquals": {"aws:PrincipalArn": deployer},
+                        }
+                    ),
+                ),
                 statement(
                     "CloudTrailAclCheck",
                     "Allow",

@@ -198,9 +198,14 @@ def trail_trust(s: Settings) -> pulumi.Output[str]:
             "Allow",
             ["sts:AssumeRole"],
             principal={"Service": "cloudtrail.amazonaws.com"},
+            # CloudTrail documents aws:SourceArn/SourceAccount for the bucket and key policies
+            # ("Cross-service confused deputy prevention"), not for assuming the CloudWatch Logs
+            # role: IfExists checks them when CloudTrail sends them and does not lock delivery
+            # out when it does not. Only a trail of this account can name the role (iam:PassRole
+            # works within an account).
             condition={
-                "StringEquals": {"aws:SourceAccount": s.account},
-                "ArnEquals": {"aws:SourceArn": trail},
+                "StringEqualsIfExists": {"aws:SourceAccount": s.account},
+                "ArnEqualsIfExists": {"aws:SourceArn": trail},
             },
         )
     )

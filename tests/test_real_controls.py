@@ -1,0 +1,309 @@
+"""Controls that are real requests (envfence.prove.controls): every one holds on the
+repository's stacks, and each deploy defect found in review breaks the control that models it,
+naming the statement or the name that broke it.
+
+Each regression puts back a policy as it was before its fix (issue 8 and this one), or breaks a
+reference, on a deep copy of the evaluated stacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envfence.model import Resource, StackState
+from envfence.prove import contract, controls
+from envfence.prove.run import prove
+from envfence.prove.world import World, build_world
+from envfence.rules.context import build_context
+from infra.project import Project
+from tests import mutations as m
+
+Stacks = dict[str, StackState]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _world(stacks: Stacks, project: Project) -> World:
+    ctx = build_context(stacks.values(), project)
+    return build_world(stacks, {name: env.flows for name, env in ctx.envs.items()})
+
+
+def results(stacks: Stacks, project: Project, root: Path = ROOT) -> list[controls.Result]:
+    ctx = build_context(stacks.values(), project)
+    production = {name: env.tier == "production" for name, env in ctx.envs.items()}
+    deployers = {name: env.deployer for name, env in ctx.envs.items()}
+    return controls.checks(stacks, _world(stacks, project), root, production, deployers)
+
+
+def broken(found: list[controls.Result]) -> dict[str, str]:
+    return {r.what: r.detail for r in found if not r.ok}
+
+
+@pytest.fixture(scope="module")
+def clean(stacks: Stacks, project: Project) -> list[controls.Result]:
+    return results(stacks, project)
+
+
+def _doc(r: Resource, key: str = "policy") -> dict[str, Any]:
+    raw: Any = r.get(key)
+    while isinstance(raw, str):
+        raw = json.loads(raw)
+    return copy.deepcopy(raw)
+
+
+def _set(r: Resource, doc: dict[str, Any], key: str = "policy") -> None:
+    r.set(key, json.dumps(doc))
+
+
+def _statement(r: Resource, sid: str) -> dict[str, Any]:
+    return next(s for s in _doc(r)["Statement"] if s.get("Sid") == sid)
+
+
+def _edit(r: Resource, sid: str, change: Any) -> None:
+    doc = _doc(r)
+    doc["Statement"] = [change(s) if s.get("Sid") == sid else s for s in doc["Statement"]]
+    doc["Statement"] = [s for s in doc["Statement"] if s is not None]
+    _set(r, doc)
+
+
+# -- on the repository's stacks -------------------------------------------------------------------
+
+
+def test_every_real_control_holds(clean: list[controls.Result]) -> None:
+    assert broken(clean) == {}
+
+
+@pytest.mark.parametrize("stack", ["prod", "experiment"])
+def test_every_group_is_there_for_every_environment(
+    clean: list[controls.Result], stack: str
+) -> None:
+    groups = {r.group for r in clean if r.stack == stack}
+    assert groups == set(controls.GROUPS)
+
+
+@pytest.mark.parametrize("stack,tier", [("prod", "production"), ("experiment", "experiment")])
+def test_the_worker_controls_are_the_contract(
+    clean: list[controls.Result], stack: str, tier: str
+) -> None:
+    """One control per recorded call, in the contract's order, each with its real request."""
+    found = contract.load(ROOT / contract.CONTRACT_FILE)
+    names = [f"{e['service']}.{e['operation']}" for e in found.scenarios[tier]]
+    worker = [r for r in clean if r.stack == stack and r.group == controls.WORKER]
+    assert [r.what.split("worker ", 1)[1] for r in worker] == names
+    put = next(r for r in worker if r.what.endswith("s3.PutObject"))
+    request = put.check.requests[0]
+    assert request.action == "s3:PutObject"
+    assert request.principal.endswith(f":role/envfence-{stack}-service")
+    # the worker sends object tags and no SSE header, through the S3 gateway endpoint
+    assert "s3:x-amz-server-side-encryption" not in request.context
+    assert request.context["s3:RequestObjectTag/environment"] == stack
+    assert str(request.context["aws:SourceVpce"]).startswith("vpce-")
+    assert request.endpoint_policies
+    kms = put.check.requests[-1]
+    assert (kms.action, kms.context["kms:ViaService"]) == (
+        "kms:GenerateDataKey",
+        "s3.eu-west-1.amazonaws.com",
+    )
+    assert str(kms.context["kms:EncryptionContext:aws:s3:arn"]).startswith("arn:aws:s3:::")
+    assert "aws:SourceVpce" not in kms.context  # a service's call for the caller
+
+
+def test_production_has_must_not_controls_and_experiments_do_not(
+    clean: list[controls.Result],
+) -> None:
+    denied = {r.stack for r in clean if r.check.denied}
+    assert denied == {"prod"}
+    prod_denied = [r.what for r in clean if r.check.denied]
+    assert any("master password" in w for w in prod_denied)
+    assert any("audit" in w and "s3:PutObject" in w for w in prod_denied)
+
+
+# -- regressions: each defect breaks its control --------------------------------------------------
+
+
+def _raw_policy(state: StackState) -> Resource:
+    return state.named("store-raw-policy", "aws:s3/bucketPolicy:BucketPolicy")
+
+
+def test_the_old_sse_deny_breaks_the_workers_write(stacks: Stacks, project: Project) -> None:
+    """Issue 8, item 1: a negated IfExists deny on the SSE header denied every real write (the
+    worker sends no SSE header)."""
+    bad = m.mutated(stacks)
+    raw = bad["prod"]
+    m.add_statement(
+        _raw_policy(raw),
+        {
+            "Sid": "DenyUnencryptedObjectUploads",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{m.bucket_arn(raw, 'raw')}/*",
+            "Condition": {
+                "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"},
+                "Null": {"s3:x-amz-server-side-encryption": "true"},
+            },
+        },
+    )
+    found = broken(results(bad, project))
+    assert list(found) == ["prod: worker s3.PutObject"]
+    assert "DenyUnencryptedObjectUploads" in found["prod: worker s3.PutObject"]
+
+
+def test_cloudtrail_describe_key_with_a_context_condition_breaks(
+    stacks: Stacks, project: Project
+) -> None:
+    """Issue 8, item 4: DescribeKey carries no encryption context, so a statement conditioned on
+    the trail's context never allows it."""
+    bad = m.mutated(stacks)
+    key = bad["prod"].named("key", m.KEY)
+
+    def with_context(s: dict[str, Any]) -> dict[str, Any]:
+        s = dict(s)
+        s["Condition"] = {
+            **s["Condition"],
+            "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn": "arn:aws:cloudtrail:*"},
+        }
+        return s
+
+    _edit(key, "CloudTrailDescribesKeyAndUsesTheBucketKey", with_context)
+    found = broken(results(bad, project))
+    what = "prod: CloudTrail writes the trail to its bucket with the key"
+    assert list(found) == [what]
+    assert "kms:DescribeKey" in found[what] and "DENIED" in found[what]
+
+
+def test_without_retire_grant_the_deployer_cannot_delete_the_repository(
+    stacks: Stacks, project: Project
+) -> None:
+    """Issue 8, item 6: ECR retires its grants as the deleting principal."""
+    bad = m.mutated(stacks)
+    m.drop_statement(bad["experiment"].named("key", m.KEY), "DeployerRetiresServiceGrants")
+    found = broken(results(bad, project))
+    what = (
+        "experiment: deployer creates the encrypted database, its master secret and the repository"
+    )
+    assert list(found) == [what]
+    assert "kms:RetireGrant" in found[what]
+
+
+def test_a_listing_deny_without_the_deployer_breaks_head_bucket(
+    stacks: Stacks, project: Project
+) -> None:
+    """Issue 8, item 7: HeadBucket (the provider's read of a bucket) is s3:ListBucket."""
+    bad = m.mutated(stacks)
+    policy = _raw_policy(bad["prod"])
+    deployer = "arn:aws:iam::123456789012:role/envfence-deployer"
+    sid = next(s["Sid"] for s in _doc(policy)["Statement"] if "s3:ListBucket" in json.dumps(s))
+
+    def without_deployer(s: dict[str, Any]) -> dict[str, Any]:
+        text = json.dumps(s).replace(f'"{deployer}", ', "").replace(f', "{deployer}"', "")
+        return dict(json.loads(text))
+
+    _edit(policy, sid, without_deployer)
+    assert deployer not in json.dumps(_statement(policy, sid))
+    found = broken(results(bad, project))
+    what = "prod: deployer manages bucket envfence-prod-raw-123456789012"
+    assert list(found) == [what]
+    assert "s3:ListBucket" in found[what] and sid in found[what]
+
+
+def test_the_old_secret_statement_lets_the_deployer_read_the_password(
+    stacks: Stacks, project: Project
+) -> None:
+    """Before this issue the deployer could decrypt anything through Secrets Manager: the
+    database's master password included."""
+    bad = m.mutated(stacks)
+    key = bad["prod"].named("key", m.KEY)
+    m.add_statement(
+        key,
+        {
+            "Sid": "OldDeployerThroughSecretsManager",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:role/envfence-deployer"},
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {"kms:ViaService": "secretsmanager.eu-west-1.amazonaws.com"}
+            },
+        },
+    )
+    found = broken(results(bad, project))
+    assert list(found) == ["prod: deployer cannot read the database's master password"]
+    assert found["prod: deployer cannot read the database's master password"].startswith("ALLOWED")
+
+
+def test_without_the_write_deny_the_deployer_could_forge_the_audit_log(
+    stacks: Stacks, project: Project
+) -> None:
+    bad = m.mutated(stacks)
+    audit = bad["prod"].named("audit-policy", "aws:s3/bucketPolicy:BucketPolicy")
+    m.drop_statement(audit, "DenyWritingTheLogOutsideCloudTrail")
+    found = broken(results(bad, project))
+    assert list(found) == ["prod: deployer cannot s3:PutObject in envfence-prod-audit-123456789012"]
+
+
+def test_an_endpoint_policy_without_the_store_breaks_the_write(
+    stacks: Stacks, project: Project
+) -> None:
+    """The S3 gateway endpoint's policy is on the worker's path: without the raw bucket in it
+    the write fails in AWS, whatever the identity and bucket policies say."""
+    bad = m.mutated(stacks)
+    endpoint = bad["prod"].named("s3-endpoint", "aws:ec2/vpcEndpoint:VpcEndpoint")
+
+    def without_raw(s: dict[str, Any]) -> dict[str, Any]:
+        return {**s, "Resource": [r for r in s["Resource"] if "-raw-" not in r]}
+
+    _edit(endpoint, "OnlyThisEnvironmentsBuckets", without_raw)
+    found = broken(results(bad, project))
+    assert "prod: worker s3.PutObject" in found
+    assert "VPC endpoint policy" in found["prod: worker s3.PutObject"]
+
+
+def test_a_task_naming_a_bucket_the_stack_does_not_declare_is_broken(
+    stacks: Stacks, project: Project
+) -> None:
+    bad = m.mutated(stacks)
+    task = bad["prod"].named("worker-task", "aws:ecs/taskDefinition:TaskDefinition")
+    definitions = controls.containers(task)
+    for e in definitions[0]["environment"]:
+        if e["name"] == "RAW_BUCKET":
+            e["value"] = "someone-elses-bucket"
+    task.set("containerDefinitions", json.dumps(definitions))
+    found = broken(results(bad, project))
+    assert found == {
+        "prod: worker s3.PutObject": "bucket 'someone-elses-bucket' is no bucket of stack prod"
+    }
+
+
+def test_a_task_the_worker_would_refuse_is_broken(stacks: Stacks, project: Project) -> None:
+    bad = m.mutated(stacks)
+    task = bad["experiment"].named("worker-task", "aws:ecs/taskDefinition:TaskDefinition")
+    definitions = controls.containers(task)
+    definitions[0]["environment"] = [
+        e for e in definitions[0]["environment"] if e["name"] != "QUEUE_URL"
+    ] + [{"name": "QUEUE_URL", "value": "not-a-url"}]
+    task.set("containerDefinitions", json.dumps(definitions))
+    found = broken(results(bad, project))
+    assert list(found) == ["experiment: the worker's requests"]
+    assert "QUEUE_URL" in found["experiment: the worker's requests"]
+
+
+def test_a_missing_contract_breaks_every_worker_control(
+    stacks: Stacks, project: Project, tmp_path: Path
+) -> None:
+    found = broken(results(stacks, project, root=tmp_path))
+    assert set(found) == {"prod: the worker's requests", "experiment: the worker's requests"}
+    assert all("request contract is missing" in d for d in found.values())
+
+
+def test_a_broken_control_makes_the_proof_not_proved(stacks: Stacks, project: Project) -> None:
+    bad = m.mutated(stacks)
+    m.drop_statement(bad["experiment"].named("key", m.KEY), "DeployerRetiresServiceGrants")
+    report = prove(bad.values(), project)
+    assert not report.ok
+    assert all(p.status == "broken" for p in report.iam.pairs)
+    assert any("kms:RetireGrant" in f for f in report.failures())
