@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: check test bench lint clean
+.PHONY: check test bench lint clean contract
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ check: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto
+
+# Re-record the worker's AWS calls into app/request-contract.json (review the diff).
+contract: $(STAMP)
+	ENVFENCE_RECORD_CONTRACT=1 $(BIN)/python -m pytest -q tests/test_request_contract.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -131,8 +131,8 @@ def test_sarif_output_is_sarif_2_1_0(
     driver = run["tool"]["driver"]
     assert driver["name"] == "envfence"
     rules = driver["rules"]
-    # the rules, then the two proofs (run by `check` too)
-    assert [r["id"] for r in rules] == [r.id for r in all_rules()] + ["EFP01", "EFP02"]
+    # the rules, then the proofs and the real-request controls (run by `check` too)
+    assert [r["id"] for r in rules] == [r.id for r in all_rules()] + ["EFP01", "EFP02", "EFP03"]
     for r in rules:
         assert r["shortDescription"]["text"] and r["help"]["text"]
         assert r["defaultConfiguration"]["level"] in ("error", "warning", "note", "none")

@@ -281,6 +281,14 @@ PROOF_RULES = (
         "Read the witness packet and its path: remove the peering or transit gateway route, "
         "or narrow the security group rule that admits it.",
     ),
+    (
+        "EFP03",
+        "real-requests-allowed",
+        "What each environment must be able to do is allowed, as AWS receives it",
+        "Read the denied request (who, action, resource, context) and the statement that "
+        "denies it: the worker, a job, an AWS service or the deployer would fail in AWS. Fix "
+        "the policy, or re-record the worker's contract (make contract) if its calls changed.",
+    ),
 )
 
 
@@ -311,6 +319,20 @@ def add_to_sarif(doc: dict[str, Any], report: ProofReport) -> None:
                 "message": {"text": f"{p.source} -> {p.target}: {p.status}. " + " ".join(lines)},
                 "locations": [
                     {"physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{p.source}.yaml"}}}
+                ],
+            }
+        )
+    for r in report.real:
+        if r.ok:
+            continue
+        run["results"].append(
+            {
+                "ruleId": "EFP03",
+                "ruleIndex": base + 2,
+                "level": "error",
+                "message": {"text": f"{r.group} control {r.what}: {r.detail}"},
+                "locations": [
+                    {"physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{r.stack}.yaml"}}}
                 ],
             }
         )
