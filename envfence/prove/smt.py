@@ -36,8 +36,10 @@ from envfence import iam
 from envfence.iam import PrincipalMatch
 from envfence.prove import logic
 from envfence.prove.query import (
+    ABSENT,
+    EITHER,
     RESOURCE_TAG,
-    UNTAGGED_REQUEST_SERVICES,
+    TAG,
     Query,
     Witness,
     action_fits,
@@ -45,6 +47,7 @@ from envfence.prove.query import (
     fixed_values,
     key_kind,
     services_for,
+    shape_tag_reading,
     target_of,
 )
 from envfence.prove.world import ANY, Shape, Target, compatible, shape_example
@@ -189,35 +192,37 @@ class Encoder:
                     self.domain.append(key.present())  # session tags override, never remove
 
     def _resource_tag_domain(self, lower: str, key: _Key) -> None:
+        """aws:ResourceTag/<tag> as the resource's type supplies it (`query.TAG_SUPPORT`), shape
+        by shape: the resource's own tag, absent, or either (the class method reads the same
+        table through `query.resource_tag_values`)."""
         tag = lower[len(RESOURCE_TAG) :]
-        alternatives = []
         absent = _and([_not(p) for p, _ in key.slots])
+        alternatives = []
         for t in self.q.targets:
             actual = next((v for k, v in t.tags.items() if k.lower() == tag), None)
-            if self.q.resource_tags == "realistic":
-                untagged = _or(
-                    [
-                        z.InRe(
-                            self.action, z.Concat(z.Re(z.StringVal(f"{svc}:")), z.Star(_any_char()))
-                        )
-                        for svc in UNTAGGED_REQUEST_SERVICES
-                    ]
-                )
-                if actual is None:
-                    value = absent
-                else:
-                    present = _and(
-                        [key.slots[0][0], key.slots[0][1] == z.StringVal(actual)]
-                        + [_not(p) for p, _ in key.slots[1:]]
-                    )
-                    value = _or([_and([untagged, absent]), _and([_not(untagged), present])])
-                alternatives.append(_and([self._in_target(t), value]))
-                continue
-            own = [_not(p) for p, _ in key.slots]
-            if actual is not None:
+            if actual is None:
+                either = exact = absent
+            else:
                 own = [_or([_not(p), v == z.StringVal(actual)]) for p, v in key.slots]
-            alternatives.append(_and([self._in_target(t), *own]))
+                either = _and(own)
+                exact = _and([*own, key.present()])
+            forms = {TAG: exact, ABSENT: absent, EITHER: either}
+            per_shape = []
+            for shape in t.shapes:
+                reading, creators = shape_tag_reading(self.q.resource_tags, shape)
+                value = forms[reading]
+                if creators and reading != EITHER:
+                    # An action that creates the resource acts before its tags exist.
+                    creating = self._action_in(creators)
+                    value = _or([_and([creating, either]), _and([_not(creating), value])])
+                per_shape.append(_and([z.InRe(self.resource, _shape_regex(shape)), value]))
+            alternatives.append(_or(per_shape))
         self.domain.append(_or(alternatives))
+
+    def _action_in(self, actions: frozenset[str]) -> Any:
+        """The request's action is one of `actions` (lower-case); a fixed action is the action
+        variable's only value (`formula`)."""
+        return _or([self.action == z.StringVal(a) for a in sorted(actions)])
 
     # -- statements ---------------------------------------------------------------------------
     def _fixed(self, target: Target) -> dict[str, list[str]]:
@@ -467,44 +472,50 @@ class Encoder:
             _and([self._in_target(t), self._fits(t), self._allowed(t)]) for t in self.q.targets
         ]
         parts = [_or(per_target), *self.domain]
+        if self.q.action is not None:
+            # Statements decide a fixed action in Python; the terms that read the action
+            # variable (exemptions, resource tags of creating actions) must see that action.
+            parts.append(self.action == z.StringVal(self.q.action.lower()))
         exempt = self._exempt()
         parts.append(exempt if self.q.only_exempt else _not(exempt))
         return _and(parts)
 
     # -- solving ------------------------------------------------------------------------------
     def check(self) -> Witness | None:
-        """None when no request is allowed (unsat); a confirmed witness otherwise."""
+        """None when no request is allowed (unsat); a confirmed witness otherwise. Any other
+        answer (`unknown`, a timeout) is a `ProofError`, never None."""
         try:
             goal = self.formula()
         except (iam.Unsupported, ValueError) as exc:
             raise ProofError(str(exc)) from None
         if goal is False:
             return None
-        goal = _term(goal)
-        solver = z.SolverFor("QF_SLIA")
-        solver.set("tlimit-per", self.timeout_ms)
-        solver.add(goal)
+        solver = _new_solver(self.timeout_ms)
+        solver.add(_term(goal))
         verdict = solver.check()
         if verdict == z.unsat:
             return None
-        if verdict != z.sat:
-            raise ProofError(f"cvc5 answered {verdict} ({solver.reason_unknown()})")
+        _require_sat(solver, verdict)
         # Prefer an action the policies spell out: a counterexample a person recognises.
         literal = sorted(self._literal_actions())
         if self.q.action is None and literal:
-            solver.push()
-            solver.add(z.Or(*[self.action == z.StringVal(a) for a in literal]))
-            if solver.check() != z.sat:
-                solver.pop()
-                solver.check()
+            self._prefer(solver, z.Or(*[self.action == z.StringVal(a) for a in literal]))
         # And a resource that reads like one: `example` for an object key or a log stream.
         examples = sorted({shape_example(shape) for t in self.q.targets for shape in t.shapes})
-        solver.push()
-        solver.add(z.Or(*[self.resource == z.StringVal(e) for e in examples]))
-        if solver.check() != z.sat:
-            solver.pop()
-            solver.check()
+        self._prefer(solver, z.Or(*[self.resource == z.StringVal(e) for e in examples]))
         return self._witness(solver.model())
+
+    @staticmethod
+    def _prefer(solver: Any, wish: Any) -> None:
+        """Keep `wish` if the goal allows it; either way the solver ends with a model (`sat`),
+        or the question fails: a model read after `unknown` is no witness."""
+        solver.push()
+        solver.add(wish)
+        verdict = solver.check()
+        if verdict == z.sat:
+            return
+        solver.pop()
+        _require_sat(solver, solver.check())
 
     def _literal_actions(self) -> dict[str, str]:
         """Actions the policies spell out, lower-case -> as written."""
@@ -580,5 +591,20 @@ def _statement_dicts(policy: iam.Policy) -> list[Mapping[str, Any]]:
     return [s for s in items if isinstance(s, Mapping)]
 
 
+def _new_solver(timeout_ms: int) -> Any:
+    solver = z.SolverFor("QF_SLIA")
+    solver.set("tlimit-per", timeout_ms)
+    return solver
+
+
+def _require_sat(solver: Any, verdict: Any) -> None:
+    if verdict != z.sat:
+        raise ProofError(f"cvc5 answered {verdict} ({solver.reason_unknown()})")
+
+
 def solve(query: Query, timeout_ms: int = 20000) -> Witness | None:
-    return Encoder(query, timeout_ms).check()
+    try:
+        encoder = Encoder(query, timeout_ms)
+    except (iam.Unsupported, ValueError) as exc:
+        raise ProofError(str(exc)) from None
+    return encoder.check()
