@@ -317,6 +317,52 @@ def test_half_a_leak_stays_proved(stacks: Stacks, name: str) -> None:
         assert got[pair].status == "proved", (pair, got[pair].detail, got[pair].path)
 
 
+def _nat_only_path(stacks: Stacks, admit_nat_subnet: bool) -> Stacks:
+    """experiment's NAT subnet routes prod's CIDR to the shared transit gateway, and its
+    application subnets reach it only through their default route to the NAT, which rewrites
+    the source to its own address. prod's database admits experiment's application subnets (the
+    senders' private range) -- and, with `admit_nat_subnet`, the NAT's subnet too."""
+    out = nat_subnet_route_to_transit(stacks, E, P)
+    app_egress_to(out, E, m.cidr(out[P]))
+    exp, prod = out[E], out[P]
+    ranges = [str(r.get("cidrBlock")) for r in exp.of_type(m.SUBNET) if "-app-" in r.name]
+    assert len(ranges) >= 2, ranges
+    if admit_nat_subnet:
+        [nat] = exp.of_type("aws:ec2/natGateway:NatGateway")
+        [subnet] = [r for r in exp.of_type(m.SUBNET) if r.id == nat.get("subnetId")]
+        ranges.append(str(subnet.get("cidrBlock")))
+    for i, cidr in enumerate(ranges):
+        m.clone(
+            prod,
+            prod.named("sg-db-in-postgres", m.SG_INGRESS_RULE),
+            type_=m.SG_INGRESS_RULE,
+            name=f"sg-db-in-postgres-from-experiment-{i}",
+            inputs={
+                "securityGroupId": prod.named("sg-db", m.SECURITY_GROUP).id,
+                "ipProtocol": "tcp",
+                "fromPort": 5432,
+                "toPort": 5432,
+                "cidrIpv4": cidr,
+            },
+        )
+    return out
+
+
+def test_the_nat_rewrite_is_what_keeps_a_half_leak_closed(stacks: Stacks) -> None:
+    """Routes lead from experiment's application subnets to prod's database (through the NAT
+    and the transit gateway) and the database admits those subnets: only the NAT's rewrite of
+    the source address, to one outside what the database admits, stops the packet."""
+    got = results(_nat_only_path(stacks, admit_nat_subnet=False))
+    assert got[(E, P)].status == "proved", (got[(E, P)].detail, got[(E, P)].path)
+    assert got[(E, E)].status == got[(P, P)].status == "proved"  # the controls still pass
+    # Admit the NAT's subnet as well and the same routes deliver: the path was there.
+    leaky = _nat_only_path(stacks, admit_nat_subnet=True)
+    r = results(leaky)[(E, P)]
+    assert r.status == "refuted", r.detail
+    assert r.packet is not None and inside(r.packet.dst_ip, leaky[P])
+    assert any("sg-db-in-postgres-from-experiment-2" in hop for hop in r.path), r.path
+
+
 def test_network_acl_denying_the_peer_restores_the_proof(stacks: Stacks) -> None:
     leaky = _rule_on_other_sg(stacks)  # adds a rule: experiment's own ingress stays
     assert results(leaky)[(P, E)].status == "refuted"

@@ -605,6 +605,59 @@ def test_unknown_tag_value_is_reported_as_unknown_not_as_a_wrong_tag(
     assert not [v for v in result.violations if m.UNKNOWN in v.message], describe(result)
 
 
+PAB_SETTINGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+
+
+@pytest.mark.parametrize("setting", PAB_SETTINGS)
+@pytest.mark.parametrize("off", [False, "false", None])
+def test_each_public_access_block_setting_left_off_fires_ef203(
+    setting: str, off: Any, stacks: dict[str, StackState], project: Project
+) -> None:
+    """The table's pab_setting_off turns off blockPublicPolicy only: each of the four settings
+    must be checked (false, "false" as a string, or unset)."""
+    leaky = m.mutated(stacks)
+    pab = leaky[P].named("store-raw-public-access")
+    if off is None:
+        pab.drop(setting)
+    else:
+        pab.set(setting, off)
+    result = check(leaky, project)
+    assert ids(result) == {"EF203"}, describe(result)
+    [v] = result.violations
+    assert (v.stack, v.other, v.urn) == (P, None, pab.urn)
+    assert v.message == f"bucket store-raw public access block leaves {setting} off", v.message
+
+
+E_ACCOUNT = "210987654321"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [E_ACCOUNT, "999999999999", ["123456789012", E_ACCOUNT], "*"],
+    ids=["other-environment", "unrelated-account", "own-and-other", "star"],
+)
+def test_ef302_fires_on_a_wrong_source_account(
+    value: Any, stacks: dict[str, StackState], project: Project
+) -> None:
+    """A service trust whose aws:SourceAccount names any account but this environment's (or
+    this one among others: the values are ORed) is a confused deputy, like a missing one."""
+    leaky = m.mutated(stacks)
+    trust = leaky[P].named("role-service", m.ROLE)
+    doc = m.policy(trust, "assumeRolePolicy")
+    for stmt in doc["Statement"]:
+        assert stmt["Condition"]["StringEquals"]["aws:SourceAccount"] == m.account(leaky[P])
+        stmt["Condition"]["StringEquals"]["aws:SourceAccount"] = value
+    m.set_policy(trust, doc, "assumeRolePolicy")
+    result = check(leaky, project)
+    assert ids(result) == {"EF302"}, describe(result)
+    [v] = result.violations
+    assert (v.stack, v.urn) == (P, trust.urn)
+    assert v.message == (
+        "role role-service trusts service ecs-tasks.amazonaws.com without "
+        "aws:SourceAccount = 123456789012"
+    )
+
+
 def test_resource_policy_types_are_classified() -> None:
     unclassified = sorted(
         t for t in (*c.RESOURCE_POLICIES, *c.INLINE_RESOURCE_POLICIES) if c.classify(t) is None

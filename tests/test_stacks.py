@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import mutations as m
 import pytest
 import yaml
 
@@ -498,12 +499,95 @@ def test_database_security_group_admits_postgres_from_the_app_only(state: StackS
     ] == []
 
 
+def _ingress_sources(state: StackState) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every way the stack lets a security group admit traffic, as (label, the group it opens,
+    its sources): standalone ingress rules, groups' inline `ingress` blocks (default group
+    included) and legacy `SecurityGroupRule`s of type ingress."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+
+    def sources(block: dict[str, Any], cidr4: str, cidr6: str, prefix: str, group: str) -> Any:
+        return {
+            "cidr4": [c for c in as_list(block.get(cidr4) or []) if c],
+            "cidr6": [c for c in as_list(block.get(cidr6) or []) if c],
+            "prefix lists": [c for c in as_list(block.get(prefix) or []) if c],
+            "groups": [c for c in as_list(block.get(group) or []) if c],
+            "self": bool(block.get("self")),
+        }
+
+    for r in state.of_type(INGRESS):
+        src = sources(r.inputs, "cidrIpv4", "cidrIpv6", "prefixListId", "referencedSecurityGroupId")
+        out.append((r.name, r.inputs["securityGroupId"], src))
+    for r in (*state.of_type(SG), *state.of_type(DEFAULT_SG)):
+        for i, block in enumerate(r.inputs.get("ingress") or []):
+            src = sources(block, "cidrBlocks", "ipv6CidrBlocks", "prefixListIds", "securityGroups")
+            out.append((f"{r.name} inline ingress {i}", r.id, src))
+    for r in state.of_type(SG_RULE):
+        if r.inputs.get("type") == "ingress":
+            src = sources(
+                r.inputs, "cidrBlocks", "ipv6CidrBlocks", "prefixListIds", "sourceSecurityGroupId"
+            )
+            out.append((r.name, r.inputs["securityGroupId"], src))
+    return out
+
+
+def _ingress_problems(state: StackState, facts: Facts) -> list[str]:
+    vpc = vpc_of(state).id
+    groups = {g.id for g in (*state.of_type(SG), *state.of_type(DEFAULT_SG))}
+    own = {
+        g.id for g in (*state.of_type(SG), *state.of_type(DEFAULT_SG)) if g.inputs["vpcId"] == vpc
+    }
+    problems = []
+    for label, group, src in _ingress_sources(state):
+        if group not in own:
+            where = "another VPC of this stack" if group in groups else "a group of no VPC here"
+            problems.append(f"{label} opens {group}, {where}")
+        for cidr in src["cidr4"]:
+            if not ipaddress.IPv4Network(cidr).subnet_of(facts.cidr):
+                problems.append(f"{label} admits {cidr}, outside {facts.cidr}")
+        problems += [f"{label} admits IPv6 {c}" for c in src["cidr6"]]
+        # A prefix list holds ranges outside the VPC (AWS-managed lists are services' ranges).
+        problems += [f"{label} admits prefix list {p}" for p in src["prefix lists"]]
+        problems += [
+            f"{label} admits group {g}, not a group of this VPC"
+            for g in src["groups"]
+            if g not in own
+        ]
+        if not (
+            src["cidr4"] or src["cidr6"] or src["prefix lists"] or src["groups"] or src["self"]
+        ):
+            problems.append(f"{label} admits from a source this test does not read")
+    return problems
+
+
 def test_no_ingress_from_outside_the_vpc(state: StackState, facts: Facts) -> None:
-    for rule in state.of_type(INGRESS):
-        cidr = rule.inputs.get("cidrIpv4")
-        if cidr:
-            assert ipaddress.IPv4Network(cidr).subnet_of(facts.cidr), rule.name
-        assert not rule.inputs.get("cidrIpv6"), rule.name
+    # Not vacuous: the database's rule (from the application group) and the endpoints' rule
+    # (HTTPS from the VPC) are read, whatever form they take.
+    labels = {label for label, _, _ in _ingress_sources(state)}
+    assert {"sg-db-in-postgres", "sg-endpoints-in-https"} <= labels, labels
+    assert _ingress_problems(state, facts) == []
+
+
+@pytest.mark.parametrize(
+    ("mutation", "problem"),
+    [
+        ("ingress_from_other_cidr", "sg-db-in-postgres admits 10.20.0.0/16, outside"),
+        ("ingress_from_anywhere", "sg-db-in-postgres admits 0.0.0.0/0, outside"),
+        ("ingress_from_ipv6", "sg-db-in-postgres admits IPv6 2001:db8:1234::/56"),
+        ("ingress_from_prefix_list", "sg-db-in-postgres admits prefix list pl-"),
+        ("ingress_from_other_sg", "sg-db-in-postgres admits group sg-"),
+        ("inline_sg_ingress", "sg-db inline ingress 0 admits 10.20.0.0/16"),
+        ("default_sg_ingress", "default-sg inline ingress 0 admits 10.20.0.0/16"),
+        ("sg_rule_ingress", "sg-db-in-postgres-legacy admits 10.20.0.0/16"),
+        ("ingress_rule_on_other_sg", "sg-peer-db-in-postgres opens sg-"),
+    ],
+)
+def test_the_ingress_check_reads_every_way_in(
+    stacks: dict[str, StackState], mutation: str, problem: str
+) -> None:
+    """Each way of admitting another environment (tests/mutations.py, all in prod) is caught."""
+    leaky = m.mutated(stacks, m.MUTATIONS[mutation])["prod"]
+    problems = _ingress_problems(leaky, facts_of(leaky))
+    assert any(p.startswith(problem) for p in problems), problems
 
 
 # AWS services the tasks reach through interface endpoints (no NAT in production): ECR for the
@@ -1215,6 +1299,115 @@ def test_role_policies_are_attached_to_this_environments_roles(
             assert "NotAction" not in st and "NotResource" not in st
             assert not grants(st, "iam:PassRole") or "*" not in as_list(st["Resource"])
             assert as_list(st.get("Action")) != ["*"]
+
+
+# Actions the Service Authorization Reference lists with no resource type, so `Resource: "*"`
+# is the only way to grant them; each cites its page.
+RESOURCELESS = {
+    "ecr:GetAuthorizationToken": "https://docs.aws.amazon.com/service-authorization/latest/"
+    "reference/list_amazonelasticcontainerregistry.html",
+}
+ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+APPCONFIG_PROFILE = "aws:appconfig/configurationProfile:ConfigurationProfile"
+APPCONFIG_ENVIRONMENT = "aws:appconfig/environment:Environment"
+
+
+def _own_resource_arns(state: StackState, facts: Facts) -> set[str]:
+    """The ARNs of this stack's own resources, and those AWS derives from them: the database's
+    IAM-authentication users and its RDS-managed master secret, AppConfig Data configurations."""
+    own = {str(r.outputs["arn"]) for r in state.resources if isinstance(r.outputs.get("arn"), str)}
+    for db in state.of_type(DB):
+        rid = db.outputs["resourceId"]
+        own.add(f"arn:aws:rds-db:{facts.region}:{facts.account}:dbuser:{rid}/*")
+        own |= {str(x["secretArn"]) for x in db.outputs.get("masterUserSecrets") or []}
+    for profile in state.of_type(APPCONFIG_PROFILE):
+        app, _, profile_id = str(profile.outputs["arn"]).partition("/configurationprofile/")
+        for env in state.of_type(APPCONFIG_ENVIRONMENT):
+            if str(env.outputs["arn"]).startswith(app + "/environment/"):
+                own.add(f"{env.outputs['arn']}/configuration/{profile_id}")
+    return own
+
+
+def _names_own(resource: str, own: set[str]) -> bool:
+    """Exactly one of the stack's own ARNs, or a documented way of naming what lies inside one:
+    a bucket's objects (`bucket/*`), a log group's streams (`group:log-stream:*`), a task
+    definition's revisions (`family:*`), a database's users (`dbuser:<its resource id>/<user>`)."""
+    if "?" in resource:
+        return False
+    if "*" not in resource:
+        if ":dbuser:" in resource:  # a user of one of our databases
+            return resource.rpartition("/")[0] + "/*" in own
+        return resource in own
+    head, star, rest = resource.partition("*")
+    if rest or not star:  # one wildcard, at the very end
+        return False
+    if head.startswith("arn:aws:s3:::") and head.endswith("/"):
+        return head[:-1] in own
+    if head.startswith("arn:aws:logs:") and head.endswith(":log-stream:"):
+        return head[: -len(":log-stream:")] in own
+    if ":task-definition/" in head and head.endswith(":"):
+        return any(a.rpartition(":")[0] == head[:-1] for a in own if ":task-definition/" in a)
+    return False
+
+
+def _declared_flow_resource(st: dict[str, Any], resource: str, facts: Facts, role: str) -> bool:
+    """The peer store (and its key, pinned to S3 and to the peer's environment tag) that a
+    declared flow lets this role read, in the flow's own statements."""
+    for flow in facts.outbound():
+        if role != f"{facts.project}-{facts.stack}-{flow['role']}":
+            continue
+        peer = flow["to"]
+        if resource in facts.bucket_arns(flow["store"], peer):
+            return _actions(st) <= {"s3:ListBucket", "s3:GetObject"}
+        peer_keys = f"arn:aws:kms:{facts.region}:{facts.account_of(peer)}:key/*"
+        if resource == peer_keys:
+            return _actions(st) == {"kms:Decrypt"} and st.get("Condition") == {
+                "StringEquals": {
+                    "kms:ViaService": facts.via("s3"),
+                    "aws:ResourceTag/environment": peer,
+                }
+            }
+    return False
+
+
+def test_role_policies_name_only_this_environments_resources(
+    state: StackState, facts: Facts
+) -> None:
+    """Every Allow of every role's policies names this environment's own resources, one by one:
+    no `*` (except for an action that takes no resource), no pattern that reaches past them, no
+    other environment's names or accounts -- but the peer store (and key) of a declared flow, to
+    the flow's role only."""
+    own = _own_resource_arns(state, facts)
+    others = [stack for stack in STACKS if stack != facts.stack]
+    foreign = [f"{facts.project}-{o}-" for o in others] + [f"/{facts.project}/{o}/" for o in others]
+    foreign_accounts = {
+        json.loads(PROJECT.stack_config(o)["envfence:allowedAccountIds"])[0] for o in others
+    } - {facts.account}
+    assert state.of_type(ROLE_POLICY_ATTACHMENT) == []  # managed policies: not pinned here
+    checked: dict[str, int] = {}
+    for role in state.of_type(ROLE):
+        name = role.inputs["name"]
+        docs = [p.inputs["policy"] for p in state.of_type(ROLE_POLICY) if p.inputs["role"] == name]
+        docs += [i["policy"] for i in role.inputs.get("inlinePolicies") or [] if i.get("policy")]
+        for document in docs:
+            for st in statements(document):
+                assert st["Effect"] == "Allow" and "NotResource" not in st, (name, st)
+                resources = as_list(st["Resource"])
+                assert resources, (name, st)
+                checked[name] = checked.get(name, 0) + 1
+                if "*" in resources:
+                    assert resources == ["*"], (name, st)
+                    assert _actions(st) <= set(RESOURCELESS), (name, st["Sid"], "Resource *")
+                    continue
+                for resource in resources:
+                    if _declared_flow_resource(st, resource, facts, name):
+                        continue
+                    assert _names_own(resource, own), (name, st["Sid"], resource)
+                    assert not any(f in resource for f in foreign), (name, st["Sid"], resource)
+                    assert not any(a in resource for a in foreign_accounts), (name, resource)
+    # Not vacuous: every environment role has statements, and all were checked.
+    for kind in ENV_ROLES:
+        assert checked.get(f"{facts.project}-{facts.stack}-{kind}", 0) > 0, (kind, checked)
 
 
 # -- protection ------------------------------------------------------------------------------
