@@ -106,9 +106,10 @@ def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[
             ["*"],
             ["*"],
             # Only where the tag is in the request: S3 (ABAC is off on general purpose buckets
-            # by default) and rds-db:connect never supply aws:ResourceTag, and an IfExists
-            # operator would turn this into "deny everything untagged" -- the worker's own
-            # writes included. Those services are fenced by the ARN statements below.
+            # by default) and rds-db:connect may well not supply aws:ResourceTag (the reference
+            # lists the key without saying whose tag), and an IfExists operator would turn this
+            # into "deny everything untagged" -- the worker's own writes included. Those
+            # services are fenced by the ARN statements below.
             condition={
                 "StringNotEquals": {f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": allowed_env_tags},
                 "Null": {f"aws:ResourceTag/{naming.TAG_ENVIRONMENT}": "false"},
