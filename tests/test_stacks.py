@@ -770,7 +770,7 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
             secret = f"arn:aws:secretsmanager:{facts.region}:{facts.account}:secret:rds!*"
             if (
                 equals.get("kms:CallerAccount") == facts.account
-                and via == [facts.via("secretsmanager")]
+                and sorted(via) == sorted([facts.via("rds"), facts.via("secretsmanager")])
                 and cond.get("StringLike") == {"kms:EncryptionContext:SecretARN": secret}
                 and (
                     _actions(st) == {"kms:GenerateDataKey"}

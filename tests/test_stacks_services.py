@@ -1075,6 +1075,8 @@ def _may_deny_cloudtrail(st: dict[str, Any]) -> bool:
                 return False  # absent key: a positive operator does not match
             if key == "aws:PrincipalArn" and op == "Null" and value in ("false", False):
                 return False
+            if key == "aws:PrincipalIsAWSService" and op == "Bool" and value in ("false", False):
+                return False  # CloudTrail writes with its service principal: true
     return True
 
 
@@ -1118,10 +1120,10 @@ def test_audit_bucket_takes_cloudtrail_writes_and_no_role_tampers(
     # No IAM principal writes the log (CloudTrail's requests carry no aws:PrincipalArn), and
     # in production none deletes from it; an experiment's deployer empties it on destroy.
     forge = next(st for st in denies if st["Sid"] == "DenyWritingTheLogOutsideCloudTrail")
-    assert forge["Condition"] == {"Null": {"aws:PrincipalArn": "false"}}
+    assert forge["Condition"] == {"Bool": {"aws:PrincipalIsAWSService": "false"}}
     assert as_list(forge["Resource"]) == [f"{bucket_arn}/*"]
     delete = next(st for st in denies if st["Sid"] == "DenyDeletingTheLog")
-    expected: dict[str, Any] = {"Null": {"aws:PrincipalArn": "false"}}
+    expected: dict[str, Any] = {"Bool": {"aws:PrincipalIsAWSService": "false"}}
     if state.stack != "prod":
         expected["ArnNotEquals"] = {"aws:PrincipalArn": [f.deployer]}
     assert delete["Condition"] == expected

@@ -577,12 +577,10 @@ def service_checks(view: StackView) -> list[Check | Result]:
                 f"CloudWatch Logs encrypts {_text(group, 'name')}",
                 [
                     RealRequest(a, principal, a, key_arn, context, LOGS_KMS)
-                    for a in (
-                        "kms:GenerateDataKey",
-                        "kms:Encrypt",
-                        "kms:Decrypt",
-                        "kms:DescribeKey",
-                    )
+                    # The data calls AWS's key-policy statement for Logs is written for, all
+                    # with the group's ARN as context. (DescribeKey carries no encryption
+                    # context, so AWS's own statement could never allow it: not modelled.)
+                    for a in ("kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt")
                 ],
             )
 
@@ -651,17 +649,29 @@ def service_checks(view: StackView) -> list[Check | Result]:
         def exec_checks(task: Resource = task) -> Check:
             role = _text(task, "executionRoleArn")
             site = view.site(role)
+            # The registry token: through a Fargate-owned interface (ECS guide) or, on the
+            # other reading, through the environment's ecr.api endpoint: both must work.
+            api, api_endpoint = translate._network(site, "ecr.api")
             requests: list[RealRequest] = [
                 RealRequest(
                     "registry token",
                     role,
                     "ecr:GetAuthorizationToken",
                     "*",
-                    {"aws:SecureTransport": True},
+                    {"aws:SecureTransport": True, "aws:ViaAWSService": False},
                     ECS_EXEC,
-                )
+                ),
+                RealRequest(
+                    "registry token (through ecr.api)",
+                    role,
+                    "ecr:GetAuthorizationToken",
+                    "*",
+                    api,
+                    ECS_EXEC,
+                    api_endpoint,
+                ),
             ]
-            targets: dict[str, Target] = {"t0": _anything(view)}
+            targets: dict[str, Target] = {"t0": _anything(view), "t1": _anything(view)}
             for c in containers(task):
                 image = str(c.get("image", ""))
                 repo_name = image.split("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
@@ -671,19 +681,48 @@ def service_checks(view: StackView) -> list[Check | Result]:
                 )
                 if repo is None:
                     raise Unreadable(f"image {image} is in no repository of stack {view.stack}")
-                network, endpoint = translate._network(site, "ecr.dkr")
-                for k, v in _tags(view.state, repo).items():
-                    network[f"aws:ResourceTag/{k}"] = v
-                for action in (
-                    "ecr:BatchCheckLayerAvailability",
-                    "ecr:GetDownloadUrlForLayer",
-                    "ecr:BatchGetImage",
-                ):
-                    requests.append(
-                        RealRequest(
-                            action, role, action, _text(repo, "arn"), network, ECS_EXEC, endpoint
+                # The pull: the registry API (ecr.dkr) by the ECR guide; ECR recommends one
+                # policy on both endpoints, so both are evaluated.
+                for service in ("ecr.dkr", "ecr.api"):
+                    network, endpoint = translate._network(site, service)
+                    for k, v in _tags(view.state, repo).items():
+                        network[f"aws:ResourceTag/{k}"] = v
+                    for action in (
+                        "ecr:BatchCheckLayerAvailability",
+                        "ecr:GetDownloadUrlForLayer",
+                        "ecr:BatchGetImage",
+                    ):
+                        requests.append(
+                            RealRequest(
+                                f"{action} (through {service})",
+                                role,
+                                action,
+                                _text(repo, "arn"),
+                                network,
+                                ECS_EXEC,
+                                endpoint,
+                            )
                         )
+                # The layers themselves come from ECR's bucket through the S3 gateway endpoint,
+                # on a URL ECR presigns: the endpoint's policy is the only one of ours on that
+                # path (the signer is ECR's, the bucket AWS's; both taken as allowing).
+                layers = f"arn:aws:s3:::prod-{region}-starport-layer-bucket"
+                network, endpoint = translate._network(site, "s3")
+                requests.append(
+                    RealRequest(
+                        "layer download (presigned by ECR)",
+                        LAYER_SIGNER,
+                        "s3:GetObject",
+                        f"{layers}/sha256/0123",
+                        network,
+                        ECR_VPCE,
+                        endpoint,
                     )
+                )
+                targets[f"t{len(requests) - 1}"] = Target(
+                    view.stack, "", "aws:s3/bucket:Bucket", "ECR layers", ((layers + "/", ANY),),
+                    "", {}, iam.Policy(OPEN_BUCKET, "AWS-owned layer bucket (taken as open)"),
+                )  # fmt: skip
                 options = (c.get("logConfiguration") or {}).get("options") or {}
                 group = options.get("awslogs-group")
                 if group:
@@ -741,6 +780,14 @@ def service_checks(view: StackView) -> list[Check | Result]:
     return out
 
 
+# Stand-ins for what is not ours on the image layers' path (see exec_checks).
+LAYER_SIGNER = "arn:aws:iam::000000000000:role/ecr-layer-presigner"
+OPEN_BUCKET = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}],
+}
+
+
 def _secret_target(view: StackView, arn: str) -> Target:
     policies = [
         view.policy(p)
@@ -788,6 +835,20 @@ BUCKET_CALLS = (
     "s3:GetBucketRequestPayment",
     "s3:GetAccelerateConfiguration",
     "s3:GetBucketObjectLockConfiguration",
+    # pulumi-aws 7.13+ reads and writes bucket tags through the S3 Control tagging API
+    # (pulumi/pulumi-aws#6317, hashicorp/terraform-provider-aws#45251)
+    "s3:ListTagsForResource",
+    "s3:TagResource",
+    "s3:UntagResource",
+    "s3:CreateBucket",
+    "s3:DeleteBucketPolicy",
+)
+# What `pulumi destroy` of an experiment does to its buckets (forceDestroy empties them first).
+DESTROY_CALLS = (
+    "s3:ListBucketVersions",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:DeleteBucket",
 )
 KEY_CALLS = (
     "kms:DescribeKey",
@@ -854,32 +915,43 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
                 req("kms:CreateGrant", key_arn, via["ecr"]),
                 req("kms:DescribeKey", key_arn, via["ecr"]),
                 req("kms:RetireGrant", key_arn, kms_base),
-                req(
-                    "kms:GenerateDataKey",
-                    key_arn,
-                    {
-                        **via["secretsmanager"],
-                        "kms:EncryptionContext:SecretARN": secret,
-                        "kms:EncryptionContext:SecretVersionId": "v-1",
-                    },
-                ),
-                req(
-                    "kms:Decrypt",
-                    key_arn,
-                    {
-                        **via["secretsmanager"],
-                        "kms:EncryptionContext:SecretARN": secret,
-                        "kms:EncryptionContext:SecretVersionId": "RequestToValidateKeyAccess",
-                    },
-                ),
+                # The master secret (Secrets Manager's GenerateDataKey and key-access check).
+                # Which service KMS sees for RDS -> Secrets Manager -> KMS is not documented:
+                # both readings must be allowed.
+                *[
+                    req(
+                        action,
+                        key_arn,
+                        {
+                            **via[service],
+                            "kms:EncryptionContext:SecretARN": secret,
+                            "kms:EncryptionContext:SecretVersionId": version,
+                        },
+                    )
+                    for service in ("secretsmanager", "rds")
+                    for action, version in (
+                        ("kms:GenerateDataKey", "v-1"),
+                        ("kms:Decrypt", "RequestToValidateKeyAccess"),
+                    )
+                ],
             ],
         ),
     ]
+    locked = {_text(r, "bucket") for r in view.all(_T(aws.s3.BucketObjectLockConfiguration))}
     for b in view.all(_T(aws.s3.Bucket)):
-        arn = _text(b, "arn")
-        out.append(
-            must(f"manages bucket {_text(b, 'bucket')}", [req(a, arn, base) for a in BUCKET_CALLS])
-        )
+        arn, name = _text(b, "arn"), _text(b, "bucket")
+        calls = [req(a, arn, base) for a in BUCKET_CALLS]
+        if name in locked:
+            calls.append(req("s3:PutBucketObjectLockConfiguration", arn, base))
+        out.append(must(f"manages bucket {name}", calls))
+        if not production:
+            out.append(
+                must(
+                    f"empties and deletes bucket {name} on destroy",
+                    [req(a, arn if a.endswith("Bucket") or "List" in a else f"{arn}/x/y.json", base)
+                     for a in DESTROY_CALLS],
+                )
+            )  # fmt: skip
     for q in view.all(_T(aws.sqs.Queue)):
         arn = _text(q, "arn")
         out.append(

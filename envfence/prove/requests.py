@@ -104,6 +104,10 @@ def decide(world: World, request: RealRequest, target: Target | None = None) -> 
     # account that owns the resource (AWS global condition context keys).
     if target.account and not any(k.lower() == "aws:resourceaccount" for k in context):
         context["aws:ResourceAccount"] = target.account
+    # "aws:PrincipalIsAWSService": in every signed request; true when a service calls with its
+    # service principal (CloudTrail writing its logs), false for IAM principals.
+    if not any(k.lower() == "aws:principalisawsservice" for k in context):
+        context["aws:PrincipalIsAWSService"] = not request.principal.startswith("arn:")
     decision = iam.evaluate(
         iam.Request(
             principal=principal,

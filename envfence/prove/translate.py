@@ -261,9 +261,19 @@ def _s3_put_object(site: Site, call: Call) -> list[RealRequest]:
             _request(site, call, "s3:PutObjectTagging", obj, context, S3_SOURCE, endpoint)
         )
     sse = p.get("ServerSideEncryption")
-    key_arn = str(p["SSEKMSKeyId"]) if p.get("SSEKMSKeyId") else bucket.key_arn
-    if sse in (None, "aws:kms", "aws:kms:dsse") and key_arn:
-        context_arn = bucket.arn if bucket.bucket_key else obj
+    # No SSE header: the bucket's default key. `aws:kms` without a key id: the AWS managed key
+    # aws/s3, not the bucket's (API_PutObject), which no stack declares: its side call cannot
+    # be decided and the control fails. DSSE-KMS never uses a Bucket Key.
+    if p.get("SSEKMSKeyId"):
+        key_arn: str | None = str(p["SSEKMSKeyId"])
+    elif sse is None:
+        key_arn = bucket.key_arn
+    elif sse in ("aws:kms", "aws:kms:dsse"):
+        key_arn = f"arn:aws:kms:{site.region}:{site.account}:alias/aws/s3"
+    else:
+        key_arn = None
+    if key_arn:
+        context_arn = bucket.arn if bucket.bucket_key and sse != "aws:kms:dsse" else obj
         requests.append(
             _kms_side_call(
                 site,
@@ -405,12 +415,15 @@ def _rds_connect(site: Site, call: Call) -> list[RealRequest]:
     """The token `generate_db_auth_token` signs locally is checked when the connection opens:
     `rds-db:connect` on `arn:aws:rds-db:REGION:ACCOUNT:dbuser:DbiResourceId/USER`. The SAR
     lists no condition keys for it and RDS does not document which global keys the check
-    sees, so the request carries none (a policy that needs one would deny it)."""
+    sees, so the request carries none but aws:ViaAWSService (a policy that needs one would deny
+    it)."""
     p = call.params
     db = site.database(p.get("DBHostname"))
     user = str(p.get("DBUsername", ""))
     arn = f"arn:aws:rds-db:{site.region}:{site.account}:dbuser:{db.resource_id}/{user}"
-    return [_request(site, call, "rds-db:connect", arn, {}, RDS_DB_SOURCE)]
+    # aws:ViaAWSService is "always included" (false for a direct call).
+    context: Context = {"aws:ViaAWSService": False}
+    return [_request(site, call, "rds-db:connect", arn, context, RDS_DB_SOURCE)]
 
 
 Translator = Callable[..., list[RealRequest]]

@@ -205,16 +205,19 @@ class Audit(pulumi.ComponentResource):
                     },
                 ),
                 # Nobody but CloudTrail writes the log, and in production nobody deletes from
-                # it (its lifecycle expires it); an experiment's deployer empties the bucket
-                # when the stack is destroyed (forceDestroy). The deployer is outside every
-                # environment role, so the Deny above does not cover it.
+                # it; an experiment's deployer empties the bucket when the stack is destroyed
+                # (forceDestroy). The deployer is outside every environment role, so the Deny
+                # above does not cover it. aws:PrincipalIsAWSService is the documented way to
+                # tell CloudTrail's own writes apart ("AWS global condition context keys":
+                # true when a service uses a service principal, as CloudTrail does to write
+                # logs; present in every signed request).
                 statement(
                     "DenyWritingTheLogOutsideCloudTrail",
                     "Deny",
                     ["s3:PutObject*"],
                     [objects],
                     principal="*",
-                    condition={"Null": {"aws:PrincipalArn": "false"}},
+                    condition={"Bool": {"aws:PrincipalIsAWSService": "false"}},
                 ),
                 statement(
                     "DenyDeletingTheLog",
@@ -223,10 +226,10 @@ class Audit(pulumi.ComponentResource):
                     [objects],
                     principal="*",
                     condition=(
-                        {"Null": {"aws:PrincipalArn": "false"}}
+                        {"Bool": {"aws:PrincipalIsAWSService": "false"}}
                         if s.is_production or not deployer
                         else {
-                            "Null": {"aws:PrincipalArn": "false"},
+                            "Bool": {"aws:PrincipalIsAWSService": "false"},
                             "ArnNotEquals": {"aws:PrincipalArn": deployer},
                         }
                     ),

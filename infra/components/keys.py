@@ -108,6 +108,13 @@ class Keys(pulumi.ComponentResource):
                 condition={"ArnEquals": {"aws:PrincipalArn": s.role_arns()}},
             ),
         ]
+        # Which service KMS sees for the RDS -> Secrets Manager -> KMS chain is not documented:
+        # both. The password stays unreadable either way: that rests on the SecretVersionId and
+        # SecretARN conditions, not on the service.
+        secret_via = [
+            f"rds.{s.region}.amazonaws.com",
+            f"secretsmanager.{s.region}.amazonaws.com",
+        ]
         if s.deployer:
             statements += [
                 statement(
@@ -136,7 +143,7 @@ class Keys(pulumi.ComponentResource):
                     condition={
                         "StringEquals": {
                             "kms:CallerAccount": s.account,
-                            "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com",
+                            "kms:ViaService": secret_via,
                         },
                         "StringLike": {
                             "kms:EncryptionContext:SecretARN": (
@@ -154,7 +161,7 @@ class Keys(pulumi.ComponentResource):
                     condition={
                         "StringEquals": {
                             "kms:CallerAccount": s.account,
-                            "kms:ViaService": f"secretsmanager.{s.region}.amazonaws.com",
+                            "kms:ViaService": secret_via,
                             "kms:EncryptionContext:SecretVersionId": VALIDATE_KEY_ACCESS,
                         },
                         "StringLike": {
