@@ -6,18 +6,26 @@
 
 `check` runs every rule and then every proof; `prove` runs only the proofs.
 
+A proof is between environments, so one stack alone proves nothing: with one `--stack`, the
+proofs pair it with every other stack of the repository, both ways (the rules still run on it
+alone); with none, every stack is proved against every other. A repository with a single stack,
+or a single `--state` file (real state is never mixed with offline evaluations), is bad input
+for the proofs (`check --no-prove` runs the rules on it alone).
+
 Exit codes: 0 clean (and proved), 1 violations found or a proof refuted or broken, 2 bad input
-(unknown stack, config error, unreadable or malformed state file). Bad input prints one line
-naming the key or file; never a traceback.
+(unknown stack, config error, unreadable or malformed state file, nothing to prove a stack
+against). Bad input prints one line naming the key or file; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +33,17 @@ from rich.table import Table
 from envfence.model import StackState
 from envfence.summary import summarize
 
+if TYPE_CHECKING:
+    from envfence.prove.run import ProofReport
+    from infra.project import Project
+
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT = 0, 1, 2
+
+ONE_STACK_HELP = (
+    "A proof is between environments: with one --stack, it is proved against every other "
+    "stack of the repository, both ways; a single --state file is refused (give every "
+    "stack's state)."
+)
 
 
 class UsageError(Exception):
@@ -53,19 +71,26 @@ def _parser() -> argparse.ArgumentParser:
         help="print one summary per stack instead of the full table",
     )
 
-    check = sub.add_parser("check", help="run every isolation rule across stacks")
+    check = sub.add_parser(
+        "check",
+        help="run every isolation rule across stacks",
+        description="Run every rule, then every proof. " + ONE_STACK_HELP + " With --no-prove "
+        "one stack or one state file is enough.",
+    )
     check.add_argument(
         "--stack",
         action="append",
         metavar="NAME",
-        help="evaluate only these stacks (repeatable; default: all)",
+        help="evaluate only these stacks (repeatable; default: all); the proofs pair a single "
+        "stack with every other stack of the repository",
     )
     check.add_argument(
         "--state",
         action="append",
         metavar="FILE",
         help="check real state instead: pulumi stack export, pulumi preview "
-        "--json, or envfence plan --format json output (repeatable)",
+        "--json, or envfence plan --format json output (repeatable; the proofs need two or "
+        "more)",
     )
     check.add_argument("--format", choices=("text", "json", "sarif"), default="text")
     check.add_argument(
@@ -75,36 +100,50 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     prove = sub.add_parser(
-        "prove", help="prove that no principal or packet of one environment reaches another"
+        "prove",
+        help="prove that no principal or packet of one environment reaches another",
+        description="Prove, for every ordered pair of environments, that no principal or "
+        "packet of one reaches the other's data. " + ONE_STACK_HELP,
     )
     prove.add_argument(
         "--stack",
         action="append",
         metavar="NAME",
-        help="evaluate only these stacks (repeatable; default: all)",
+        help="evaluate only these stacks (repeatable; default: all); a single stack is proved "
+        "against every other stack of the repository, both ways",
     )
     prove.add_argument(
         "--state",
         action="append",
         metavar="FILE",
         help="prove real state instead: pulumi stack export, pulumi preview --json, or "
-        "envfence plan --format json output (repeatable)",
+        "envfence plan --format json output (repeatable; two or more)",
     )
     prove.add_argument("--format", choices=("text", "json"), default="text")
     return p
 
 
-def _load_stacks(names: Sequence[str] | None) -> list[StackState]:
+def _load_stacks(names: Sequence[str] | None, project: Project | None = None) -> list[StackState]:
     from envfence.evaluate import EvaluationError, evaluate_all
 
     try:
-        return evaluate_all(stacks=list(names) if names else None)
+        return evaluate_all(project, stacks=list(dict.fromkeys(names)) if names else None)
     except EvaluationError as exc:
         raise UsageError(str(exc)) from None
 
 
+def _repository() -> Project:
+    """The project whose stacks `--stack` names (the repository envfence runs in)."""
+    from infra.project import ProjectFileError, load_project
+
+    try:
+        return load_project()
+    except ProjectFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
-    states = _load_stacks(args.stack)
+    states = _load_stacks(args.stack, _repository())
     if args.format == "json":
         docs = [s.to_document() for s in states]
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, sort_keys=False))
@@ -149,7 +188,7 @@ def _states(args: argparse.Namespace) -> list[StackState]:
     if args.state and args.stack:
         raise UsageError("use either --stack (evaluate offline) or --state (real state), not both")
     if not args.state:
-        return _load_stacks(args.stack)
+        return _load_stacks(args.stack, _repository())
     try:
         states = [load_file(path) for path in args.state]
     except StateError as exc:
@@ -159,6 +198,74 @@ def _states(args: argparse.Namespace) -> list[StackState]:
     if dupes:
         raise UsageError(f"several state files for stack {', '.join(dupes)}; give one each")
     return states
+
+
+@dataclasses.dataclass
+class _ProofInput:
+    """What the proofs run on: `states`, and `focus`, the stacks whose pairs are reported
+    (None: every pair), with a line saying so."""
+
+    states: list[StackState]
+    focus: set[str] | None = None
+    note: str = ""
+
+
+def _proof_input(
+    args: argparse.Namespace, checked: list[StackState], *, rules_too: bool
+) -> _ProofInput:
+    """The states the proofs need, given the ones the command checks. One stack is no proof: a
+    single `--stack` is paired with every other stack of the repository (evaluated here); a
+    single `--state` file, or a repository of one stack, is bad input."""
+    alone = "; `check --no-prove` runs the rules on it alone" if rules_too else ""
+    if args.state:
+        if len(checked) < 2:
+            raise UsageError(
+                f"{args.state[0]}: one state proves nothing: isolation is proved between "
+                "environments; give the state of every other stack too (--state FILE, "
+                f"repeatable){alone}"
+            )
+        return _ProofInput(checked)
+    selected = list(dict.fromkeys(args.stack or []))
+    if len(selected) >= 2:
+        return _ProofInput(checked)
+    project = _repository()
+    everything = project.stacks()
+    if not selected:
+        if len(everything) < 2:
+            raise UsageError(
+                f"the repository has {len(everything)} stack(s) ({', '.join(everything)}): "
+                f"nothing to prove isolated from anything else{alone}"
+            )
+        return _ProofInput(checked)
+    [stack] = selected
+    others = [name for name in everything if name != stack]
+    if not others:
+        raise UsageError(
+            f"stack '{stack}' is the only stack of the repository: there is no other "
+            f"environment to prove it isolated from{alone}"
+        )
+    states = checked + _load_stacks(others, project)
+    note = (
+        f"stack {stack} is proved against every other stack of the repository, both ways: "
+        + ", ".join(others)
+    )
+    return _ProofInput(states, {stack}, note)
+
+
+def _focused(report: ProofReport, focus: set[str] | None) -> ProofReport:
+    """Only the pairs that involve a stack of `focus` (controls stay: every stack left is in
+    a pair, and its control decides that pair)."""
+    if focus is None:
+        return report
+
+    def wanted(source: str, target: str) -> bool:
+        return source == target or source in focus or target in focus
+
+    iam = dataclasses.replace(
+        report.iam, pairs=[p for p in report.iam.pairs if wanted(p.source, p.target)]
+    )
+    network = [n for n in report.network if wanted(n.source, n.target)]
+    return dataclasses.replace(report, iam=iam, network=network)
 
 
 def cmd_check(args: argparse.Namespace, out: Console) -> int:
@@ -172,7 +279,8 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
         return EXIT_VIOLATIONS if result.violations else EXIT_OK
     from envfence.prove import run as proofs
 
-    proof = proofs.prove(states)
+    given = _proof_input(args, states, rules_too=True)
+    proof = _focused(proofs.prove(given.states), given.focus)
     if args.format == "json":
         doc = report.to_json(result)
         doc["proofs"] = proofs.to_json(proof)
@@ -185,6 +293,8 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
 
         def proof_section() -> None:
             out.print()
+            if given.note:
+                out.print(f"envfence prove: {given.note}")
             proofs.text(proof, out)
 
         report.text(
@@ -199,10 +309,13 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
 def cmd_prove(args: argparse.Namespace, out: Console) -> int:
     from envfence.prove import run as proofs
 
-    proof = proofs.prove(_states(args))
+    given = _proof_input(args, _states(args), rules_too=False)
+    proof = _focused(proofs.prove(given.states), given.focus)
     if args.format == "json":
         print(json.dumps(proofs.to_json(proof), indent=2))
     else:
+        if given.note:
+            out.print(f"envfence prove: {given.note}")
         proofs.text(proof, out)
     return EXIT_OK if proof.ok else EXIT_VIOLATIONS
 

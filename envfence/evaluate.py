@@ -79,6 +79,19 @@ _AUTONAMED = {
     "aws:appconfig/application:Application",
     "aws:appconfig/environment:Environment",
     "aws:appconfig/configurationProfile:ConfigurationProfile",
+    "aws:cloudwatch/logMetricFilter:LogMetricFilter",
+    "aws:secretsmanager/secret:Secret",
+}
+
+# Resources whose id AWS (the provider) makes from the property that names what they configure:
+# a queue policy is its queue's URL, a key policy its key, a repository policy its repository.
+_ID_IS_TARGET = {
+    "aws:sqs/queuePolicy:QueuePolicy": "queueUrl",
+    "aws:kms/keyPolicy:KeyPolicy": "keyId",
+    "aws:ecr/repositoryPolicy:RepositoryPolicy": "repository",
+    "aws:ecr/lifecyclePolicy:LifecyclePolicy": "repository",
+    "aws:secretsmanager/secretPolicy:SecretPolicy": "secretArn",
+    "aws:sns/topicPolicy:TopicPolicy": "arn",
 }
 
 
@@ -137,8 +150,12 @@ class CloudMocks:
         if typ in _AUTONAMED and not out.get("name"):
             out["name"] = f"{name}-{h[:7]}"
         rid = self._id(typ, name, out, h)
-        out.update(self._computed(typ, rid, out, region, account, h))
-        out.setdefault("id", rid)
+        computed = self._computed(typ, rid, out, region, account, h)
+        out.update(computed)
+        # The resource's id is the one AWS gives (a key's key id, a queue's URL, a policy's
+        # ARN, an instance's resource id): what other resources and policies name it by.
+        rid = str(computed.get("id") or rid)
+        out["id"] = rid
         out.setdefault("tagsAll", {**(out.get("tags") or {})})
         return rid, out
 
@@ -184,10 +201,17 @@ class CloudMocks:
     # -------------------------------------------------------------------------------------
     @staticmethod
     def _id(typ: str, name: str, out: dict[str, Any], h: str) -> str:
+        """The id the provider gives; `_computed` overrides it where AWS's id is computed (an
+        ARN, a URL, a key id, an RDS resource id)."""
         if typ in _EC2_IDS:
             return f"{_EC2_IDS[typ]}-{h}"
         if typ.startswith("aws:appconfig/"):
             return _appconfig_id(typ.rsplit(":", 1)[-1], out, h[:7])
+        target = _ID_IS_TARGET.get(typ)
+        if target and isinstance(out.get(target), str) and out[target]:
+            return str(out[target])
+        if typ == "aws:ecs/taskDefinition:TaskDefinition" and out.get("family"):
+            return str(out["family"])
         for key in ("bucket", "identifier", "name"):
             if isinstance(out.get(key), str) and out[key]:
                 return str(out[key])
@@ -206,10 +230,17 @@ class CloudMocks:
                 "arn": f"arn:aws:kms:{region}:{account}:key/{key_id}",
             }
         if typ == "aws:kms/alias:Alias":
+            target = str(out.get("targetKeyId"))
             return {
                 "arn": f"arn:aws:kms:{region}:{account}:{out.get('name')}",
-                "targetKeyArn": f"arn:aws:kms:{region}:{account}:key/{out.get('targetKeyId')}",
+                "targetKeyArn": target
+                if target.startswith("arn:")
+                else f"arn:aws:kms:{region}:{account}:key/{target}",
             }
+        if typ == "aws:kms/grant:Grant":
+            grant = hashlib.sha256(h.encode()).hexdigest()
+            key = str(out.get("keyId") or "").rsplit("/", 1)[-1]
+            return {"id": f"{key}:{grant}", "grantId": grant, "grantToken": f"token-{grant[:32]}"}
         if typ == "aws:iam/role:Role":
             return {
                 "arn": f"arn:aws:iam::{account}:role{out.get('path') or '/'}{out['name']}",
@@ -237,14 +268,16 @@ class CloudMocks:
             ident = out.get("identifier") or rid
             address = f"{ident}.c{h[:10]}.{region}.rds.amazonaws.com"
             secret = f"arn:aws:secretsmanager:{region}:{account}:secret:rds!db-{h[:12]}-{h[12:18]}"
+            # Since AWS provider 5 (pulumi-aws 6) an instance's id is its DbiResourceId.
+            resource_id = f"db-{h.upper()[:26]}"
             return {
-                "id": ident,
+                "id": resource_id,
                 "identifier": ident,
                 "address": address,
                 "endpoint": f"{address}:5432",
                 "port": 5432,
                 "arn": f"arn:aws:rds:{region}:{account}:db:{ident}",
-                "resourceId": f"db-{h.upper()[:26]}",
+                "resourceId": resource_id,
                 "masterUserSecrets": [
                     {
                         "secretArn": secret,
@@ -309,15 +342,29 @@ class CloudMocks:
                 "TaskDefinition": "task-definition",
             }.get(kind, kind.lower())
             suffix = ":1" if kind == "TaskDefinition" else ""
-            return {
-                "arn": f"arn:aws:ecs:{region}:{account}:{resource}/{ident}{suffix}",
-                "revision": 1,
-            }
+            if kind == "Service":  # the long ARN format: service/<cluster name>/<service name>
+                ident = f"{str(out.get('cluster') or 'default').rsplit('/', 1)[-1]}/{ident}"
+            arn = f"arn:aws:ecs:{region}:{account}:{resource}/{ident}{suffix}"
+            ecs: dict[str, Any] = {"arn": arn, "revision": 1}
+            if kind in ("Cluster", "Service"):  # AWS's id for both is the ARN
+                ecs["id"] = arn
+            return ecs
         if typ == "aws:cloudtrail/trail:Trail":
-            return {
-                "arn": f"arn:aws:cloudtrail:{region}:{account}:trail/{out.get('name')}",
-                "id": out.get("name"),
-            }
+            arn = f"arn:aws:cloudtrail:{region}:{account}:trail/{out.get('name')}"
+            return {"arn": arn, "id": arn}
+        if typ == "aws:sns/topic:Topic":
+            arn = f"arn:aws:sns:{region}:{account}:{out.get('name') or rid}"
+            return {"arn": arn, "id": arn}
+        if typ == "aws:sns/topicSubscription:TopicSubscription":
+            topic = str(out.get("topic") or f"arn:aws:sns:{region}:{account}:topic")
+            arn = f"{topic}:{h[:8]}-{h[8:12]}-4{h[12:15]}-8{h[:3]}-{h[3:15]}"
+            return {"arn": arn, "id": arn}
+        if typ == "aws:secretsmanager/secret:Secret":
+            # AWS appends six random characters to the name; the id is the ARN.
+            arn = f"arn:aws:secretsmanager:{region}:{account}:secret:{out.get('name')}-{h[:6]}"
+            return {"arn": arn, "id": arn}
+        if typ == "aws:cloudwatch/metricAlarm:MetricAlarm":
+            return {"arn": f"arn:aws:cloudwatch:{region}:{account}:alarm:{out.get('name') or rid}"}
         if typ == "aws:rds/subnetGroup:SubnetGroup":
             return {
                 "arn": f"arn:aws:rds:{region}:{account}:subgrp:{out['name']}",
@@ -340,6 +387,7 @@ class CloudMocks:
             return {
                 "arn": f"arn:aws:ec2:{region}:{account}:vpc/{rid}",
                 "defaultSecurityGroupId": f"sg-d{h[1:]}",
+                "defaultNetworkAclId": f"acl-d{h[1:]}",
                 "mainRouteTableId": f"rtb-m{h[1:]}",
                 "ownerId": account,
             }
@@ -492,6 +540,15 @@ def _purge_program_modules() -> None:
             del sys.modules[name]
 
 
+def _project_file_errors() -> tuple[type[Exception], ...]:
+    """ProjectFileError as this module imported it, and as the program's modules define it now:
+    every run re-imports `infra`, so a Project loaded after a run raises the newer class."""
+    current = getattr(sys.modules.get("infra.project"), "ProjectFileError", None)
+    if isinstance(current, type) and issubclass(current, Exception):
+        return (ProjectFileError, current)
+    return (ProjectFileError,)
+
+
 def _is_config_error(exc: BaseException) -> bool:
     """Whether `exc` is the ConfigError of the infra.settings the program just imported.
 
@@ -516,7 +573,7 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
     try:
         project = project or load_project()
         config = project.stack_config(stack)
-    except ProjectFileError as exc:
+    except _project_file_errors() as exc:
         raise EvaluationError(str(exc)) from None
 
     mocks = CloudMocks(stack)

@@ -8,6 +8,7 @@ Whatever produced it — the offline evaluator, a real `pulumi stack export`, a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,59 @@ PROVIDER_PREFIX = "pulumi:providers:"
 
 # Marks a value that is not known yet (a preview). Same sentinel as the Pulumi engine's.
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+# Marks a value the state holds only encrypted: a `pulumi stack export` without
+# `--show-secrets` (its `ciphertext`), or `[secret]` in a `pulumi preview --json`. envfence's own
+# sentinel, distinct from UNKNOWN (which it is treated like: whatever reads it fails closed),
+# so that messages can say why a value cannot be read.
+SECRET = "envfence-secret-1b47061264138c4ac30d75fd1eb44270-not-readable"
+
+# How the engine marks a secret in a serialized state: {SECRET_SIG_KEY: SECRET_SIG,
+# "ciphertext": ...} or, under `--show-secrets`, {..., "plaintext": "<the value as JSON>"}.
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def reveal(value: Any) -> Any:
+    """`value` with every engine secret unwrapped, anywhere in it: a `plaintext` becomes the
+    value it encodes (JSON-decoded once), a `ciphertext` becomes `SECRET`. Raises ValueError on
+    a plaintext that is not JSON."""
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG_KEY) == SECRET_SIG:
+            if "plaintext" in value and isinstance(value["plaintext"], str):
+                try:
+                    decoded = json.loads(value["plaintext"])
+                except json.JSONDecodeError:
+                    raise ValueError("a secret's plaintext is not valid JSON") from None
+                return reveal(decoded)
+            return SECRET
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def unreadable(value: Any) -> str | None:
+    """Why `value` (or something inside it) cannot be read: "secret", "unknown", or None.
+    A string counts when it is a sentinel or contains one (a JSON document built from one)."""
+    if isinstance(value, str):
+        if SECRET in value:
+            return "secret"
+        return "unknown" if UNKNOWN in value else None
+    items: list[Any] = []
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    found = [why for why in (unreadable(v) for v in items) if why]
+    return "secret" if "secret" in found else (found[0] if found else None)
+
+
+def why_unreadable(what: str, why: str) -> str:
+    """The message for a value that cannot be read: `what` names it ("policy of x (type)")."""
+    if why == "secret":
+        return f"{what} is a secret the checker cannot read (exported without --show-secrets)"
+    return f"{what} is unknown until deployment"
 
 
 def urn_parts(urn: str) -> tuple[str, str, str, str]:

@@ -4,6 +4,13 @@ output of `envfence plan --format json` (an export plus an `envfence` section).
 The stack comes from the resources' URNs; the tier and experiment id from the `envfence` section
 when there is one, else from the environment tags (the provider's default tags, or any
 resource's tags). A file that is none of these is refused with a message naming it.
+
+Secrets, anywhere in a resource's inputs or outputs: the engine writes them wrapped,
+`{"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", "ciphertext": ...}`,
+or with `"plaintext": "<the value as JSON>"` under `--show-secrets`; `pulumi preview --json`
+writes the string `[secret]` instead. A plaintext is read as the value it encodes; anything
+else becomes `model.SECRET`, which every rule and proof that reads it treats like a value not
+known yet: it fails closed, naming the resource and property.
 """
 
 from __future__ import annotations
@@ -12,8 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envfence.model import Resource, StackState, urn_parts
+from envfence.model import SECRET, Resource, StackState, reveal, urn_parts
 from infra import naming
+
+# What `pulumi preview --json` prints for a secret (the engine's display layer replaces the
+# value by this string; `--show-secrets` prints the value itself).
+PREVIEW_SECRET = "[secret]"
 
 
 class StateError(Exception):
@@ -52,7 +63,17 @@ def load_document(doc: Any, source_name: str = "<document>") -> StackState:
     )
 
 
-def _resources(items: Any, where: str) -> list[Resource]:
+def _preview_secrets(value: Any) -> Any:
+    if value == PREVIEW_SECRET:
+        return SECRET
+    if isinstance(value, dict):
+        return {k: _preview_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_preview_secrets(v) for v in value]
+    return value
+
+
+def _resources(items: Any, where: str, *, preview: bool = False) -> list[Resource]:
     if not isinstance(items, list):
         raise StateError(f"`{where}` must be a list of resources")
     out = []
@@ -67,6 +88,15 @@ def _resources(items: Any, where: str) -> list[Resource]:
             urn_parts(item["urn"])
         except ValueError as exc:
             raise StateError(f"{where}[{i}]: {exc}") from None
+        item = dict(item)
+        for part in ("inputs", "outputs"):
+            if not isinstance(item.get(part), dict):
+                continue
+            try:
+                props = reveal(item[part])
+            except ValueError as exc:
+                raise StateError(f"{where}[{i}] ({item['urn']}): {part}: {exc}") from None
+            item[part] = _preview_secrets(props) if preview else props
         out.append(Resource.from_dict(item))
     return out
 
@@ -98,7 +128,7 @@ def _from_preview(doc: dict[str, Any]) -> StackState:
         if state is None:
             continue
         items.append(state)
-    resources = _resources(items, "steps[].newState")
+    resources = _resources(items, "steps[].newState", preview=True)
     config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
     return _assemble(resources, {"config": config}, source="preview")
 

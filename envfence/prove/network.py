@@ -65,14 +65,25 @@ environment. Requiring routes back would prove isolation for states that still l
 datagrams to B. The witness path says whether a route back exists, for the reader.
 
 Fail closed:
-- A value not known yet (a preview's UNKNOWN) in any property the model reads, in A or B or in a
-  resource that connects networks (peering, attachment, sharing): "broken", naming it.
-- Constructs the model does not follow (routes to ENIs/instances/GWLB endpoints/VPN gateways/
-  local or carrier gateways/Cloud WAN, route tables, peerings or transit gateways referenced but
-  declared in no state, security groups referenced but declared nowhere, PrivateLink endpoints to
+- A value not known yet (a preview's UNKNOWN) or a secret the state does not show (an export
+  without `--show-secrets`) in any property the model reads, in A or B or in a resource that
+  connects networks (peering, attachment, sharing): "broken", naming it.
+- A reference to something no state declares, where what it changes cannot be placed, is
+  "broken" for the pairs of the stack that declares it (and of the stacks it points into),
+  naming it: a security group rule on a group, or referencing a group, declared in no state; a
+  security group used by an ENI-placing resource (service, database, endpoint, ...) and declared
+  in no state; a route, or a main route table association, on a table declared in no state; a
+  network ACL rule on an ACL that is neither declared nor a VPC's default; a VPC endpoint in a
+  VPC, or routing through a table, declared in no state; a subnet used and declared nowhere.
+  The likeliest cause is an id that differs between states (offline ids are not AWS's), and a
+  silently dropped rule or route is the one mistake a proof must never make.
+- Route targets the model does not follow or cannot resolve (ENIs/instances/GWLB endpoints/VPN
+  gateways/local or carrier gateways/Cloud WAN; peerings, NAT gateways or transit gateways
+  declared in no state; a subnet's route table declared in no state; PrivateLink endpoints to
   services declared nowhere) become "assumptions": a hop that may lead anywhere. The proof first
   runs without them (a path found is "refuted"), then with them: a path that needs one is
-  "broken" with a detail naming it, and no path at all is still a proof.
+  "broken" with a detail naming it, and no path at all, even through them, is still a proof
+  (they over-approximate where a packet can go; nothing is dropped).
 - Prefix lists (in security group rules and routes) are taken as "any address".
 - ICMP type/code filters are treated as "any ICMP" where that widens what passes (allows) and as
   "matches nothing" where that would narrow it (denies).
@@ -104,7 +115,7 @@ from cvc5.pythonic import (
     unsat,
 )
 
-from envfence.model import UNKNOWN, Resource, StackState
+from envfence.model import Resource, StackState, unreadable, why_unreadable
 from envfence.prove import logic
 
 __all__ = ["NetworkResult", "Packet", "prove_network"]
@@ -219,13 +230,12 @@ class _FailClosed(Exception):
 
 
 def _is_unknown(value: Any) -> bool:
-    if isinstance(value, str):
-        return value == UNKNOWN
-    if isinstance(value, dict):
-        return any(_is_unknown(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_is_unknown(v) for v in value)
-    return False
+    """Not known yet (a preview) or a secret the state does not show: either fails closed."""
+    return unreadable(value) is not None
+
+
+def _unreadable(what: str, value: Any) -> _FailClosed:
+    return _FailClosed(why_unreadable(what, unreadable(value) or "unknown"))
 
 
 def _get(r: Resource, *path: str) -> Any:
@@ -235,7 +245,7 @@ def _get(r: Resource, *path: str) -> Any:
             value = value[0]  # Pulumi renders single nested blocks as a one-item list at times
         value = value.get(key) if isinstance(value, dict) else None
     if _is_unknown(value):
-        raise _FailClosed(f"{'.'.join(path)} of {_label(r)} is unknown until deployment")
+        raise _unreadable(f"{'.'.join(path)} of {_label(r)}", value)
     return value
 
 
@@ -253,7 +263,7 @@ def _list(value: Any) -> list[Any]:
 def _rid(r: Resource) -> str | None:
     value = r.id or r.get("id")
     if _is_unknown(value):
-        raise _FailClosed(f"the id of {_label(r)} is unknown until deployment")
+        raise _unreadable(f"the id of {_label(r)}", value)
     return str(value) if value else None
 
 
@@ -427,6 +437,7 @@ class _Topology:
         self.vpc_label: dict[str, str] = {}
         self.vpc_ipv6: set[str] = set()
         self.vpc_main_rt: dict[str, str] = {}
+        self.vpc_output_main_rt: set[str] = set()  # main tables the VPCs themselves report
         self.vpc_default_sg: dict[str, str] = {}
         self.vpc_default_nacl: dict[str, str] = {}
         self.subnets: dict[str, _Subnet] = {}
@@ -593,6 +604,8 @@ class _Topology:
             value = _get(r, key)
             if value:
                 table[vid] = str(value)
+                if key == "mainRouteTableId":
+                    self.vpc_output_main_rt.add(str(value))
         owner = r.get("ownerId")  # only RAM sharing needs it; a preview may not know it yet
         if owner and not _is_unknown(owner):
             self.accounts[stack].add(str(owner))
@@ -631,15 +644,6 @@ class _Topology:
                 self.sg_alias[alias] = sid
             self.vpc_default_sg[str(vid)] = sid
         self.sgs[sid] = _Sg(sid, _label(r), str(vid) if vid else None)
-
-    def _external_sg(self, sg: str, why: str) -> _Sg:
-        """A group declared in no state, used by a declared resource: its rules are unknown, so
-        it may admit and send anything (an assumption)."""
-        if sg not in self.sgs:
-            label = f"security group {sg} (declared in no state)"
-            rule = _SgRule(f"{label}: unknown rules", None, None, any_address=True, assumed=why)
-            self.sgs[sg] = _Sg(sg, label, None, [rule], [rule])
-        return self.sgs[sg]
 
     def _sg_inline(self, r: Resource) -> None:
         sid = _rid(r)
@@ -699,11 +703,11 @@ class _Topology:
             known = self.sgs.get(ref_id)
             name = f" = {known.label.split(' ', 1)[-1]}" if known else ""
             label = f"{base} {word} security group {ref_id}{name})"
-            if ref_id in self.sgs:
-                out.append(_SgRule(label, proto, ports, ref=ref_id))
-            else:
-                why = f"{label}: the referenced group is declared in no state"
-                out.append(_SgRule(label, proto, ports, any_address=True, assumed=why))
+            if ref_id not in self.sgs:
+                # Likely another environment's group under an id the states do not share:
+                # which packets it admits cannot be placed.
+                raise _FailClosed(f"{label}: the referenced group is declared in no state")
+            out.append(_SgRule(label, proto, ports, ref=ref_id))
         if self_ref:
             out.append(_SgRule(f"{base} {word} itself)", proto, ports, self_ref=True))
         return out
@@ -725,7 +729,12 @@ class _Topology:
             self_ref = False
         ports = _ports(proto, _get(r, "fromPort"), _get(r, "toPort"))
         sg = self._canonical_sg(str(_get(r, "securityGroupId")))
-        g = self.sgs.get(sg) or self._external_sg(sg, f"{_label(r)} is on a group in no state")
+        g = self.sgs.get(sg)
+        if g is None:
+            # A rule on a group no state declares changes a group the proof cannot place (an
+            # offline id that differs from AWS's, or a group made outside Pulumi): fail closed
+            # rather than drop it.
+            raise _FailClosed(f"{_label(r)} is on security group {sg}, declared in no state")
         rules = self._peers(
             f"{_label(r)} ({_describe(proto, ports)}",
             proto,
@@ -812,15 +821,24 @@ class _Topology:
             )
 
     def _main_rt(self, r: Resource) -> None:
-        self.vpc_main_rt[str(_get(r, "vpcId"))] = str(_get(r, "routeTableId"))
+        rt = str(_get(r, "routeTableId"))
+        if not self._declared_rt(rt):
+            # Its routes are in no state: every subnet of the VPC without its own table would
+            # be read as having only the local route.
+            raise _FailClosed(f"{_label(r)} makes route table {rt}, declared in no state, main")
+        self.vpc_main_rt[str(_get(r, "vpcId"))] = rt
 
     def _route(self, r: Resource) -> None:
         props = {k: _get(r, k) for k in ROUTE_KEYS}
-        self._add_route(str(_get(r, "routeTableId")), _label(r), props)
+        rt = str(_get(r, "routeTableId"))
+        if not self._declared_rt(rt):
+            # A route in a table no state declares: which subnets it steers cannot be placed.
+            raise _FailClosed(f"{_label(r)} is in route table {rt}, declared in no state")
+        self._add_route(rt, _label(r), props)
 
     def _add_route(self, rt: str, label: str, d: dict[str, Any]) -> None:
         if _is_unknown(d):
-            raise _FailClosed(f"a route of {label} is not known until deployment")
+            raise _unreadable(f"a route of {label}", d)
         dest_text = d.get("destinationCidrBlock") or d.get("cidrBlock")
         pl = d.get("destinationPrefixListId")
         if not dest_text and not pl:
@@ -891,9 +909,11 @@ class _Topology:
 
     def _nacl_rule(self, r: Resource) -> None:
         nid = str(_get(r, "networkAclId"))
+        if nid not in self.nacls and nid not in self.vpc_default_nacl.values():
+            raise _FailClosed(f"{_label(r)} is in network ACL {nid}, declared in no state")
         if nid not in self.nacls:
-            # A rule on an ACL declared nowhere (typically the VPC's default ACL): that ACL
-            # still has AWS's rule 100 allowing everything ("Default network ACL").
+            # A rule on a VPC's default ACL, which no resource declares: that ACL still has
+            # AWS's rule 100 allowing everything ("Default network ACL").
             everything = _NaclRule(
                 f"network ACL {nid} rule 100 (AWS default: allow all)",
                 100,
@@ -949,9 +969,11 @@ class _Topology:
             subnets = [str(s) for s in _list(_get(r, *subnets_path))]
             sgs = _list(_get(r, *sgs_path))
         groups = {self._canonical_sg(str(g)) for g in sgs}
-        for g in groups:
+        for g in sorted(groups):
             if g not in self.sgs:
-                self._external_sg(g, f"{_label(r)} uses security group {g}, declared in no state")
+                raise _FailClosed(f"{_label(r)} uses security group {g}, declared in no state")
+        if r.type == ENDPOINT:
+            self._endpoint_refs(r)
         for sid in subnets:
             if sid not in self.subnets:
                 raise _FailClosed(f"{_label(r)} uses subnet {sid}, declared in no state")
@@ -969,6 +991,23 @@ class _Topology:
             )
             if kind != "Gateway" and not aws_service:
                 self.privatelink.append((stack, r, subnets, sorted(groups), service))
+
+    def _endpoint_refs(self, r: Resource) -> None:
+        """A VPC endpoint's VPC and route tables must be declared somewhere: an endpoint whose
+        VPC no state declares may put ENIs (or, for a gateway endpoint, routes) in any
+        network."""
+        vpc = _get(r, "vpcId")
+        if vpc and str(vpc) not in self.vpc_label:
+            raise _FailClosed(f"{_label(r)} is in VPC {vpc}, declared in no state")
+        for rt in _list(_get(r, "routeTableIds")):
+            if not self._declared_rt(str(rt)):
+                raise _FailClosed(
+                    f"{_label(r)} routes through route table {rt}, declared in no state"
+                )
+
+    def _declared_rt(self, rt: str) -> bool:
+        """A route table some state declares, or the main table a declared VPC reports."""
+        return rt in self.rt_label or rt in self.vpc_output_main_rt
 
     def db_subnets(self, stack: str, r: Resource) -> list[str]:
         """The subnets of the DB subnet group `r` (of `stack`) names. Names are unique per

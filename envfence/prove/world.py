@@ -11,6 +11,17 @@ proof over this world also holds for the real one):
   it. An attached policy whose document is in no state (an AWS-managed policy) is read as
   "Allow * on *": its content is not in the repository, so nothing can be proved about it.
 - A permissions boundary whose document is in no state is read as no boundary at all.
+- References are resolved across every state, not only the declaring one (stacks may share an
+  account): a role policy or attachment names its role by name (in the declaring stack's
+  account) or ARN; a bucket, queue, secret or repository policy names its target by bucket
+  name, queue URL, secret ARN or repository name; a key policy or KMS grant names its key by
+  key id, key ARN, alias name or alias ARN (aliases in any state). A reference that resolves
+  to nothing is a gap of the stack that declares it (`World.gaps`), naming the resource, the
+  property and what it names: an offline id that differs from AWS's must never make a grant
+  or a policy disappear silently.
+- A value the checker cannot read — not known yet (a preview) or a secret (an export without
+  `--show-secrets`) — in anything the proof reads (policies, names, ARNs, tags, the roles a
+  policy is attached to) is a gap naming the resource and the property.
 - VPC endpoint policies are ignored: a request need not travel through an endpoint.
 - Data resources are the types of `envfence.rules.classify.DATA`. Each becomes a `Target`: the
   ARNs a request can name for it (a bucket and every object in it; a log group and its streams;
@@ -30,7 +41,7 @@ from typing import Any
 import pulumi_aws as aws
 
 from envfence.iam import Policy, Principal
-from envfence.model import UNKNOWN, Resource, StackState
+from envfence.model import Resource, StackState, unreadable, why_unreadable
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
 from infra.settings import Flow
@@ -199,26 +210,41 @@ class _Reader:
         self.default_tags = provider_tags(state)
         self.gaps: list[str] = []
 
+    def gap(self, r: Resource, key: str, why: str) -> None:
+        self.gaps.append(why_unreadable(f"{key} of {r.name} ({r.type})", why))
+
+    def value(self, r: Resource, key: str) -> Any:
+        """A property, or None (with a gap) when it cannot be read: unknown, or a secret."""
+        value = r.get(key)
+        why = unreadable(value)
+        if why:
+            self.gap(r, key, why)
+            return None
+        return value
+
     def tags(self, r: Resource) -> dict[str, str]:
-        own = r.get("tags")
+        own = self.value(r, "tags")
         tags = {**self.default_tags, **(own if isinstance(own, dict) else {})}
         return {str(k): str(v) for k, v in tags.items()}
 
     def text(self, r: Resource, key: str) -> str | None:
-        value = r.get(key)
-        if value == UNKNOWN:
-            self.gaps.append(f"{key} of {r.name} ({r.type}) is unknown until deployment")
-            return None
+        value = self.value(r, key)
         return value if isinstance(value, str) and value else None
 
+    def strings(self, r: Resource, key: str) -> list[str]:
+        """A list of strings (a single string counts as one)."""
+        value = self.value(r, key)
+        items = value if isinstance(value, list) else [value] if value else []
+        return [str(v) for v in items if isinstance(v, str) and v]
+
     def document(self, r: Resource, key: str) -> dict[str, Any] | None:
-        raw = r.get(key)
+        raw = self.value(r, key)
         if raw in (None, ""):
             return None
+        return self.parse(r, key, raw)
+
+    def parse(self, r: Resource, key: str, raw: Any) -> dict[str, Any] | None:
         if isinstance(raw, str):
-            if UNKNOWN in raw:
-                self.gaps.append(f"{key} of {r.name} ({r.type}) is unknown until deployment")
-                return None
             try:
                 raw = json.loads(raw)
             except json.JSONDecodeError:
@@ -226,9 +252,6 @@ class _Reader:
                 return None
         if not isinstance(raw, dict):
             self.gaps.append(f"{key} of {r.name} ({r.type}) is not a policy document")
-            return None
-        if "04da6b54" in json.dumps(raw):
-            self.gaps.append(f"{key} of {r.name} ({r.type}) is unknown until deployment")
             return None
         return raw
 
@@ -238,26 +261,159 @@ def _arn_account(arn: str, default: str) -> str:
     return parts[4] if len(parts) > 5 and parts[4] else default
 
 
-def _policies_by(
-    state: StackState, reader: _Reader, type_: str, key_field: str
-) -> dict[str, list[Policy]]:
-    out: dict[str, list[Policy]] = {}
-    for r in state.of_type(type_):
-        owner = reader.text(r, key_field)
-        doc = reader.document(r, "policy")
-        if owner and doc is not None:
-            out.setdefault(owner, []).append(Policy(doc, f"{r.name}"))
-    return out
+@dataclass
+class _Ref:
+    """A resource (of `stack`) that names another resource by a property: a role policy its
+    role, a bucket policy its bucket, a KMS grant its key. Resolved against every state; one
+    left unused when every state has been read names nothing, which is a gap."""
+
+    stack: str
+    resource: Resource
+    key: str  # the property that names the other resource
+    value: str  # what it names, as written
+    what: str  # what it should name: "role", "bucket", "key", ...
+    policy: Policy | None = None  # the document it attaches, if it carries one
+    policy_arn: str = ""  # the managed policy it attaches, for an attachment
+    used: bool = False
+
+    def unresolved(self) -> str:
+        how = {
+            "key": " (by key id, key ARN, alias name or alias ARN)",
+            "role": " (by role name in the stack's account, or role ARN)",
+            "repository": " (by repository name in the stack's account)",
+        }.get(self.what, "")
+        return (
+            f"{self.resource.name} ({self.resource.type}) names {self.what} {self.value!r} "
+            f"({self.key}), which is no {self.what} of any state{how}: what it grants or "
+            "guards cannot be placed"
+        )
 
 
-def _targets(state: StackState, reader: _Reader) -> list[Target]:
+class _Refs:
+    """Every reference of every state, indexed by what it resolves to."""
+
+    def __init__(self, states: Mapping[str, StackState], readers: Mapping[str, _Reader]) -> None:
+        self.all: list[_Ref] = []
+        self.by: dict[str, dict[str, list[_Ref]]] = {}
+        self.aliases: dict[str, str] = {}  # "account:alias/name" and alias ARN -> key id or ARN
+        for name, state in states.items():
+            reader = readers[name]
+            for r in state.of_type(_T(aws.kms.Alias)):
+                # Read without gaps: an alias matters only to a reference through it, which
+                # is a gap itself when the alias cannot be read.
+                values = [r.get(k) for k in ("targetKeyArn", "targetKeyId", "name", "arn")]
+                known = [v if isinstance(v, str) and not unreadable(v) else "" for v in values]
+                target, alias, arn = known[0] or known[1], known[2], known[3]
+                if target and alias:
+                    self.aliases[f"{_arn_account(arn or '', reader.account)}:{alias}"] = target
+                if target and arn:
+                    self.aliases[arn] = target
+        for name, state in states.items():
+            self._read(name, state, readers[name])
+
+    def _add(self, index: str, lookup: str, ref: _Ref) -> None:
+        self.all.append(ref)
+        self.by.setdefault(index, {}).setdefault(lookup, []).append(ref)
+
+    def key_name(self, value: str, account: str) -> str:
+        """What a key reference resolves to through an alias (a key id or ARN), else itself."""
+        if value.startswith("alias/"):
+            return self.aliases.get(f"{account}:{value}", value)
+        if value.startswith("arn:") and ":alias/" in value:
+            return self.aliases.get(value, value)
+        return value
+
+    @staticmethod
+    def role_name(value: str, account: str) -> str:
+        """`account:name` of a role named by name (in `account`) or by ARN."""
+        if value.startswith("arn:"):
+            return f"{_arn_account(value, account)}:{value.rsplit('/', 1)[-1]}"
+        return f"{account}:{value}"
+
+    def _read(self, stack: str, state: StackState, reader: _Reader) -> None:
+        account = reader.account
+        for type_, key, what in (
+            (_T(aws.s3.BucketPolicy), "bucket", "bucket"),
+            (_T(aws.sqs.QueuePolicy), "queueUrl", "queue"),
+            (_T(aws.secretsmanager.SecretPolicy), "secretArn", "secret"),
+            (_T(aws.ecr.RepositoryPolicy), "repository", "repository"),
+            (_T(aws.kms.KeyPolicy), "keyId", "key"),
+        ):
+            for r in state.of_type(type_):
+                target, doc = reader.text(r, key), reader.document(r, "policy")
+                if not target or doc is None:
+                    continue
+                if what == "repository":
+                    lookup = f"{_arn_account(target, account)}:{target.rsplit('/', 1)[-1]}"
+                elif what == "key":
+                    lookup = self.key_name(target, account)
+                else:
+                    lookup = target
+                self._add(what, lookup, _Ref(stack, r, key, target, what, Policy(doc, r.name)))
+        for r in state.of_type(_T(aws.kms.Grant)):
+            self._grant(stack, r, reader)
+        for r in state.of_type(_T(aws.iam.RolePolicy)):
+            role, doc = reader.text(r, "role"), reader.document(r, "policy")
+            if role and doc is not None:
+                ref = _Ref(stack, r, "role", role, "role", Policy(doc, r.name))
+                self._add("inline", self.role_name(role, account), ref)
+        for r in state.of_type(_T(aws.iam.RolePolicyAttachment)):
+            role, arn = reader.text(r, "role"), reader.text(r, "policyArn")
+            if role and arn:
+                ref = _Ref(stack, r, "role", role, "role", policy_arn=arn)
+                self._add("attached", self.role_name(role, account), ref)
+        for r in state.of_type(_T(aws.iam.PolicyAttachment)):
+            arn = reader.text(r, "policyArn")
+            if reader.strings(r, "users") or reader.strings(r, "groups"):
+                reader.gaps.append(
+                    f"{r.name} ({r.type}) attaches a policy to IAM users or groups, which the "
+                    "proof does not model"
+                )
+            for role in reader.strings(r, "roles"):
+                if arn:
+                    ref = _Ref(stack, r, "roles", role, "role", policy_arn=arn)
+                    self._add("attached", self.role_name(role, account), ref)
+
+    def _grant(self, stack: str, r: Resource, reader: _Reader) -> None:
+        """A KMS grant, read as a key-policy statement for its grantee ("Grants in AWS KMS": a
+        grant allows the grantee the listed operations on the key). Constraints on the
+        encryption context are left out: that can only widen the grant."""
+        key, grantee = reader.text(r, "keyId"), reader.text(r, "granteePrincipal")
+        operations = reader.value(r, "operations")
+        if not key or not grantee or not isinstance(operations, list):
+            reader.gaps.append(f"KMS grant {r.name} has no known key, grantee or operations")
+            return
+        kind = "Service" if grantee.endswith(".amazonaws.com") else "AWS"
+        statement = {
+            "Sid": f"Grant{r.name}",
+            "Effect": "Allow",
+            "Principal": {kind: grantee},
+            "Action": [f"kms:{op}" for op in operations],
+            "Resource": "*",
+        }
+        doc = {"Version": "2012-10-17", "Statement": [statement]}
+        ref = _Ref(stack, r, "keyId", key, "key", Policy(doc, f"grant {r.name}"))
+        self._add("grant", self.key_name(key, reader.account), ref)
+
+    def resolve(self, index: str, *lookups: str) -> list[_Ref]:
+        """The references in `index` that name any of `lookups`, marked resolved."""
+        out: dict[int, _Ref] = {}
+        for lookup in dict.fromkeys(x for x in lookups if x):
+            for ref in self.by.get(index, {}).get(lookup, []):
+                ref.used = True
+                out.setdefault(id(ref), ref)
+        return list(out.values())
+
+    def take(self, index: str, *lookups: str) -> list[Policy]:
+        """The policies the references in `index` that name any of `lookups` carry."""
+        return [ref.policy for ref in self.resolve(index, *lookups) if ref.policy is not None]
+
+    def unresolved(self) -> list[_Ref]:
+        return [ref for ref in self.all if not ref.used]
+
+
+def _targets(state: StackState, reader: _Reader, refs: _Refs) -> list[Target]:
     """Data resources with their ARN shapes and guarding resource policies."""
-    bucket_policies = _policies_by(state, reader, _T(aws.s3.BucketPolicy), "bucket")
-    queue_policies = _policies_by(state, reader, _T(aws.sqs.QueuePolicy), "queueUrl")
-    secret_policies = _policies_by(state, reader, _T(aws.secretsmanager.SecretPolicy), "secretArn")
-    repo_policies = _policies_by(state, reader, _T(aws.ecr.RepositoryPolicy), "repository")
-    key_policies = _policies_by(state, reader, _T(aws.kms.KeyPolicy), "keyId")
-    grants = _grants(state, reader)
     out: list[Target] = []
 
     def add(
@@ -311,11 +467,11 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
                 reader.gaps.append(f"bucket {r.name} has no known name")
                 continue
             store = reader.tags(r).get("data-store")
-            add(r, [(arn,), (arn + "/", ANY)], bucket_policies.get(name, []), store=store)
+            add(r, [(arn,), (arn + "/", ANY)], refs.take("bucket", name), store=store)
         elif r.type == _T(aws.s3.BucketObjectv2):
             bucket, key = reader.text(r, "bucket"), reader.text(r, "key")
             if bucket and key:
-                add(r, [(f"arn:aws:s3:::{bucket}/{key}",)], bucket_policies.get(bucket, []))
+                add(r, [(f"arn:aws:s3:::{bucket}/{key}",)], refs.take("bucket", bucket))
             else:
                 reader.gaps.append(f"object {r.name} has no known bucket and key")
         elif r.type in (_T(aws.rds.Instance), _T(aws.rds.Cluster)):
@@ -346,11 +502,11 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
                 reader.gaps.append(f"key {r.name} has no known ARN")
                 continue
             key_id = reader.text(r, "keyId") or r.id or ""
-            extra = key_policies.get(key_id, []) + key_policies.get(arn, [])
+            extra = refs.take("key", key_id, arn)
             add(
                 r,
                 [(arn,)],
-                (extra or inline_policies) + grants.get(key_id, []) + grants.get(arn, []),
+                (extra or inline_policies) + refs.take("grant", key_id, arn),
                 kind="kms",
                 arn=arn,
             )
@@ -360,19 +516,20 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
                 reader.gaps.append(f"queue {r.name} has no known ARN")
                 continue
             url = reader.text(r, "url") or r.id or ""
-            add(r, [(arn,)], queue_policies.get(url, []) or inline_policies, arn=arn)
+            add(r, [(arn,)], refs.take("queue", url, r.id or "") or inline_policies, arn=arn)
         elif r.type == _T(aws.secretsmanager.Secret):
             arn = reader.text(r, "arn")
             if not arn:
                 reader.gaps.append(f"secret {r.name} has no known ARN")
                 continue
-            add(r, [(arn,)], secret_policies.get(arn, []) or inline_policies, arn=arn)
+            add(r, [(arn,)], refs.take("secret", arn, r.id or "") or inline_policies, arn=arn)
         elif r.type == _T(aws.ecr.Repository):
             arn, name = reader.text(r, "arn"), reader.text(r, "name")
             if not arn:
                 reader.gaps.append(f"repository {r.name} has no known ARN")
                 continue
-            add(r, [(arn,)], repo_policies.get(name or "", []), arn=arn)
+            repo = f"{_arn_account(arn, reader.account)}:{name or r.id or ''}"
+            add(r, [(arn,)], refs.take("repository", repo), arn=arn)
         elif r.type == _T(aws.appconfig.ConfigurationProfile):
             arn = reader.text(r, "arn")
             if not arn or "/configurationprofile/" not in arn:
@@ -406,51 +563,14 @@ def _targets(state: StackState, reader: _Reader) -> list[Target]:
     return out
 
 
-def _grants(state: StackState, reader: _Reader) -> dict[str, list[Policy]]:
-    """KMS grants, read as key-policy statements for their grantee ("Grants in AWS KMS": a
-    grant allows the grantee the listed operations on the key). Constraints on the
-    encryption context are left out: that can only widen the grant."""
-    out: dict[str, list[Policy]] = {}
-    for r in state.of_type(_T(aws.kms.Grant)):
-        key, grantee = reader.text(r, "keyId"), reader.text(r, "granteePrincipal")
-        operations = r.get("operations")
-        if not key or not grantee or not isinstance(operations, list):
-            reader.gaps.append(f"KMS grant {r.name} has no known key, grantee or operations")
-            continue
-        kind = "Service" if grantee.endswith(".amazonaws.com") else "AWS"
-        statement = {
-            "Sid": f"Grant{r.name}",
-            "Effect": "Allow",
-            "Principal": {kind: grantee},
-            "Action": [f"kms:{op}" for op in operations],
-            "Resource": "*",
-        }
-        doc = {"Version": "2012-10-17", "Statement": [statement]}
-        out.setdefault(key, []).append(Policy(doc, f"grant {r.name}"))
-    return out
-
-
 def _statement_list(doc: Mapping[str, Any]) -> list[Any]:
     raw = doc.get("Statement", [])
     return list(raw) if isinstance(raw, list) else [raw]
 
 
-def _roles(state: StackState, reader: _Reader, managed: Mapping[str, Policy]) -> list[Role]:
-    inline: dict[str, list[Policy]] = {}
-    for r in state.of_type(_T(aws.iam.RolePolicy)):
-        role, doc = reader.text(r, "role"), reader.document(r, "policy")
-        if role and doc is not None:
-            inline.setdefault(role, []).append(Policy(doc, r.name))
-    attached: dict[str, list[str]] = {}
-    for r in state.of_type(_T(aws.iam.RolePolicyAttachment)):
-        role, arn = reader.text(r, "role"), reader.text(r, "policyArn")
-        if role and arn:
-            attached.setdefault(role, []).append(arn)
-    for r in state.of_type(_T(aws.iam.PolicyAttachment)):
-        arn = reader.text(r, "policyArn")
-        for role in r.get("roles") or []:
-            if arn and isinstance(role, str):
-                attached.setdefault(role, []).append(arn)
+def _roles(
+    state: StackState, reader: _Reader, managed: Mapping[str, Policy], refs: _Refs
+) -> list[Role]:
     out: list[Role] = []
     for r in state.of_type(_T(aws.iam.Role)):
         name, arn = reader.text(r, "name"), reader.text(r, "arn")
@@ -458,13 +578,18 @@ def _roles(state: StackState, reader: _Reader, managed: Mapping[str, Policy]) ->
             reader.gaps.append(f"role {r.name} has no known name and ARN")
             continue
         notes: list[str] = []
-        policies = list(inline.get(name, []))
-        for item in r.get("inlinePolicies") or []:
+        account = _arn_account(arn, reader.account)
+        lookups = (f"{account}:{name}",)
+        policies = refs.take("inline", *lookups)
+        inline = reader.value(r, "inlinePolicies")
+        for item in inline if isinstance(inline, list) else []:
             if isinstance(item, dict) and item.get("policy"):
-                doc = json.loads(item["policy"]) if isinstance(item["policy"], str) else None
-                if isinstance(doc, dict):
+                doc = reader.parse(r, f"inlinePolicies[{item.get('name', '')}]", item["policy"])
+                if doc is not None:
                     policies.append(Policy(doc, f"{r.name} inline {item.get('name', '')}"))
-        for policy_arn in attached.get(name, []):
+        attached = [ref.policy_arn for ref in refs.resolve("attached", *lookups)]
+        attached += reader.strings(r, "managedPolicyArns")
+        for policy_arn in dict.fromkeys(attached):
             if policy_arn in managed:
                 policies.append(managed[policy_arn])
             else:
@@ -483,7 +608,7 @@ def _roles(state: StackState, reader: _Reader, managed: Mapping[str, Policy]) ->
                 urn=r.urn,
                 name=name,
                 arn=arn,
-                account=_arn_account(arn, reader.account),
+                account=account,
                 tags=reader.tags(r),
                 trust=Policy(trust, f"{r.name} trust") if trust else None,
                 identity=tuple(policies),
@@ -513,12 +638,15 @@ def build_world(states: Mapping[str, StackState], flows: Mapping[str, tuple[Flow
             arn, doc = readers[name].text(r, "arn"), readers[name].document(r, "policy")
             if arn and doc is not None:
                 managed[arn] = Policy(doc, r.name)
+    refs = _Refs(states, readers)
     roles: dict[str, Role] = {}
     targets: dict[str, list[Target]] = {}
     for name, state in states.items():
-        for role in _roles(state, readers[name], managed):
+        for role in _roles(state, readers[name], managed, refs):
             roles[role.arn] = role
-        targets[name] = _targets(state, readers[name])
+        targets[name] = _targets(state, readers[name], refs)
+    for ref in refs.unresolved():
+        readers[ref.stack].gaps.append(ref.unresolved())
     both: list[Flow] = []
     for name, declared in flows.items():
         for f in declared:
@@ -531,5 +659,5 @@ def build_world(states: Mapping[str, StackState], flows: Mapping[str, tuple[Flow
         roles=roles,
         targets=targets,
         flows=tuple(both),
-        gaps={name: r.gaps for name, r in readers.items() if r.gaps},
+        gaps={name: list(dict.fromkeys(r.gaps)) for name, r in readers.items() if r.gaps},
     )

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from envfence.model import UNKNOWN, Resource, StackState
+from envfence.model import SECRET, UNKNOWN, Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, is_unknown, parse_policy, statements
 from envfence.rules.data import own_key
@@ -16,9 +16,12 @@ from infra import naming
 
 
 def _store_tag(bucket: Resource) -> Any:
-    """A bucket's data-store tag; UNKNOWN while its tags map is not known (preview)."""
+    """A bucket's data-store tag; UNKNOWN while its tags map is not known (preview), SECRET
+    while it is a secret the state does not show."""
     tags = bucket.get("tags") or {}
-    return tags.get(naming.TAG_DATA_STORE) if isinstance(tags, dict) else UNKNOWN
+    if isinstance(tags, dict):
+        return tags.get(naming.TAG_DATA_STORE)
+    return SECRET if tags == SECRET else UNKNOWN
 
 
 @rule(
@@ -47,7 +50,7 @@ def audit_trail(state: StackState, ctx: Context) -> Iterator[Finding]:
     for bucket in state.of_type(*c.BUCKETS):
         store = _store_tag(bucket)
         if is_unknown(store):
-            yield undecided(bucket.urn, "EF701", f"the data-store tag of {bucket.name}")
+            yield undecided(bucket.urn, "EF701", f"the data-store tag of {bucket.name}", store)
             continue
         if store in (None, "audit"):
             continue
@@ -72,7 +75,7 @@ def audit_tamper_proof(state: StackState, ctx: Context) -> Iterator[Finding]:
         # Any bucket whose tags are not known yet may be the audit store.
         unknown = [b for b in buckets if is_unknown(_store_tag(b))]
         for b in unknown:
-            yield undecided(b.urn, "EF702", f"the data-store tag of {b.name}")
+            yield undecided(b.urn, "EF702", f"the data-store tag of {b.name}", _store_tag(b))
         if state.of_type(*c.TRAILS) and not unknown:
             yield Finding(
                 state.of_type(*c.TRAILS)[0].urn,

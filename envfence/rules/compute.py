@@ -112,7 +112,7 @@ def service_private(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
     for key in ("subnets", "securityGroups"):
         for value in as_list(net.get(key)):
             if is_unknown(value):
-                yield undecided(r.urn, "EF602", f"{key} of {r.name}")
+                yield undecided(r.urn, "EF602", f"{key} of {r.name}", value)
             elif value not in own:
                 yield Finding(
                     r.urn,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from envfence.model import UNKNOWN, Resource, StackState
+from envfence.model import SECRET, UNKNOWN, Resource, StackState, unreadable, why_unreadable
 from infra import naming
 from infra.project import Project, ProjectFileError
 from infra.settings import Flow, PeerStack, parse_settings, read_peers
@@ -26,16 +26,22 @@ EXTRA_ROLES = naming.SUPPORT_ROLES  # roles AWS services assume for the environm
 
 
 class Unknown(Exception):
-    """A value a rule needs is unknown (preview). The rule fails closed: EF902."""
+    """A value a rule needs is unknown (preview) or a secret it cannot read (an export without
+    `--show-secrets`). The rule fails closed: EF902."""
 
     def __init__(self, resource: Resource, key: str):
-        super().__init__(f"{key} of {resource.name} is unknown until deployment")
+        if unreadable(resource.get(key)) == "secret":
+            message = why_unreadable(f"{key} of {resource.name} ({resource.type})", "secret")
+        else:
+            message = f"{key} of {resource.name} is unknown until deployment"
+        super().__init__(message)
         self.resource = resource
         self.key = key
 
 
 def is_unknown(value: Any) -> bool:
-    if value == UNKNOWN:
+    """The value, or something in it, is not known yet or is a secret that cannot be read."""
+    if value in (UNKNOWN, SECRET):
         return True
     if isinstance(value, dict):
         return any(is_unknown(v) for v in value.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from envfence.model import StackState
+from envfence.model import StackState, unreadable, why_unreadable
 from envfence.rules import classify as c
 from envfence.rules.context import Context
 from envfence.rules.engine import Finding, rule
@@ -43,10 +43,12 @@ def classified(state: StackState, ctx: Context) -> Iterator[Finding]:
 )
 def values_known(state: StackState, ctx: Context) -> Iterator[Finding]:
     # Findings of this rule come from every other rule (engine.run_rule turns Unknown into
-    # EF902); on its own it checks that the stack's provider is known.
+    # EF902); on its own it checks that the stack's provider is known (and readable).
     for r in state.resources:
-        if r.is_provider and (r.inputs.get("region") == "04da6b54-80e4-46f7-96ec-b56ff0331ba9"):
-            yield Finding(r.urn, f"provider {r.name} region is unknown")
+        region = r.inputs.get("region")
+        if r.is_provider and unreadable(region):
+            why = unreadable(region) or "unknown"
+            yield Finding(r.urn, f"provider {why_unreadable(f'{r.name} region', why)}")
 
 
 @rule(

@@ -11,7 +11,8 @@ classes), and a fix hint. Three scopes:
 
 A rule yields `Finding`s (violations) and `FlowUse`s (a cross-environment grant that a declared
 flow allows: listed in the report, not a violation). A rule that cannot decide because a value it
-needs is unknown (preview) fails closed: the runner turns `Unknown` into an EF902 violation.
+needs is unknown (preview) or a secret it cannot read (an export without `--show-secrets`) fails
+closed: the runner turns `Unknown` into an EF902 violation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from envfence.model import StackState
+from envfence.model import StackState, unreadable, why_unreadable
 from envfence.rules.context import Context, Unknown
 
 SEVERITIES = ("critical", "high", "medium", "low")
@@ -152,11 +153,13 @@ def get_rule(rule_id: str) -> Rule:
 UNKNOWN_RULE_ID = "EF902"
 
 
-def undecided(urn: str, rule_id: str, what: str) -> Finding:
-    """A finding for a value a rule needs but cannot know yet: reported as EF902."""
+def undecided(urn: str, rule_id: str, what: str, value: Any = None) -> Finding:
+    """A finding for a value a rule needs but cannot know yet (or cannot read: a secret, when
+    `value` is one): reported as EF902."""
+    why = "secret" if unreadable(value) == "secret" else "unknown"
     return Finding(
         urn,
-        f"[{rule_id}] cannot decide: {what} is unknown until deployment; this fails closed",
+        f"[{rule_id}] cannot decide: {why_unreadable(what, why)}; this fails closed",
         other=UNKNOWN_RULE_ID,
     )
 

@@ -76,7 +76,7 @@ def key_keeps_deployer(r: Resource, state: StackState, ctx: Context) -> Iterator
     raw = need(r, "policy")
     policy = parse_policy(r, "policy")
     if is_unknown(raw) or policy is None:
-        yield undecided(r.urn, "EF403", f"the policy of key {r.name}")
+        yield undecided(r.urn, "EF403", f"the policy of key {r.name}", raw)
         return
     arn = need(r, "arn")
     if is_unknown(arn) or not arn:

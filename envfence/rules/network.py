@@ -155,7 +155,7 @@ def ingress_own_vpc(r: Resource, state: StackState, ctx: Context) -> Iterator[Fi
     }
     for kind, value in _ingress_sources(r):
         if is_unknown(value):
-            yield undecided(r.urn, "EF104", f"{kind} of {r.name}")
+            yield undecided(r.urn, "EF104", f"{kind} of {r.name}", value)
             continue
         if kind == "cidrIpv4":
             net = _network(value)

@@ -51,7 +51,7 @@ def tags_present(state: StackState, ctx: Context) -> Iterator[Finding]:
             continue
         tags = merged_tags(r, state)
         if tags is None or is_unknown(tags):
-            yield undecided(r.urn, "EF501", f"the tags of {r.name}")
+            yield undecided(r.urn, "EF501", f"the tags of {r.name}", r.get("tags"))
             continue
         missing = [t for t in required if not tags.get(t)]
         if missing:
@@ -73,12 +73,12 @@ def tags_match(state: StackState, ctx: Context) -> Iterator[Finding]:
             continue
         tags = merged_tags(r, state)
         if tags is None:
-            yield undecided(r.urn, "EF502", f"the tags of {r.name}")
+            yield undecided(r.urn, "EF502", f"the tags of {r.name}", r.get("tags"))
             continue
         for key, want in expected.items():
             have = tags.get(key)
             if is_unknown(have):
-                yield undecided(r.urn, "EF502", f"tag {key} of {r.name}")
+                yield undecided(r.urn, "EF502", f"tag {key} of {r.name}", have)
                 continue
             if have is not None and want is not None and have != want:
                 other = have if key == naming.TAG_ENVIRONMENT and have in ctx.envs else None
