@@ -280,7 +280,8 @@ def _half(stacks: Stacks, name: str) -> Stacks:
         return m.mutated(stacks, m.vpc_peering, at=P, peer=E)
     if name == "peering and routes both ways, no group opened":
         out = peering_with_route(stacks, P, E)
-        m.route_via_peering(out, at=E, peer=P)
+        back = m.route_via_peering(out, at=E, peer=P)
+        back.set("vpcPeeringConnectionId", m.fake_id("pcx", P, E))  # the same peering
         return out
     if name == "groups opened both ways, no route":
         out = m.mutated(stacks, m.ingress_rule_on_other_sg, at=P, peer=E)
@@ -400,17 +401,20 @@ def test_unknown_value_is_broken_naming_it(stacks: Stacks) -> None:
     assert got[(P, P)].status == "proved"
 
 
-def test_route_to_an_undeclared_peering_is_broken_only_when_it_matters(stacks: Stacks) -> None:
-    # A route to a peering no state declares may lead anywhere: with the groups closed it still
-    # carries nothing (proved); with them open, the only path goes through it (broken).
+def test_route_to_an_undeclared_peering_is_broken_even_when_nothing_uses_it(
+    stacks: Stacks,
+) -> None:
+    # A route to a peering no state declares is a reference to nothing: where it leads cannot
+    # be placed, so the pairs of its stack are broken, naming it, whether or not the groups
+    # would let a packet use it (issue 9: never a silent drop).
     out = m.mutated(stacks, m.route_via_peering, at=P, peer=E)
-    assert results(out)[(P, E)].status == "proved"
-    m.ingress_from_other_cidr(out, at=E, peer=P)
-    app_egress_to(out, P, m.cidr(out[E]))
-    r = results(out)[(P, E)]
-    assert r.status == "broken"
-    assert "declared in no state" in r.detail and "route-app-0-experiment" in r.detail
-    assert r.packet is not None
+    for opened in (False, True):
+        if opened:
+            m.ingress_from_other_cidr(out, at=E, peer=P)
+            app_egress_to(out, P, m.cidr(out[E]))
+        r = results(out)[(P, E)]
+        assert r.status == "broken", (opened, r.status)
+        assert "declared in no state" in r.detail and "route-app-0-experiment" in r.detail
 
 
 # --------------------------------------------------------------------------------------------

@@ -669,7 +669,39 @@ def test_a_route_to_nothing_is_a_hop_anywhere_that_breaks_the_pair_naming_it(
     r = network(s)[(P, E)]
     assert r.status == "broken", (r.status, r.detail)
     assert ROUTE_TARGETS[target] in r.detail and "route-app-0-nowhere" in r.detail
-    assert r.packet is not None
+    if target in CONNECTORS_BY_ID:
+        # a peering, NAT or transit gateway named by id and declared nowhere: a reference to
+        # nothing, broken when the state is read (test_a_route_to_an_undeclared_connector_...)
+        assert "declared in no state" in r.detail
+    else:
+        assert r.packet is not None  # an appliance-like hop: broken because a path needs it
+
+
+CONNECTORS_BY_ID = ("natGatewayId", "vpcPeeringConnectionId", "transitGatewayId")
+
+
+@pytest.mark.parametrize("target", CONNECTORS_BY_ID)
+def test_a_route_to_an_undeclared_connector_breaks_the_pair_even_unused(
+    target: str, stacks: Stacks
+) -> None:
+    """Groups closed, so no packet could use it: still broken, since where it leads cannot be
+    placed (the issue: a reference the proof cannot resolve is a gap, never a silent drop)."""
+    s = m.mutated(stacks)
+    _add(
+        s,
+        P,
+        "rt-app-0",
+        m.ROUTE,
+        "route-app-0-nowhere",
+        {
+            "routeTableId": s[P].named("rt-app-0").id,
+            "destinationCidrBlock": m.cidr(s[E]),
+            target: ROUTE_TARGETS[target],
+        },
+    )
+    r = network(s)[(P, E)]
+    assert r.status == "broken", (r.status, r.detail)
+    assert f"{ROUTE_TARGETS[target]}, declared in no state" in r.detail
 
 
 # --------------------------------------------------------------------------------------------

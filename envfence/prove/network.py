@@ -74,12 +74,14 @@ Fail closed:
   security group used by an ENI-placing resource (service, database, endpoint, ...) and declared
   in no state; a route, or a main route table association, on a table declared in no state; a
   network ACL rule on an ACL that is neither declared nor a VPC's default; a VPC endpoint in a
-  VPC, or routing through a table, declared in no state; a subnet used and declared nowhere.
+  VPC, or routing through a table, declared in no state; a subnet used and declared nowhere;
+  a route to a peering, NAT gateway or transit gateway declared in no state (whether or not a
+  packet would need it).
   The likeliest cause is an id that differs between states (offline ids are not AWS's), and a
   silently dropped rule or route is the one mistake a proof must never make.
-- Route targets the model does not follow or cannot resolve (ENIs/instances/GWLB endpoints/VPN
-  gateways/local or carrier gateways/Cloud WAN; peerings, NAT gateways or transit gateways
-  declared in no state; a subnet's route table declared in no state; PrivateLink endpoints to
+- Route targets the model does not follow (ENIs/instances/GWLB endpoints/VPN
+  gateways/local or carrier gateways/Cloud WAN; a subnet's route table declared in no state;
+  PrivateLink endpoints to
   services declared nowhere) become "assumptions": a hop that may lead anywhere. The proof first
   runs without them (a path found is "refuted"), then with them: a path that needs one is
   "broken" with a detail naming it, and no path at all, even through them, is still a proof
@@ -847,6 +849,17 @@ class _Topology:
         if dest_text and dest is None:
             return
         where = f"{label}: {dest.text if dest else 'prefix list ' + str(pl)}"
+        declared = {
+            "vpcPeeringConnectionId": self.peerings,
+            "natGatewayId": self.nats,
+            "transitGatewayId": {**self.tgw_parent, **self.tgw_vpcs},
+        }
+        for key, known in declared.items():
+            if d.get(key) and str(d[key]) not in known:
+                # A route to a connector no state declares is a reference to nothing: where it
+                # leads cannot be placed. It breaks the pairs of the stack that declares it,
+                # whether or not a packet needs it (never a silent drop, never a guess).
+                raise _FailClosed(f"{where} -> {key} {d[key]}, declared in no state")
         if d.get("vpcPeeringConnectionId"):
             kind, target = "peering", str(d["vpcPeeringConnectionId"])
         elif d.get("transitGatewayId"):
