@@ -849,10 +849,10 @@ class _Topology:
         if dest_text and dest is None:
             return
         where = f"{label}: {dest.text if dest else 'prefix list ' + str(pl)}"
-        declared = {
-            "vpcPeeringConnectionId": self.peerings,
-            "natGatewayId": self.nats,
-            "transitGatewayId": {**self.tgw_parent, **self.tgw_vpcs},
+        declared: dict[str, set[str]] = {
+            "vpcPeeringConnectionId": set(self.peerings),
+            "natGatewayId": set(self.nats),
+            "transitGatewayId": set(self.tgw_parent) | set(self.tgw_vpcs),
         }
         for key, known in declared.items():
             if d.get(key) and str(d[key]) not in known:
