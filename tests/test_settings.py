@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+import envfence.cli as cli_module
 import envfence.evaluate as evaluate_module
 from envfence.cli import main as cli_main
 from envfence.evaluate import EvaluationError, evaluate
@@ -564,6 +565,7 @@ def test_config_error_is_one_line_and_exit_code_2_in_the_cli(
 ) -> None:
     bad = _BadTierProject(PROJECT.root, NAME, PROJECT.defaults)
     monkeypatch.setattr(evaluate_module, "load_project", lambda: bad)
+    monkeypatch.setattr(cli_module, "_repository", lambda: bad)  # the CLI's repository
     assert cli_main([command, "--stack", "prod"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
