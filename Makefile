@@ -21,8 +21,10 @@ check: $(STAMP)
 	$(BIN)/envfence plan --summary
 	$(BIN)/envfence check
 
+# Bytecode caching on, whatever the environment says: with PYTHONDONTWRITEBYTECODE set, every
+# pytest-xdist worker re-compiles and re-rewrites every module it imports (seconds each).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n auto
 
 # Re-record the worker's AWS calls into app/request-contract.json (review the diff).
 contract: $(STAMP)
