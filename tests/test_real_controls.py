@@ -307,3 +307,35 @@ def test_a_broken_control_makes_the_proof_not_proved(stacks: Stacks, project: Pr
     assert not report.ok
     assert all(p.status == "broken" for p in report.iam.pairs)
     assert any("kms:RetireGrant" in f for f in report.failures())
+
+
+def test_each_worker_call_makes_the_requests_aws_evaluates(clean: list[controls.Result]) -> None:
+    """The translation of every contract call, pinned: the call's own action and the KMS call
+    the service makes with the worker's identity (S3: GenerateDataKey for the write; SQS:
+    Decrypt on receive, "Key management" in the SQS guide; AppConfig: one request per reading
+    of its resource tags)."""
+    worker = {
+        r.what.split("worker ", 1)[1]: r.check.requests
+        for r in clean
+        if r.stack == "prod" and r.group == controls.WORKER
+    }
+    actions = {name: [q.action for q in requests] for name, requests in worker.items()}
+    assert actions == {
+        "sqs.ReceiveMessage": ["sqs:ReceiveMessage", "kms:Decrypt"],
+        "appconfigdata.StartConfigurationSession": ["appconfig:StartConfigurationSession"] * 2,
+        "appconfigdata.GetLatestConfiguration": ["appconfig:GetLatestConfiguration"] * 2,
+        "rds-db.connect": ["rds-db:connect"],
+        "s3.PutObject": ["s3:PutObject", "s3:PutObjectTagging", "kms:GenerateDataKey"],
+        "sqs.DeleteMessage": ["sqs:DeleteMessage"],
+    }
+    receive_kms = worker["sqs.ReceiveMessage"][1]
+    assert receive_kms.context["kms:ViaService"] == "sqs.eu-west-1.amazonaws.com"
+    assert receive_kms.context["aws:ViaAWSService"] is True
+    readings = worker["appconfigdata.StartConfigurationSession"]
+    assert [any(k.startswith("aws:ResourceTag/") for k in q.context) for q in readings] == [
+        False,
+        True,
+    ]
+    db = worker["rds-db.connect"][0]
+    assert db.resource.startswith("arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-")
+    assert db.resource.endswith("/worker")

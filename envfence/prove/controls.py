@@ -27,8 +27,10 @@ without a translation makes its control fail, with the reason.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,13 @@ import pulumi_aws as aws
 from envfence import iam
 from envfence.model import UNKNOWN, Resource, StackState
 from envfence.prove import contract, translate
+from envfence.prove.query import role_target
 from envfence.prove.requests import ContextValue, RealRequest, UnknownTarget, decide
 from envfence.prove.translate import Call, Site, Unresolved, Untranslated
 from envfence.prove.world import ANY, Target, World
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
+from infra import naming
 
 _T = classify.token
 WORKER, JOB, SERVICE, DEPLOYER = "worker", "job", "service", "deployer"
@@ -153,11 +157,11 @@ def _text(r: Resource, key: str) -> str:
     return value
 
 
-def _tags(state: StackState, r: Resource) -> dict[str, str]:
+def _tags(defaults: Mapping[str, str], r: Resource) -> dict[str, str]:
+    """The tags AWS holds for `r`: the provider's default tags, then its own."""
     own = r.get("tags")
     return {
-        str(k): str(v)
-        for k, v in {**provider_tags(state), **(own if isinstance(own, dict) else {})}.items()
+        str(k): str(v) for k, v in {**defaults, **(own if isinstance(own, dict) else {})}.items()
     }
 
 
@@ -187,6 +191,8 @@ class StackView:
             raise Unreadable(f"stack {state.stack}: the AWS provider names no account or region")
         self.account, self.region = account, region
         self.world = world
+        self.default_tags = provider_tags(state)
+        self._site: Site | None = None
         # The deployer as the rules read it (the stack's config, or the repository's stack file
         # for a `pulumi stack export`, which carries no config).
         self.deployer = deployer
@@ -218,9 +224,17 @@ class StackView:
         return arn
 
     def site(self, principal: str, *, in_vpc: bool = True) -> Site:
-        site = Site(self.stack, self.region, self.account, principal)
+        """What the calls of `principal` resolve to; outside the VPC no endpoint is on the way."""
+        if self._site is None:
+            self._site = self._resolve()
+        return dataclasses.replace(
+            self._site, principal=principal, endpoints=self._site.endpoints if in_vpc else {}
+        )
+
+    def _resolve(self) -> Site:
+        site = Site(self.stack, self.region, self.account, "")
         for key in self.all(_T(aws.kms.Key)):
-            site.key_tags[_text(key, "arn")] = _tags(self.state, key)
+            site.key_tags[_text(key, "arn")] = _tags(self.default_tags, key)
         keys = {_text(k, "keyId"): _text(k, "arn") for k in self.all(_T(aws.kms.Key))}
 
         def key_arn(value: object) -> str | None:
@@ -247,7 +261,7 @@ class StackView:
             site.buckets[name] = translate.Bucket(_text(b, "arn"), default_key, bucket_key)
         for q in self.all(_T(aws.sqs.Queue)):
             site.queues[_text(q, "url")] = translate.Queue(
-                _text(q, "arn"), key_arn(q.get("kmsMasterKeyId")), _tags(self.state, q)
+                _text(q, "arn"), key_arn(q.get("kmsMasterKeyId")), _tags(self.default_tags, q)
             )
         for db in self.all(_T(aws.rds.Instance)):
             site.databases[_text(db, "address")] = translate.Database(
@@ -265,7 +279,7 @@ class StackView:
                     f"arn:aws:appconfig:{self.region}:{self.account}:application/{app_id}"
                     f"/environment/{env_id}/configuration/{profile_id}"
                 )
-                config = translate.Configuration(arn, _tags(self.state, p))
+                config = translate.Configuration(arn, _tags(self.default_tags, p))
                 names = (
                     str(app.get("name")) if app else app_id,
                     _text(e, "name"),
@@ -273,33 +287,12 @@ class StackView:
                 )
                 site.configurations[(app_id, env_id, profile_id)] = config
                 site.configurations[names] = config
-        if in_vpc:
-            for ep in self.all(_T(aws.ec2.VpcEndpoint)):
-                service = _text(ep, "serviceName").split(f".{self.region}.", 1)[-1]
-                site.endpoints[service] = translate.Endpoint(
-                    _text(ep, "id"), _text(ep, "vpcId"), self.policy(ep)
-                )
+        for ep in self.all(_T(aws.ec2.VpcEndpoint)):
+            service = _text(ep, "serviceName").split(f".{self.region}.", 1)[-1]
+            site.endpoints[service] = translate.Endpoint(
+                _text(ep, "id"), _text(ep, "vpcId"), self.policy(ep)
+            )
         return site
-
-    def target(self, arn: str) -> Target:
-        for t in self.world.targets.get(self.stack, []):
-            if t.matches(arn):
-                return t
-        raise Unreadable(f"{arn} is no data resource of stack {self.stack}")
-
-
-def _guarded(view: StackView, r: Resource, arn: str, policy: iam.Policy | None) -> Target:
-    """A resource outside the data targets (a topic, a role, a secret RDS manages)."""
-    return Target(
-        stack=view.stack,
-        urn=r.urn,
-        type=r.type,
-        name=r.name,
-        shapes=((arn,),),
-        account=view.account,
-        tags=_tags(view.state, r),
-        policy=policy,
-    )
 
 
 def _anything(view: StackView) -> Target:
@@ -310,14 +303,9 @@ def _anything(view: StackView) -> Target:
 # -- the groups -----------------------------------------------------------------------------------
 
 
-def _contract(project_root: Path) -> contract.Contract:
-    return contract.load(project_root / contract.CONTRACT_FILE)
-
-
 def worker_checks(view: StackView, found: contract.Contract) -> list[Check | Result]:
     from app.worker.config import ConfigError, load_config
 
-    out: list[Check | Result] = []
     tasks = [
         t
         for t in view.all(_T(aws.ecs.TaskDefinition))
@@ -337,23 +325,33 @@ def worker_checks(view: StackView, found: contract.Contract) -> list[Check | Res
     role = _text(task, "taskRoleArn")
     site = view.site(role)
     calls = contract.instantiate(scenario, config.variables())
+    return _call_checks(view, WORKER, site, calls, lambda call: f"worker {call.name}")
+
+
+def _call_checks(
+    view: StackView, group: str, site: Site, calls: Sequence[Call], label: Callable[[Call], str]
+) -> list[Check | Result]:
+    """One control per call: the IAM requests it makes, or why it cannot be translated. The
+    calls share one session (a call may name what an earlier one started)."""
+    out: list[Check | Result] = []
     session: dict[str, Any] = {}
     for call in calls:
-        what = f"{view.stack}: worker {call.name}"
+        what = f"{view.stack}: {label(call)}"
         try:
             requests = translate.translate([call], site, session)
         except (Unresolved, Untranslated) as exc:
-            out.append(failed(Check(view.stack, WORKER, what, ()), str(exc)))
+            out.append(failed(Check(view.stack, group, what, ()), str(exc)))
             continue
-        out.append(Check(view.stack, WORKER, what, tuple(requests)))
+        out.append(Check(view.stack, group, what, tuple(requests)))
     return out
 
 
 def _role_arn(view: StackView, kind: str) -> str:
+    name = naming.role_name(view.state.project, view.stack, kind)
     for role in view.world.roles_of(view.stack):
-        if role.name.endswith(f"-{view.stack}-{kind}") or role.name == f"{kind}":
+        if role.name == name:
             return role.arn
-    raise Unreadable(f"stack {view.stack} has no {kind} role")
+    raise Unreadable(f"stack {view.stack} has no {kind} role ({name})")
 
 
 def job_checks(view: StackView) -> list[Check | Result]:
@@ -362,7 +360,7 @@ def job_checks(view: StackView) -> list[Check | Result]:
     outside it (no VPC keys, no endpoint)."""
     queue = next((q for q in view.all(_T(aws.sqs.Queue)) if q.name == "ingest"), None)
     stores = {
-        str(_tags(view.state, b).get("data-store")): _text(b, "bucket")
+        str(_tags(view.default_tags, b).get("data-store")): _text(b, "bucket")
         for b in view.all(_T(aws.s3.Bucket))
     }
     db = view.one(_T(aws.rds.Instance))
@@ -392,26 +390,24 @@ def job_checks(view: StackView) -> list[Check | Result]:
     out: list[Check | Result] = []
     for kind, calls in jobs.items():
         site = view.site(_role_arn(view, kind), in_vpc=kind == "pipeline")
-        for call in calls:
-            what = f"{view.stack}: {kind} {call.name} {call.params.get('Bucket', '')}".rstrip()
-            try:
-                requests = translate.translate([call], site)
-            except (Unresolved, Untranslated) as exc:
-                out.append(failed(Check(view.stack, JOB, what, ()), str(exc)))
-                continue
-            out.append(Check(view.stack, JOB, what, tuple(requests)))
+        out += _call_checks(view, JOB, site, calls, functools.partial(_job_label, kind))
     return out
 
 
+def _job_label(kind: str, call: Call) -> str:
+    return f"{kind} {call.name} {call.params.get('Bucket', '')}".rstrip()
+
+
 def _service(
-    view: StackView, what: str, requests: Sequence[RealRequest], **targets: Target
+    view: StackView,
+    what: str,
+    requests: Sequence[RealRequest],
+    targets: Mapping[int, Target] | None = None,
 ) -> Check:
+    """A service control; `targets` names the target of a request (by index) that is no data
+    resource: a role's trust policy, a resourceless action."""
     return Check(
-        view.stack,
-        SERVICE,
-        f"{view.stack}: {what}",
-        tuple(requests),
-        targets={int(k[1:]): t for k, t in targets.items()},
+        view.stack, SERVICE, f"{view.stack}: {what}", tuple(requests), targets=dict(targets or {})
     )
 
 
@@ -436,17 +432,7 @@ def _assume(
     role = view.world.roles.get(role_arn)
     if role is None:
         raise Unreadable(f"role {role_arn} is no role of any stack")
-    target = Target(
-        role.stack,
-        role.urn,
-        "aws:iam/role:Role",
-        role.name,
-        ((role.arn,),),
-        role.account,
-        role.tags,
-        role.trust,
-        kind="trust",
-    )
+    target = role_target(role)
     return RealRequest(
         f"{service} assumes {role.name}", service, "sts:AssumeRole", role.arn, context, source
     ), target
@@ -553,8 +539,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                         CT_CWL,
                     ),
                 ],
-                t0=target,
-                t1=target,
+                {0: target, 1: target},
             )
 
         if trail.get("cloudWatchLogsRoleArn"):
@@ -620,7 +605,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                         FLOW,
                     ),
                 ],
-                t0=target,
+                {0: target},
             )
 
         guard("VPC flow logs reach their group", flow_checks)
@@ -651,7 +636,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
             site = view.site(role)
             # The registry token: through a Fargate-owned interface (ECS guide) or, on the
             # other reading, through the environment's ecr.api endpoint: both must work.
-            api, api_endpoint = translate._network(site, "ecr.api")
+            api, api_endpoint = translate.network_context(site, "ecr.api")
             requests: list[RealRequest] = [
                 RealRequest(
                     "registry token",
@@ -671,7 +656,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                     api_endpoint,
                 ),
             ]
-            targets: dict[str, Target] = {"t0": _anything(view), "t1": _anything(view)}
+            targets: dict[int, Target] = {0: _anything(view), 1: _anything(view)}
             for c in containers(task):
                 image = str(c.get("image", ""))
                 repo_name = image.split("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
@@ -684,8 +669,8 @@ def service_checks(view: StackView) -> list[Check | Result]:
                 # The pull: the registry API (ecr.dkr) by the ECR guide; ECR recommends one
                 # policy on both endpoints, so both are evaluated.
                 for service in ("ecr.dkr", "ecr.api"):
-                    network, endpoint = translate._network(site, service)
-                    for k, v in _tags(view.state, repo).items():
+                    network, endpoint = translate.network_context(site, service)
+                    for k, v in _tags(view.default_tags, repo).items():
                         network[f"aws:ResourceTag/{k}"] = v
                     for action in (
                         "ecr:BatchCheckLayerAvailability",
@@ -707,7 +692,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                 # on a URL ECR presigns: the endpoint's policy is the only one of ours on that
                 # path (the signer is ECR's, the bucket AWS's; both taken as allowing).
                 layers = f"arn:aws:s3:::prod-{region}-starport-layer-bucket"
-                network, endpoint = translate._network(site, "s3")
+                network, endpoint = translate.network_context(site, "s3")
                 requests.append(
                     RealRequest(
                         "layer download (presigned by ECR)",
@@ -719,7 +704,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                         endpoint,
                     )
                 )
-                targets[f"t{len(requests) - 1}"] = Target(
+                targets[len(requests) - 1] = Target(
                     view.stack, "", "aws:s3/bucket:Bucket", "ECR layers", ((layers + "/", ANY),),
                     "", {}, iam.Policy(OPEN_BUCKET, "AWS-owned layer bucket (taken as open)"),
                 )  # fmt: skip
@@ -730,7 +715,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                     stream = (
                         f"arn:aws:logs:{region}:{acct}:log-group:{group}:log-stream:{prefix}/c/1"
                     )
-                    network, endpoint = translate._network(site, "logs")
+                    network, endpoint = translate.network_context(site, "logs")
                     for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
                         requests.append(
                             RealRequest(action, role, action, stream, network, ECS_EXEC, endpoint)
@@ -738,7 +723,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                 for secret in c.get("secrets") or []:
                     ref = str(secret.get("valueFrom", ""))
                     arn = ":".join(ref.split(":")[:7])
-                    network, endpoint = translate._network(site, "secretsmanager")
+                    network, endpoint = translate.network_context(site, "secretsmanager")
                     requests.append(
                         RealRequest(
                             "GetSecretValue",
@@ -750,7 +735,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                             endpoint,
                         )
                     )
-                    targets[f"t{len(requests) - 1}"] = _secret_target(view, arn)
+                    targets[len(requests) - 1] = _secret_target(view, arn)
                     context: dict[str, ContextValue] = {
                         "aws:SecureTransport": True,
                         "aws:ViaAWSService": True,
@@ -773,7 +758,7 @@ def service_checks(view: StackView) -> list[Check | Result]:
                 view,
                 f"ECS starts {_text(task, 'family')} (pull, logs, secrets)",
                 requests,
-                **targets,
+                targets,
             )
 
         guard(f"ECS starts {task.name}", exec_checks)
@@ -968,14 +953,16 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
     if not production:
         return out
 
-    def must_not(what: str, requests: list[RealRequest], **targets: Target) -> Check:
+    def must_not(
+        what: str, requests: list[RealRequest], targets: Mapping[int, Target] | None = None
+    ) -> Check:
         return Check(
             view.stack,
             DEPLOYER,
             f"{view.stack}: deployer cannot {what}",
             tuple(requests),
             denied=True,
-            targets={int(k[1:]): t for k, t in targets.items()},
+            targets=dict(targets or {}),
         )
 
     for b in view.all(_T(aws.s3.Bucket)):
@@ -1016,7 +1003,7 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
                             },
                         ),
                     ],
-                    t0=_secret_target(view, arn),
+                    {0: _secret_target(view, arn)},
                 )
             )
     return out
@@ -1064,7 +1051,7 @@ def checks(
     found: contract.Contract | None = None
     problem = ""
     try:
-        found = _contract(project_root)
+        found = contract.load(project_root / contract.CONTRACT_FILE)
     except contract.ContractError as exc:
         problem = str(exc)
     for name, state in states.items():
@@ -1079,4 +1066,4 @@ def checks(
     return results
 
 
-__all__ = ["ANY", "GROUPS", "Check", "Result", "checks", "run"]
+__all__ = ["GROUPS", "Check", "Result", "checks", "run"]

@@ -452,6 +452,7 @@ class _Topology:
         self.tgw_parent: dict[str, str] = {}
         self.tgw_vpcs: dict[str, dict[str, str]] = defaultdict(dict)  # tgw -> vpc -> label
         self.nats: dict[str, tuple[str, str, bool]] = {}  # id -> (subnet, label, private)
+        self.connectors: dict[str, set[str]] = {}
         self.igws: dict[str, str] = {}  # vpc -> label
         self.sgs: dict[str, _Sg] = {}
         self.sg_alias: dict[str, str] = {}
@@ -535,6 +536,12 @@ class _Topology:
             self._guard(stack, r, lambda r=r: self._nat(r))
         for stack, r in self._each(IGW, IGW_ATTACHMENT):
             self._guard(stack, r, lambda r=r: self._igw(r))
+        # What a route may name, by the route's key (read above, before any route).
+        self.connectors = {
+            "vpcPeeringConnectionId": set(self.peerings),
+            "natGatewayId": set(self.nats),
+            "transitGatewayId": set(self.tgw_parent) | set(self.tgw_vpcs),
+        }
         for stack, r in self._each(ROUTE_TABLE, DEFAULT_ROUTE_TABLE):
             self._guard(stack, r, lambda r=r: self._route_table(r))
         for stack, r in self._each(MAIN_RT_ASSOCIATION):
@@ -849,12 +856,7 @@ class _Topology:
         if dest_text and dest is None:
             return
         where = f"{label}: {dest.text if dest else 'prefix list ' + str(pl)}"
-        declared: dict[str, set[str]] = {
-            "vpcPeeringConnectionId": set(self.peerings),
-            "natGatewayId": set(self.nats),
-            "transitGatewayId": set(self.tgw_parent) | set(self.tgw_vpcs),
-        }
-        for key, known in declared.items():
+        for key, known in self.connectors.items():
             if d.get(key) and str(d[key]) not in known:
                 # A route to a connector no state declares is a reference to nothing: where it
                 # leads cannot be placed. It breaks the pairs of the stack that declares it,

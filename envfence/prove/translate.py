@@ -133,7 +133,7 @@ class Site:
 Context = dict[str, ContextValue]
 
 
-def _network(site: Site, service: str) -> tuple[Context, tuple[Policy, ...]]:
+def network_context(site: Site, service: str) -> tuple[Context, tuple[Policy, ...]]:
     """Keys of a direct call made from the task, and the endpoint policy on its way.
 
     "AWS global condition context keys": aws:SecureTransport is always present (the SDK uses
@@ -244,7 +244,7 @@ def _s3_put_object(site: Site, call: Call) -> list[RealRequest]:
     bucket = site.bucket(p.get("Bucket"))
     key = str(p.get("Key", ""))
     obj = f"{bucket.arn}/{key}"
-    context, endpoint = _network(site, "s3")
+    context, endpoint = network_context(site, "s3")
     for param, condition_key in _S3_HEADER_KEYS.items():
         if p.get(param) is not None:
             context[condition_key] = str(p[param])
@@ -294,7 +294,7 @@ def _s3_get_object(site: Site, call: Call) -> list[RealRequest]:
     p = call.params
     bucket = site.bucket(p.get("Bucket"))
     obj = f"{bucket.arn}/{p.get('Key', '')}"
-    context, endpoint = _network(site, "s3")
+    context, endpoint = network_context(site, "s3")
     requests = [_request(site, call, "s3:GetObject", obj, context, S3_SOURCE, endpoint)]
     if bucket.key_arn:
         context_arn = bucket.arn if bucket.bucket_key else obj
@@ -319,7 +319,7 @@ SQS_SOURCE = (
 def _sqs_context(site: Site, queue: Queue) -> tuple[Context, tuple[Policy, ...]]:
     """The queue resource type supports aws:ResourceTag (SAR, Amazon SQS): the queue's tags are
     in the request (the tags AWS holds: the stack's default tags plus the queue's own)."""
-    context, endpoint = _network(site, "sqs")
+    context, endpoint = network_context(site, "sqs")
     for k, v in queue.tags.items():
         context[f"aws:ResourceTag/{k}"] = v
     return context, endpoint
@@ -379,7 +379,7 @@ def _appconfig(action: str) -> Callable[[Site, Call], list[RealRequest]]:
                     "configuration to name"
                 )
             config = found
-        context, endpoint = _network(site, "appconfigdata")
+        context, endpoint = network_context(site, "appconfigdata")
         tagged: Context = dict(context)
         for k, v in config.tags.items():
             tagged[f"aws:ResourceTag/{k}"] = v

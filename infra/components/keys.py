@@ -111,6 +111,7 @@ class Keys(pulumi.ComponentResource):
         # Which service KMS sees for the RDS -> Secrets Manager -> KMS chain is not documented:
         # both. The password stays unreadable either way: that rests on the SecretVersionId and
         # SecretARN conditions, not on the service.
+        rds_secrets = f"arn:aws:secretsmanager:{s.region}:{s.account}:{RDS_SECRETS}"
         secret_via = [
             f"rds.{s.region}.amazonaws.com",
             f"secretsmanager.{s.region}.amazonaws.com",
@@ -134,42 +135,30 @@ class Keys(pulumi.ComponentResource):
                         }
                     },
                 ),
-                statement(
-                    "DeployerWritesTheMasterSecret",
-                    "Allow",
-                    ["kms:GenerateDataKey"],
-                    ["*"],
-                    principal={"AWS": s.deployer},
-                    condition={
-                        "StringEquals": {
-                            "kms:CallerAccount": s.account,
-                            "kms:ViaService": secret_via,
+                *(
+                    statement(
+                        sid,
+                        "Allow",
+                        [action],
+                        ["*"],
+                        principal={"AWS": s.deployer},
+                        condition={
+                            "StringEquals": {
+                                "kms:CallerAccount": s.account,
+                                "kms:ViaService": secret_via,
+                                **version,
+                            },
+                            "StringLike": {"kms:EncryptionContext:SecretARN": rds_secrets},
                         },
-                        "StringLike": {
-                            "kms:EncryptionContext:SecretARN": (
-                                f"arn:aws:secretsmanager:{s.region}:{s.account}:{RDS_SECRETS}"
-                            )
-                        },
-                    },
-                ),
-                statement(
-                    "DeployerValidatesTheSecretKeyOnly",
-                    "Allow",
-                    ["kms:Decrypt"],
-                    ["*"],
-                    principal={"AWS": s.deployer},
-                    condition={
-                        "StringEquals": {
-                            "kms:CallerAccount": s.account,
-                            "kms:ViaService": secret_via,
-                            "kms:EncryptionContext:SecretVersionId": VALIDATE_KEY_ACCESS,
-                        },
-                        "StringLike": {
-                            "kms:EncryptionContext:SecretARN": (
-                                f"arn:aws:secretsmanager:{s.region}:{s.account}:{RDS_SECRETS}"
-                            )
-                        },
-                    },
+                    )
+                    for sid, action, version in (
+                        ("DeployerWritesTheMasterSecret", "kms:GenerateDataKey", {}),
+                        (
+                            "DeployerValidatesTheSecretKeyOnly",
+                            "kms:Decrypt",
+                            {"kms:EncryptionContext:SecretVersionId": VALIDATE_KEY_ACCESS},
+                        ),
+                    )
                 ),
                 # ECR retires its two grants when the repository is deleted; its guide asks for
                 # RetireGrant for the creator and says nothing of kms:ViaService on that call.
