@@ -210,7 +210,8 @@ class Audit(pulumi.ComponentResource):
                 # above does not cover it. aws:PrincipalIsAWSService is the documented way to
                 # tell CloudTrail's own writes apart ("AWS global condition context keys":
                 # true when a service uses a service principal, as CloudTrail does to write
-                # logs; present in every signed request).
+                # logs; present in every signed request):
+                # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-principalisawsservice
                 statement(
                     "DenyWritingTheLogOutsideCloudTrail",
                     "Deny",

@@ -203,7 +203,8 @@ def trail_trust(s: Settings) -> pulumi.Output[str]:
             # ("Cross-service confused deputy prevention"), not for assuming the CloudWatch Logs
             # role: IfExists checks them when CloudTrail sends them and does not lock delivery
             # out when it does not. Only a trail of this account can name the role (iam:PassRole
-            # works within an account).
+            # works within an account). CloudTrail's own trust example has no condition:
+            # https://docs.aws.amazon.com/awscloudtrail/latest/userguide/send-cloudtrail-events-to-cloudwatch-logs.html
             condition={
                 "StringEqualsIfExists": {"aws:SourceAccount": s.account},
                 "ArnEqualsIfExists": {"aws:SourceArn": trail},
