@@ -197,7 +197,29 @@ def _states(args: argparse.Namespace) -> list[StackState]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UsageError(f"several state files for stack {', '.join(dupes)}; give one each")
+    _registered(states, args.state)
     return states
+
+
+def _registered(states: list[StackState], paths: Sequence[str]) -> None:
+    """A state of this repository's project must be of a registered stack: the registry, not the
+    state, says what an environment is (its tier then comes from the registry)."""
+    from infra.project import ROOT, ProjectFileError, load_project
+    from infra.registry import RegistryError
+
+    if not (ROOT / "Pulumi.yaml").is_file():
+        return  # no repository here: states of another project are read on their own terms
+    try:
+        project = load_project()
+    except ProjectFileError as exc:
+        raise UsageError(str(exc)) from None
+    for state, path in zip(states, paths, strict=True):
+        if state.project != project.name:
+            continue
+        try:
+            project.registry.entry(state.stack)
+        except RegistryError as exc:
+            raise UsageError(f"{path}: {exc}") from None
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ from typing import Any
 
 from envfence.model import STACK_TYPE, Resource, StackState
 from infra.project import ROOT, Project, ProjectFileError, load_project
+from infra.registry import RegistryError
 
 
 class EvaluationError(Exception):
@@ -541,12 +542,18 @@ def _purge_program_modules() -> None:
 
 
 def _project_file_errors() -> tuple[type[Exception], ...]:
-    """ProjectFileError as this module imported it, and as the program's modules define it now:
-    every run re-imports `infra`, so a Project loaded after a run raises the newer class."""
-    current = getattr(sys.modules.get("infra.project"), "ProjectFileError", None)
-    if isinstance(current, type) and issubclass(current, Exception):
-        return (ProjectFileError, current)
-    return (ProjectFileError,)
+    """ProjectFileError and RegistryError as this module imported them, and as the program's
+    modules define them now: every run re-imports `infra`, so a Project loaded after a run
+    raises the newer classes."""
+    errors: list[type[Exception]] = [ProjectFileError, RegistryError]
+    for module, name in (
+        ("infra.project", "ProjectFileError"),
+        ("infra.registry", "RegistryError"),
+    ):
+        current = getattr(sys.modules.get(module), name, None)
+        if isinstance(current, type) and issubclass(current, Exception):
+            errors.append(current)
+    return tuple(errors)
 
 
 def _is_config_error(exc: BaseException) -> bool:
@@ -573,6 +580,7 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
     try:
         project = project or load_project()
         config = project.stack_config(stack)
+        project.registry.entry(stack)  # an unregistered stack stops here, before the program
     except _project_file_errors() as exc:
         raise EvaluationError(str(exc)) from None
 
@@ -621,7 +629,9 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
             pulumi.runtime.settings.ROOT.set(None)
 
     values = {k: v for k, v in config.items()}
-    tier = values.get("envfence:tier")
+    # The program ran, so the stack is registered and its file agrees with the registry: the
+    # tier is the registry's (the stack file may omit it).
+    tier = project.registry.entry(stack).tier
     return StackState(
         stack=stack,
         project=project.name,

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from infra.registry import Registry, RegistryError, parse_registry
+
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "envfence"
 
@@ -29,6 +31,15 @@ class Project:
     root: Path
     name: str
     defaults: dict[str, str]
+    # The environment registry (the `envfence:` section of Pulumi.yaml); read from the root's
+    # Pulumi.yaml when a Project is built without it.
+    registry_section: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self.registry_section is not None:
+            return self.registry_section
+        return _read_registry(self.root / "Pulumi.yaml")
 
     def stack_file(self, stack: str) -> Path:
         return self.root / f"Pulumi.{stack}.yaml"
@@ -112,4 +123,15 @@ def load_project(root: Path = ROOT) -> Project:
                 defaults[full] = to_cli_string(spec["value"])
         else:
             defaults[full] = to_cli_string(spec)
-    return Project(root=root, name=name, defaults=defaults)
+    return Project(root=root, name=name, defaults=defaults, registry_section=_registry_of(doc))
+
+
+def _registry_of(doc: dict[str, Any]) -> Registry:
+    try:
+        return parse_registry(doc.get("envfence"))
+    except RegistryError as exc:
+        raise ProjectFileError(str(exc)) from None
+
+
+def _read_registry(path: Path) -> Registry:
+    return _registry_of(_load_yaml(path))

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from infra import naming
 from infra.project import NAMESPACE, Project, ProjectFileError, load_project
+from infra.registry import Registry, RegistryError
 
 try:  # A clean one-line stop under the CLI; plain Exception when Pulumi is absent.
     from pulumi import RunError as _Base
@@ -225,6 +226,19 @@ class Settings:
     deployer: str = ""
     # Roles outside the environment (the security team's) that read and validate audit logs.
     audit_readers: tuple[str, ...] = ()
+    # From the environment registry (infra/registry.py). The account's one CloudTrail trail and
+    # its experiment archive belong to its baseline stack; "" means this stack.
+    trail_owner: str = ""
+    # Baseline stack only: bucket-name prefixes of the account's other stacks (exact names and
+    # patterns such as `experiment-*`) whose data events its trail records too.
+    trail_prefixes: tuple[str, ...] = ()
+    # Baseline stack only: days the archive keeps a concluded experiment's results.
+    archive_expire_days: int = 365
+
+    @property
+    def owns_trail(self) -> bool:
+        """This stack declares the account's trail (and archive)."""
+        return self.trail_owner in ("", self.stack)
 
     @property
     def is_production(self) -> bool:
@@ -465,9 +479,16 @@ def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
 
 
 def parse_settings(
-    project: str, stack: str, raw: Mapping[str, str], peers: Mapping[str, PeerStack] | None = None
+    project: str,
+    stack: str,
+    raw: Mapping[str, str],
+    peers: Mapping[str, PeerStack] | None = None,
+    registry: Registry | None = None,
 ) -> Settings:
-    """Validate a stack's config given as CLI-style strings (`envfence:tier` → `experiment`)."""
+    """Validate a stack's config given as CLI-style strings (`envfence:tier` → `experiment`).
+
+    With the environment `registry` (always, for the program and the checker), the tier and the
+    accounts are the registry's: the stack file may omit them, and may not contradict them."""
     peers = dict(peers or {})
     if not naming.STACK_NAME_RE.match(stack):
         raise ConfigError(
@@ -478,7 +499,28 @@ def parse_settings(
     top = _Reader(stack, NAMESPACE, values)
     top.reject_unknown(KNOWN_KEYS)
 
-    tier = top.get("tier", _one_of(naming.TIERS), " | ".join(naming.TIERS), required=True)
+    entry = None
+    if registry is not None:
+        try:
+            entry = registry.entry(stack)
+        except RegistryError as exc:
+            raise ConfigError(str(exc)) from None
+    where = f"environments.{entry.name}" if entry is not None else ""
+
+    tier: str | None = top.get(
+        "tier", _one_of(naming.TIERS), " | ".join(naming.TIERS), required=entry is None
+    )
+    if entry is not None:
+        if tier is not None and tier != entry.tier:
+            raise top.fail(
+                "tier",
+                tier,
+                f"{entry.tier!r} or nothing: the environment registry (Pulumi.yaml, envfence."
+                f"{where}) decides the tier, a stack file cannot change it",
+            )
+        tier = entry.tier
+    if tier is None:  # not reached: required without a registry
+        raise top.fail("tier", None, " | ".join(naming.TIERS))
     production = tier == naming.TIER_PRODUCTION
 
     experiment_id: str | None = top.get(
@@ -494,11 +536,12 @@ def parse_settings(
             None,
             "2-16 lowercase letters, digits and '-' (required for tier experiment)",
         )
-    if stack.startswith("experiment-") and experiment_id != stack[len("experiment-") :]:
+    id_prefix = entry.name[:-1] if entry is not None and entry.is_pattern else "experiment-"
+    if stack.startswith(id_prefix) and experiment_id != stack[len(id_prefix) :]:
         raise top.fail(
             "experimentId",
             experiment_id,
-            f"'{stack[len('experiment-') :]}', the id in the stack name",
+            f"'{stack[len(id_prefix) :]}', the id in the stack name",
         )
 
     expires_on = top.get("expiresOn", _date, "a date YYYY-MM-DD (experiment tier only)")
@@ -516,17 +559,29 @@ def parse_settings(
         "region", _matching(REGION_RE), "an AWS region such as eu-west-1", required=True
     )
 
+    inherited = entry is not None and len(entry.accounts) == 1
     accounts = top.get(
         "allowedAccountIds",
         _list_of(_matching(ACCOUNT_RE)),
-        'a list with one 12-digit AWS account id as a quoted string, e.g. ["123456789012"]',
-        required=True,
+        'a list with one 12-digit AWS account id as a quoted string, e.g. ["123456789012"]'
+        + (" (the registry has several for this stack: choose one)" if entry else ""),
+        default=entry.accounts if entry is not None and inherited else None,
+        required=not inherited,
     )
+    if accounts is None:  # not reached: required, or inherited from the registry
+        raise top.fail("allowedAccountIds", None, "a list with one 12-digit AWS account id")
     if len(accounts) != 1:
         raise top.fail(
             "allowedAccountIds",
             list(accounts),
             "exactly one account id: an environment lives in one account",
+        )
+    if entry is not None and accounts[0] not in entry.accounts:
+        raise top.fail(
+            "allowedAccountIds",
+            list(accounts),
+            f"one of {', '.join(entry.accounts)}, the accounts the environment registry "
+            f"(Pulumi.yaml, envfence.{where}) allows for this stack",
         )
 
     network = _parse_network(top.obj("network"), stack, peers)
@@ -590,6 +645,18 @@ def parse_settings(
     container = _parse_container(top.obj("container"), project, stack, accounts[0], region_value)
     flags = _parse_flags(top, production)
     audit = _parse_audit(top.obj("audit"), production)
+    trail_owner, archive_days = "", 365
+    trail_prefixes: tuple[str, ...] = ()
+    if registry is not None:
+        trail_owner = registry.baseline(accounts[0])
+        archive_days = registry.archive_expire_days
+        if trail_owner == stack:
+            # `experiment-*` → "envfence-experiment-"; `staging` → "envfence-staging-".
+            trail_prefixes = tuple(
+                naming.prefix(project, e.name[:-1] if e.is_pattern else f"{e.name}-")
+                for e in registry.entries
+                if e.name != stack and accounts[0] in e.accounts
+            )
 
     return Settings(
         project=project,
@@ -615,6 +682,9 @@ def parse_settings(
         flags=flags,
         audit=audit,
         peers=peers,
+        trail_owner=trail_owner,
+        trail_prefixes=trail_prefixes,
+        archive_expire_days=archive_days,
     )
 
 
@@ -900,8 +970,13 @@ def read_peers(project: Project, stack: str) -> dict[str, PeerStack]:
 
 
 def settings_for(project: Project, stack: str, raw: Mapping[str, str]) -> Settings:
-    """Validate `raw` as the config of `stack` in `project`, sibling stack files included."""
-    return parse_settings(project.name, stack, raw, read_peers(project, stack))
+    """Validate `raw` as the config of `stack` in `project`, sibling stack files and the
+    environment registry included."""
+    try:
+        registry = project.registry
+    except ProjectFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse_settings(project.name, stack, raw, read_peers(project, stack), registry)
 
 
 def load_settings() -> Settings:

@@ -24,6 +24,7 @@ import yaml
 from envfence.evaluate import evaluate
 from envfence.model import Resource, StackState
 from infra.project import Project, load_project
+from tests.registry_facts import registered_tier
 
 PROJECT = load_project()
 STACKS = PROJECT.stacks()
@@ -405,8 +406,8 @@ def _expected_tags(stack: str) -> dict[str, str]:
     config = _stack_file(stack)
     tags = {
         "environment": stack,
-        "tier": config["envfence:tier"],
-        "data-classification": CLASSIFICATION[config["envfence:tier"]],
+        "tier": registered_tier(stack),
+        "data-classification": CLASSIFICATION[registered_tier(stack)],
         "owner": config["envfence:owner"],
         "managed-by": "pulumi",
         "project": PROJECT.name,

@@ -73,7 +73,9 @@ def parse(
     as_stack: str | None = None,
 ) -> Settings:
     name = as_stack or stack
-    return parse_settings(NAME, name, raw, PEERS.get(stack, {}) if peers is None else peers)
+    return parse_settings(
+        NAME, name, raw, PEERS.get(stack, {}) if peers is None else peers, PROJECT.registry
+    )
 
 
 def refused(
@@ -107,7 +109,7 @@ def test_real_stack_files_parse(stack: str) -> None:
     s = settings_for(PROJECT, stack, PROJECT.stack_config(stack))
     assert s.stack == stack
     assert s.project == NAME
-    assert s.tier == doc["envfence:tier"]
+    assert s.tier == PROJECT.registry.entry(stack).tier
     assert s.region == doc["aws:region"]
     assert s.account == doc["envfence:allowedAccountIds"][0]
     assert s.allowed_account_ids == (doc["envfence:allowedAccountIds"][0],)
@@ -286,12 +288,27 @@ def test_flow_not_involving_the_current_stack() -> None:
     assert_message(msg, "prod", "envfence:flows[0].from", "experiment", "'prod' on one side")
 
 
-@pytest.mark.parametrize(
-    "key", ["envfence:tier", "envfence:owner", "envfence:allowedAccountIds", "aws:region"]
-)
+@pytest.mark.parametrize("key", ["envfence:owner", "aws:region"])
 def test_missing_required_key(key: str) -> None:
     msg = refused("prod", raw_config("prod", drop=(key,)))
     assert_message(msg, "prod", key, None)
+
+
+@pytest.mark.parametrize("key", ["envfence:tier", "envfence:allowedAccountIds"])
+def test_tier_and_account_come_from_the_registry_when_the_stack_file_omits_them(key: str) -> None:
+    raw = raw_config("prod", {"envfence:tier": "production"})
+    raw.pop(key)
+    s = parse("prod", raw)
+    assert (s.tier, s.allowed_account_ids) == ("production", ("123456789012",))
+
+
+@pytest.mark.parametrize("key", ["envfence:tier", "envfence:allowedAccountIds"])
+def test_without_a_registry_tier_and_account_are_required(key: str) -> None:
+    raw = raw_config("prod", {"envfence:tier": "production"})
+    raw.pop(key)
+    with pytest.raises(ConfigError) as info:
+        parse_settings(NAME, "prod", raw, PEERS["prod"])
+    assert_message(str(info.value), "prod", key, None)
 
 
 def test_missing_network_cidr() -> None:

@@ -15,17 +15,17 @@ from typing import Any
 
 import mutations as m
 import pytest
-import yaml
 
 from envfence.model import Resource, StackState
 from infra.project import load_project
+from tests.registry_facts import registered_tier
 
 PROJECT = load_project()
 STACKS = PROJECT.stacks()
 
 
 def _tier(stack: str) -> str:
-    return str(yaml.safe_load(PROJECT.stack_file(stack).read_text())["config"]["envfence:tier"])
+    return registered_tier(stack)
 
 
 PRODUCTION = [s for s in STACKS if _tier(s) == "production"]
@@ -236,7 +236,7 @@ def facts_of(state: StackState) -> Facts:
     c = state.config
     network = _value(c, "envfence:network", {})
     access = _value(c, "envfence:access", {})
-    tier = c["envfence:tier"]
+    tier = registered_tier(state.stack)
     flows = tuple(_value(c, "envfence:flows", []))
     peers = {f[side] for f in flows for side in ("from", "to")} - {state.stack}
     peer_accounts = {

@@ -50,6 +50,7 @@ from test_stacks import (
     key_of,
     only,
     principals,
+    registered_tier,
     role_named,
     statements,
     subnets,
@@ -242,7 +243,7 @@ def override_config(stack: str) -> dict[str, str]:
     task, every experimental flag of the file set against its tier's default, three new flags,
     other alert e-mails and (experiments only) an expiry date."""
     config = dict(PROJECT.stack_config(stack))
-    production = config["envfence:tier"] == "production"
+    production = registered_tier(stack) == "production"
     account = json.loads(config["envfence:allowedAccountIds"])[0]
     repo = f"{account}.dkr.ecr.{config['aws:region']}.amazonaws.com/{PROJECT.name}-{stack}-worker"
     container = _value(config, "envfence:container", {})

@@ -20,7 +20,8 @@ from typing import Any
 from envfence.model import SECRET, UNKNOWN, Resource, StackState, unreadable, why_unreadable
 from infra import naming
 from infra.project import Project, ProjectFileError
-from infra.settings import Flow, PeerStack, parse_settings, read_peers
+from infra.registry import Registry
+from infra.settings import Flow, PeerStack, Settings, parse_settings, read_peers
 
 EXTRA_ROLES = naming.SUPPORT_ROLES  # roles AWS services assume for the environment
 
@@ -138,6 +139,13 @@ class Env:
     vpc_ids: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)  # every resource id of the stack
     deployer: str | None = None  # the role that runs `pulumi up` (envfence:access.deployer)
+    # What the environment registry (Pulumi.yaml) says of the stack, when one is in hand:
+    # `registered` None means no registry was available; the tier above is the registry's.
+    registered: bool | None = None
+    registry_accounts: tuple[str, ...] = ()
+    claimed_tier: str | None = None  # what the state itself says (config or tags)
+    trail_owner: str | None = None  # the stack owning this account's trail (registry)
+    trail_prefixes: tuple[str, ...] = ()  # baseline: other stacks' bucket prefixes it records
 
     # Representative ARNs -------------------------------------------------------------------
     def role_arns(self) -> list[str]:
@@ -205,19 +213,34 @@ class Env:
         return None
 
 
+def _registry(project: Project | None, state_project: str) -> Registry | None:
+    """The repository's environment registry, when `project` is the stack's project. A broken
+    registry is bad input (the CLI stops on it before the rules run), never a silent pass."""
+    if project is None or project.name != state_project:
+        return None
+    return project.registry
+
+
+def _has_config(config: dict[str, str]) -> bool:
+    return any(k.startswith("envfence:") for k in config)
+
+
 def env_from_state(state: StackState, project: Project | None = None) -> Env:
     """Environment facts from a stack's state: its config, else the repository's stack file
-    for it, else what its resources show (which knows no declared flow)."""
-    settings = None
+    for it, else what its resources show (which knows no declared flow). The tier and accounts
+    are the environment registry's whenever the repository is in hand."""
+    registry = _registry(project, state.project)
+    settings: Settings | None = None
     config = state.config
-    if not config.get("envfence:tier") and project is not None and project.name == state.project:
+    if not _has_config(config) and project is not None and project.name == state.project:
         # A bare `pulumi stack export`, or a preview without its config, carries no config:
         # the stack file is what the stack was deployed from.
         try:
             config = project.stack_config(state.stack)
         except ProjectFileError:
             config = {}
-    if config.get("envfence:tier"):
+    entry = registry.entry(state.stack) if registry and registry.knows(state.stack) else None
+    if _has_config(config) and (registry is None or entry is not None):
         peers: dict[str, PeerStack] = {}
         if project is not None:
             try:
@@ -225,7 +248,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
             except ProjectFileError:
                 peers = {}
         try:
-            settings = parse_settings(state.project, state.stack, config, peers)
+            settings = parse_settings(state.project, state.stack, config, peers, registry)
         except Exception:
             settings = None
     tags = provider_tags(state)
@@ -262,7 +285,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
     env = Env(
         stack=state.stack,
         project=state.project,
-        tier=state.tier or tags.get(naming.TAG_TIER),
+        tier=entry.tier if entry is not None else state.tier or tags.get(naming.TAG_TIER),
         account=settings.account if settings else account,
         region=settings.region if settings else region,
         cidr=settings.network.cidr if settings else cidr,
@@ -275,6 +298,11 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
         vpc_ids=vpc_ids,
         ids={r.id for r in state.resources if r.id and r.custom},
         deployer=settings.deployer if settings else None,
+        registered=None if registry is None else entry is not None,
+        registry_accounts=entry.accounts if entry is not None else (),
+        claimed_tier=state.tier or tags.get(naming.TAG_TIER),
+        trail_owner=settings.trail_owner or state.stack if settings else None,
+        trail_prefixes=settings.trail_prefixes if settings else (),
     )
     return env
 
@@ -283,7 +311,8 @@ def env_from_stack_file(project: Project, stack: str) -> Env | None:
     """Facts of a stack that is not in hand (CrossGuard sees one stack): from its stack file."""
     try:
         raw = project.stack_config(stack)
-        s = parse_settings(project.name, stack, raw, read_peers(project, stack))
+        registry = project.registry
+        s = parse_settings(project.name, stack, raw, read_peers(project, stack), registry)
     except Exception:
         return None
     return Env(
@@ -298,6 +327,11 @@ def env_from_stack_file(project: Project, stack: str) -> Env | None:
         expires_on=s.expires_on,
         flows=s.flows,
         deployer=s.deployer,
+        registered=True,
+        registry_accounts=registry.entry(stack).accounts,
+        claimed_tier=s.tier,
+        trail_owner=s.trail_owner or stack,
+        trail_prefixes=s.trail_prefixes,
     )
 
 
@@ -308,6 +342,7 @@ class Context:
     states: dict[str, StackState]
     envs: dict[str, Env]
     today: dt.date = field(default_factory=dt.date.today)
+    registry: Registry | None = None  # the repository's environment registry, when in hand
 
     def env(self, stack: str) -> Env:
         return self.envs[stack]
@@ -343,4 +378,10 @@ def build_context(
                 env = env_from_stack_file(project, name)
                 if env is not None:
                     envs[name] = env
-    return Context(states={s.stack: s for s in states}, envs=envs)
+    registry = None
+    if project is not None:
+        try:
+            registry = project.registry
+        except ProjectFileError:
+            registry = None
+    return Context(states={s.stack: s for s in states}, envs=envs, registry=registry)
