@@ -3,6 +3,7 @@
     envfence plan  [--stack NAME ...] [--format table|json]
     envfence check [--stack NAME ...] [--state FILE ...] [--format text|json|sarif] [--no-prove]
     envfence prove [--stack NAME ...] [--state FILE ...] [--format text|json]
+    envfence experiment new <id> --owner O --expires YYYY-MM-DD | list | conclude <id>
 
 `check` runs every rule and then every proof; `prove` runs only the proofs.
 
@@ -98,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the rules only, not the isolation proofs",
     )
+    check.add_argument(
+        "--expired",
+        choices=("warn", "fail"),
+        default="warn",
+        help="an experiment past its expiresOn (EF504): a warning (default, pull requests) or "
+        "a failure (the scheduled job)",
+    )
 
     prove = sub.add_parser(
         "prove",
@@ -120,6 +128,65 @@ def _parser() -> argparse.ArgumentParser:
         "envfence plan --format json output (repeatable; two or more)",
     )
     prove.add_argument("--format", choices=("text", "json"), default="text")
+
+    exp = sub.add_parser(
+        "experiment",
+        help="create, list and conclude short-lived experiment stacks",
+        description="An experiment's life, one command each: new writes its stack file, list "
+        "shows every experiment and its expiry, conclude archives, destroys and checks that "
+        "nothing is left.",
+    )
+    esub = exp.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
+    new = esub.add_parser(
+        "new",
+        help="write Pulumi.experiment-<id>.yaml from the template",
+        description="Write Pulumi.experiment-<id>.yaml from infra/experiment-template.yaml with "
+        "a CIDR no other stack uses and no flows, validate it as `pulumi up` would, and print "
+        "the next commands. Example: envfence experiment new abtest --owner team@example.com "
+        "--expires 2027-01-31",
+    )
+    new.add_argument("id", help="2-16 of a-z, 0-9 and '-'; the stack is experiment-<id>")
+    new.add_argument("--owner", required=True, help="team or e-mail (the owner tag)")
+    new.add_argument("--expires", required=True, metavar="YYYY-MM-DD", help="a future date")
+    new.add_argument("--account", help="one of the registry's experiment accounts")
+    new.add_argument("--region", help="default: the account baseline stack's region")
+    new.add_argument(
+        "--promote-to",
+        metavar="STACK",
+        help="declare that STACK's pipeline may read this experiment's results (add the "
+        "printed line to STACK's file too: a flow holds only when both declare it)",
+    )
+    lst = esub.add_parser(
+        "list",
+        help="every experiment stack with owner, account, CIDR, expiry and state",
+        description="List every experiment stack of the registry: active, expiring (7 days or "
+        "fewer), expired, or no expiry. Exit 1 with --fail-on-expired when one has expired.",
+    )
+    lst.add_argument("--format", choices=("table", "json"), default="table")
+    lst.add_argument(
+        "--fail-on-expired",
+        action="store_true",
+        help="exit 1 and print the conclude command when an experiment has expired (the "
+        "scheduled CI job)",
+    )
+    end = esub.add_parser(
+        "conclude",
+        help="archive, destroy, check for residue and remove an experiment stack",
+        description="End an experiment: (1) refuse unless it is a registered experiment and "
+        "not its account's baseline; (2) archive its final DB snapshot and its results store "
+        "to the account's archive; (3) pulumi destroy (Automation API; without the CLI the "
+        "command is printed and conclude stops); (4) check that nothing tagged with its id "
+        "remains; (5) remove its stack file. Each step is idempotent: re-run after a failure.",
+    )
+    end.add_argument("id", help="the experiment id (or its stack name experiment-<id>)")
+    end.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    end.add_argument(
+        "--skip-destroy",
+        action="store_true",
+        help="the stack is already destroyed (e.g. by `pulumi destroy` run by hand)",
+    )
+    end.add_argument("--profile", help="AWS profile of the experiment account's deployer")
+    end.add_argument("--endpoint-url", help=argparse.SUPPRESS)  # tests: a local moto server
     return p
 
 
@@ -295,7 +362,7 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     from envfence.rules import run_all
 
     states = _states(args)
-    result = run_all(states)
+    result = run_all(states, enforce_advisories=args.expired == "fail")
     if args.no_prove:
         report.render(result, args.format, out)
         return EXIT_VIOLATIONS if result.violations else EXIT_OK
@@ -342,6 +409,15 @@ def cmd_prove(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK if proof.ok else EXIT_VIOLATIONS
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from envfence import experiments
+
+    try:
+        return experiments.main(args, _repository(), lambda line: print(line, flush=True))
+    except experiments.ExperimentError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -350,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plan(args, out)
         if args.command == "prove":
             return cmd_prove(args, out)
+        if args.command == "experiment":
+            return cmd_experiment(args)
         return cmd_check(args, out)
     except UsageError as exc:
         print(f"envfence: error: {exc}", file=sys.stderr)

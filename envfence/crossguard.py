@@ -146,14 +146,18 @@ def runs_per_resource(rule: Rule) -> bool:
 
 
 def build_policies(project_root: Path | str) -> list[Policy]:
-    """One mandatory CrossGuard policy per envfence rule, in rule-id order."""
+    """One CrossGuard policy per envfence rule, in rule-id order: mandatory, except the
+    advisory rules (EF504)."""
     root = Path(project_root).resolve()
     policies: list[Policy] = []
     for rule in all_rules():
         common: dict[str, Any] = {
             "name": rule.name,
             "description": rule.description(),
-            "enforcement_level": EnforcementLevel.MANDATORY,
+            # An advisory rule (an expired experiment) must not block unrelated previews.
+            "enforcement_level": EnforcementLevel.ADVISORY
+            if rule.advisory
+            else EnforcementLevel.MANDATORY,
             "severity": Severity(rule.severity),
             "remediation_steps": rule.fix,
         }

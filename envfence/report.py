@@ -59,6 +59,11 @@ def text(
                 f"  [red]{v.rule}[/red] {v.severity:8} {v.urn.rsplit('::', 1)[-1]}: {v.message}"
             )
             out.print(f"         fix: {v.fix}")
+    if result.warnings:
+        out.print(f"\n[bold]warnings[/bold] ({len(result.warnings)}, not failing this run)")
+        for v in result.warnings:
+            out.print(f"  [yellow]{v.rule}[/yellow] {v.stack}: {v.message}")
+            out.print(f"         fix: {v.fix}")
     if result.flows:
         out.print("\n[bold]declared flows in use[/bold]")
         for f in sorted({(f.flow, f.detail) for f in result.flows}):
@@ -67,10 +72,10 @@ def text(
         before_verdict()
     total = len(result.violations)
     passed = not total and (proofs is None or proofs[0])
-    line = (
-        f"\n{'PASS' if passed else 'FAIL'}: {total} violation(s), "
-        f"{len({f.flow for f in result.flows})} declared flow(s) in use"
-    )
+    line = f"\n{'PASS' if passed else 'FAIL'}: {total} violation(s), "
+    if result.warnings:
+        line += f"{len(result.warnings)} warning(s), "
+    line += f"{len({f.flow for f in result.flows})} declared flow(s) in use"
     if proofs is not None:
         line += f"; {proofs[1]}"
     out.print(line)
@@ -84,11 +89,16 @@ def to_json(result: Result) -> dict[str, Any]:
             for r in result.rules
         ],
         "violations": [v.to_dict() for v in result.violations],
+        "warnings": [v.to_dict() for v in result.warnings],
         "flows": [
             {"flow": f.flow, "stack": f.stack, "urn": f.urn, "detail": f.detail}
             for f in result.flows
         ],
-        "summary": {"violations": len(result.violations), "checked": result.checked},
+        "summary": {
+            "violations": len(result.violations),
+            "warnings": len(result.warnings),
+            "checked": result.checked,
+        },
     }
 
 
@@ -106,12 +116,13 @@ def to_sarif(result: Result) -> dict[str, Any]:
     ]
     index = {r.id: i for i, r in enumerate(result.rules)}
     results = []
-    for v in result.violations:
+    warnings = {id(v) for v in result.warnings}
+    for v in [*result.violations, *result.warnings]:
         results.append(
             {
                 "ruleId": v.rule,
                 "ruleIndex": index.get(v.rule, 0),
-                "level": SARIF_LEVEL[v.severity],
+                "level": "warning" if id(v) in warnings else SARIF_LEVEL[v.severity],
                 "message": {"text": f"{v.message} (fix: {v.fix})"},
                 "locations": [
                     {

@@ -27,8 +27,16 @@ def repository_project(project: Project | None = None) -> Project | None:
         return None
 
 
-def run_all(states: Iterable[StackState], project: Project | None = None) -> Result:
-    return run(build_context(list(states), repository_project(project)))
+def run_all(
+    states: Iterable[StackState],
+    project: Project | None = None,
+    *,
+    enforce_advisories: bool = False,
+) -> Result:
+    """Every rule over `states`. Advisory rules (EF504) warn unless `enforce_advisories`."""
+    ctx = build_context(list(states), repository_project(project))
+    ctx.enforce_advisories = enforce_advisories
+    return run(ctx)
 
 
 __all__ = [

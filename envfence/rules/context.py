@@ -343,6 +343,9 @@ class Context:
     envs: dict[str, Env]
     today: dt.date = field(default_factory=dt.date.today)
     registry: Registry | None = None  # the repository's environment registry, when in hand
+    # Advisory rules (EF504, an expired experiment) fail the run instead of warning: the
+    # scheduled CI job sets it (`envfence check --expired fail`); pull requests only warn.
+    enforce_advisories: bool = False
 
     def env(self, stack: str) -> Env:
         return self.envs[stack]

@@ -52,6 +52,9 @@ class Rule:
     fix: str
     fn: Callable[..., Iterable[Finding | FlowUse]]
     types: frozenset[str] = frozenset()
+    # An advisory rule's findings are warnings (reported, exit code unchanged; CrossGuard
+    # ADVISORY) unless the run enforces advisories (`envfence check --expired fail`).
+    advisory: bool = False
 
     def description(self) -> str:
         return f"{self.id}: {self.title}"
@@ -88,6 +91,7 @@ class Result:
     flows: list[FlowUse] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)  # stack -> resources checked
     rules: list[Rule] = field(default_factory=list)
+    warnings: list[Violation] = field(default_factory=list)  # advisory rules' findings
 
 
 RULES: list[Rule] = []
@@ -102,6 +106,7 @@ def rule(
     scope: str,
     fix: str,
     types: Iterable[str] = (),
+    advisory: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a rule function. Ids and names are unique; a duplicate is a programming error."""
     assert severity in SEVERITIES, severity
@@ -120,6 +125,7 @@ def rule(
                 fix=fix,
                 fn=fn,
                 types=frozenset(types),
+                advisory=advisory,
             )
         )
         return fn
@@ -222,24 +228,28 @@ def run(ctx: Context, rules: list[Rule] | None = None) -> Result:
             if r.scope == "cross":
                 continue
             for item in run_rule(r, state, ctx):
-                _collect(result, r, stack, item)
+                _collect(result, r, stack, item, ctx)
     for r in rules:
         if r.scope == "cross":
             for item in run_rule(r, None, ctx):
                 stack = item.stack if isinstance(item, FlowUse) else _stack_of(item.urn)
-                _collect(result, r, stack, item)
+                _collect(result, r, stack, item, ctx)
     result.violations.sort(key=lambda v: (v.stack, v.rule, v.urn))
+    result.warnings.sort(key=lambda v: (v.stack, v.rule, v.urn))
     return result
 
 
-def _collect(result: Result, r: Rule, stack: str, item: Finding | FlowUse) -> None:
+def _collect(result: Result, r: Rule, stack: str, item: Finding | FlowUse, ctx: Context) -> None:
     if isinstance(item, FlowUse):
         if item not in result.flows:
             result.flows.append(item)
     else:
         v = _violation(r, stack, item)
-        if v not in result.violations:
-            result.violations.append(v)
+        # An undecidable value (EF902) is never a mere warning.
+        warn = r.advisory and not ctx.enforce_advisories and v.rule == r.id
+        into = result.warnings if warn else result.violations
+        if v not in into:
+            into.append(v)
 
 
 def _stack_of(urn: str) -> str:

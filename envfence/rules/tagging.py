@@ -125,16 +125,22 @@ def experiment_expiry(r: Resource, state: StackState, ctx: Context) -> Iterator[
 @rule(
     "EF504",
     "experiment-not-expired",
-    title="An experiment stack past its expiresOn date is reported",
+    title="An experiment stack past its expiresOn date is reported (a warning in pull "
+    "requests, a failure in the scheduled run)",
     severity="high",
     scope="stack",
-    fix="Tear the experiment down (pulumi destroy --stack experiment-<id>) or extend "
-    "envfence:expiresOn with a reason in review.",
+    fix="Conclude it (envfence experiment conclude <id>: archive, destroy, residue check) or "
+    "extend envfence:expiresOn with a reason in review.",
+    advisory=True,
 )
 def experiment_expired(state: StackState, ctx: Context) -> Iterator[Finding]:
     env = ctx.env(state.stack)
     if env.expires_on is not None and env.expires_on < ctx.today and state.resources:
+        days = (ctx.today - env.expires_on).days
+        ident = env.experiment_id or state.stack
         yield Finding(
             state.resources[0].urn,
-            f"stack '{state.stack}' expired on {env.expires_on.isoformat()} and still exists",
+            f"experiment stack '{state.stack}' expired on {env.expires_on.isoformat()} "
+            f"({days} day{'s' if days != 1 else ''} ago); conclude it: "
+            f"envfence experiment conclude {ident}",
         )
