@@ -1,6 +1,7 @@
-"""A short-lived `experiment-<id>` stack next to the repository's two, as the README tells a
-team to create one: a copy of `Pulumi.experiment.yaml` with its own id, CIDR and expiry, in the
-*same account* as the shared experiment stack.
+"""A short-lived `experiment-<id>` stack next to the repository's two, created as the README
+tells a team to: `envfence experiment new abtest --owner ... --expires ...`, which writes its
+stack file from the template with its own id, a free CIDR and no flows, in the *same account*
+as the shared experiment stack.
 
 Two environments in one account have no account boundary between them: only the boundary,
 the resource policies, the key policies and the network keep them apart. The rules must stay
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from envfence import experiments
 from envfence.evaluate import evaluate
 from envfence.model import StackState
 from envfence.prove.iam_proof import JOBS
@@ -27,13 +29,12 @@ SHORT = "experiment-abtest"
 
 
 def short_lived_stack_file(root: Path) -> None:
-    doc = yaml.safe_load((root / "Pulumi.experiment.yaml").read_text())
-    config = doc["config"]
-    config["envfence:experimentId"] = "abtest"
-    config["envfence:expiresOn"] = "2099-12-31"
-    config["envfence:network"]["cidr"] = "10.30.0.0/16"
-    config["envfence:flows"] = []  # nothing leaves this experiment
-    (root / f"Pulumi.{SHORT}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    path, _ = experiments.new(
+        load_project(root), "abtest", owner="ab-team@example.com", expires="2099-12-31"
+    )
+    config = yaml.safe_load(path.read_text())["config"]
+    assert config["envfence:network"]["cidr"] == "10.30.0.0/16"  # the first free /16
+    assert config["envfence:flows"] == []  # nothing leaves this experiment
 
 
 @pytest.fixture(scope="module")
