@@ -186,7 +186,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the stack is already destroyed (e.g. by `pulumi destroy` run by hand)",
     )
     end.add_argument("--profile", help="AWS profile of the experiment account's deployer")
-    end.add_argument("--endpoint-url", help=argparse.SUPPRESS)  # tests: a local moto server
+    end.add_argument(
+        "--wait-delay",
+        type=float,
+        default=30.0,
+        help="seconds between polls while the final snapshot is created (default 30)",
+    )
     return p
 
 

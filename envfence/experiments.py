@@ -294,7 +294,12 @@ class Plan:
 
 def plan_conclusion(project: Project, ident: str) -> Plan:
     """Step 1: refuse unless the stack is a registered experiment that is not a baseline."""
-    stack = stack_of(ident) if not project.stack_file(ident).exists() else ident
+    if project.stack_file(ident).exists():
+        stack = ident  # a stack name: experiment-<id> (or a stack that `_entry` refuses)
+    else:
+        stack = _validate_id(
+            ident[len("experiment-") :] if ident.startswith("experiment-") else ident
+        )
     entry = _entry(project, stack)
     if not project.stack_file(stack).exists():
         raise ExperimentError(
@@ -315,7 +320,7 @@ def plan_conclusion(project: Project, ident: str) -> Plan:
     return Plan(
         stack=stack,
         settings=s,
-        archive_bucket=naming.bucket_name(s.project, baseline, "archive", s.account),
+        archive_bucket=naming.archive_bucket_name(s.project, baseline, s.account),
         archive_key=f"arn:aws:kms:{s.region}:{s.account}:{naming.key_alias(s.project, baseline)}",
     )
 
@@ -409,7 +414,23 @@ def _table(found: Sequence[Row], out: Printer) -> None:
         out("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
 
+def _archive_key(session: Any, alias_arn: str) -> tuple[str | None, str]:
+    """The archive key's ARN from its alias (RDS records the key ARN on the snapshot)."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+    try:
+        meta = session.client("kms").describe_key(KeyId=alias_arn)["KeyMetadata"]
+    except (ClientError, BotoCoreError) as exc:
+        return None, (
+            f"the archive key {alias_arn} cannot be read ({exc}); deploy the account's "
+            "baseline stack first"
+        )
+    return str(meta["Arn"]), ""
+
+
 def conclude(project: Project, args: argparse.Namespace, out: Printer) -> int:
+    import boto3  # type: ignore[import-untyped]
+
     from envfence import lifecycle
 
     plan = plan_conclusion(project, args.id)
@@ -420,46 +441,55 @@ def conclude(project: Project, args: argparse.Namespace, out: Printer) -> int:
         if answer.strip() != plan.stack:
             out("stopped: nothing done")
             return EXIT_FAILED
-    session = lifecycle.session(profile=args.profile, region=s.region, endpoint=args.endpoint_url)
+    session = boto3.Session(profile_name=args.profile, region_name=s.region)
+    account = session.client("sts").get_caller_identity()["Account"]
+    if account != s.account:
+        raise ExperimentError(
+            f"the credentials are of account {account}, not {s.account} (experiment "
+            f"{s.experiment_id}): use the experiment account's deployer (--profile)"
+        )
+    key_arn, problem = _archive_key(session, plan.archive_key)
+    if key_arn is None:
+        out(f"  archive-snapshot: failed: {problem}")
+        out("stopped: archiving failed; nothing was destroyed. Fix the cause and re-run.")
+        return EXIT_FAILED
     target = lifecycle.Target.for_experiment(
-        project=s.project,
-        stack=plan.stack,
-        experiment_id=s.experiment_id or "",
-        account=s.account,
-        region=s.region,
+        s.project,
+        s.experiment_id or "",
+        s.account,
+        s.region,
         archive_bucket=plan.archive_bucket,
-        archive_key_arn=plan.archive_key,
+        archive_key_arn=key_arn,
     )
-    results = [
-        *lifecycle.archive_snapshot(
+    steps = [
+        lifecycle.archive_snapshot(
             session.client("rds"),
             target,
             expire_after_days=s.archive_expire_days,
+            wait_delay=args.wait_delay,
         ),
-        *lifecycle.archive_results(
-            session.client("s3"),
-            target,
-            expire_after_days=s.archive_expire_days,
+        lifecycle.archive_results(
+            session.client("s3"), target, expire_after_days=s.archive_expire_days
         ),
     ]
-    for r in results:
-        out(f"  {r.step}: {r.status}: {r.detail}")
-    if not all(r.ok for r in results):
+    for step in steps:
+        out(f"  {step.step}: {step.status}: {step.detail}")
+    if not all(step.ok for step in steps):
         out("stopped: archiving failed; nothing was destroyed. Fix the cause and re-run.")
         return EXIT_FAILED
     if args.skip_destroy:
         out("  destroy: skipped (--skip-destroy: the stack was destroyed another way)")
     elif not destroy(project, plan.stack, out):
         return EXIT_FAILED
-    residue = lifecycle.residue(session, target, keep_arns=[target.snapshot_arn])
-    if residue:
-        out(f"  residue: {len(residue)} resource(s) of experiment {s.experiment_id} remain:")
-        for item in residue:
-            out(f"    {item}")
+    left = lifecycle.residue(session, target, keep_arns=[target.snapshot_arn])
+    check = lifecycle.residue_result(left, target)
+    out(f"  {check.step}: {check.status}: {check.detail}")
+    if not check.ok:
         out("stopped: the stack file stays until nothing remains; re-run conclude after fixing")
         return EXIT_FAILED
-    out("  residue: none (only the archive remains)")
     step = lifecycle.remove_stack_file(project.stack_file(plan.stack))
     out(f"  {step.step}: {step.status}: {step.detail}")
+    if not step.ok:
+        return EXIT_FAILED
     out(f"concluded {plan.stack}: commit the removal of {project.stack_file(plan.stack).name}")
     return EXIT_OK

@@ -111,6 +111,15 @@ def audit_bucket_name(project: str, stack: str, account: str) -> str:
     return f"{prefix(project, stack)}-audit-{account}"
 
 
+def archive_bucket_name(project: str, stack: str, account: str) -> str:
+    """The archive of concluded experiments, in an experiment account's baseline stack."""
+    return f"{prefix(project, stack)}-archive-{account}"
+
+
+# Bucket words of the stack's own buckets that are not data stores: a store may not take them.
+RESERVED_STORES = ("audit", "archive")
+
+
 def log_group_prefix(project: str, stack: str) -> str:
     """Every log group of an environment lives under this path."""
     return f"/{project}/{stack}"

@@ -594,6 +594,14 @@ def parse_settings(
     )
     if not stores or len(set(stores)) != len(stores):
         raise top.fail("dataStores", list(stores), "a non-empty list of distinct store names")
+    reserved = sorted(set(stores) & set(naming.RESERVED_STORES))
+    if reserved:
+        raise top.fail(
+            "dataStores",
+            list(stores),
+            f"store names other than {', '.join(naming.RESERVED_STORES)} (the audit log's and "
+            "the experiment archive's buckets use them)",
+        )
     retention = _parse_retention(top.obj("retention"), production)
 
     access = top.obj("access")

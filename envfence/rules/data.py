@@ -180,8 +180,9 @@ def bucket_policy_guards(r: Resource, state: StackState, ctx: Context) -> Iterat
             s, "aws:PrincipalArn"
         ).get("ArnNotLike")
         # The guard is the deny on object reads and writes (reads only on the audit bucket,
-        # which CloudTrail writes); a deny on listing alone is not.
-        if not _covers_object_data(s, reads_only=store == "audit"):
+        # which CloudTrail writes, and on the experiment archive, whose writes have their own
+        # deny); a deny on listing alone is not.
+        if not _covers_object_data(s, reads_only=store in naming.RESERVED_STORES):
             continue
         if allowed and all(
             is_own_principal(env, ctx, a) or _declared_flow_principal(env, a, ctx, store)

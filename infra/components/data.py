@@ -61,6 +61,8 @@ class Data(pulumi.ComponentResource):
     buckets: dict[str, aws.s3.Bucket]
     database: aws.rds.Instance
     master_secret_arn: pulumi.Output[str]
+    # The experiment account's archive of concluded experiments (its baseline stack only).
+    archive: aws.s3.Bucket | None
 
     def __init__(self, name: str, args: DataArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Data", name, None, opts)
@@ -71,6 +73,9 @@ class Data(pulumi.ComponentResource):
             parent=self, protect=s.is_production, retain_on_delete=s.is_production
         )
         self.buckets = {store: self._store(s, store, args, child, keep) for store in s.data_stores}
+        self.archive = (
+            self._archive(s, args, child) if s.owns_trail and not s.is_production else None
+        )
         self.database = self._database(s, args, child, keep)
         # The secret RDS keeps the master password in; only the database tasks read it.
         self.master_secret_arn = self.database.master_user_secrets.apply(
@@ -146,6 +151,126 @@ class Data(pulumi.ComponentResource):
             policy=self._bucket_policy(s, store, bucket.arn, args),
             opts=child,
         )
+        return bucket
+
+    def _archive(
+        self, s: Settings, args: DataArgs, child: pulumi.ResourceOptions
+    ) -> aws.s3.Bucket:
+        """The archive `envfence experiment conclude` copies a concluded experiment's results
+        into (under `<experiment-id>/`): it outlives every experiment of the account, and
+        expires what it keeps after `archive.expireAfterDays` (Pulumi.yaml). Nobody of any
+        environment reads or writes it: the deployer writes (conclude runs with its
+        credentials), the deployer and the audit readers read, nobody deletes (the lifecycle
+        rule does). Retained when the baseline stack itself is destroyed."""
+        kept = pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True)
+        name = naming.archive_bucket_name(s.project, s.stack, s.account)
+        bucket = aws.s3.Bucket(
+            "archive",
+            bucket=name,
+            force_destroy=False,
+            tags={naming.TAG_DATA_STORE: "archive"},
+            opts=kept,
+        )
+        aws.s3.BucketPublicAccessBlock(
+            "archive-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            "archive-ownership",
+            bucket=bucket.id,
+            rule={"object_ownership": "BucketOwnerEnforced"},
+            opts=child,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            "archive-encryption",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "apply_server_side_encryption_by_default": {
+                        "sse_algorithm": "aws:kms",
+                        "kms_master_key_id": args.key_arn,
+                    },
+                    "bucket_key_enabled": True,
+                }
+            ],
+            opts=child,
+        )
+        aws.s3.BucketVersioning(
+            "archive-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=kept,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            "archive-lifecycle",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "id": "envfence-archive-expiry",
+                    "status": "Enabled",
+                    "filter": {},
+                    "expiration": {"days": s.archive_expire_days},
+                    "noncurrent_version_expiration": {"noncurrent_days": 1},
+                    "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+                }
+            ],
+            opts=child,
+        )
+        objects = pulumi.Output.concat(bucket.arn, "/*")
+        writers = [s.deployer] if s.deployer else []
+        readers = writers + list(s.audit_readers)
+        policy = document(
+            statement(
+                "DenyInsecureTransport",
+                "Deny",
+                ["s3:*"],
+                [bucket.arn, objects],
+                principal="*",
+                condition={"Bool": {"aws:SecureTransport": "false"}},
+            ),
+            # CopyObject into the archive is authorized as s3:PutObject on the destination,
+            # plus s3:PutObjectTagging with a new tag set (TaggingDirective REPLACE), and
+            # s3:GetObject on the source.
+            # https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html
+            statement(
+                "DenyWritingTheArchiveButTheDeployer",
+                "Deny",
+                ["s3:PutObject*", "s3:RestoreObject", "s3:ReplicateObject"],
+                [objects],
+                principal="*",
+                condition={"ArnNotEquals": {"aws:PrincipalArn": writers}},
+            ),
+            statement(
+                "DenyReadingTheArchiveButItsReaders",
+                "Deny",
+                ["s3:GetObject*", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                [objects],
+                principal="*",
+                condition={"ArnNotEquals": {"aws:PrincipalArn": readers}},
+            ),
+            statement(
+                "DenyListingTheArchiveButItsReaders",
+                "Deny",
+                LIST_ACTIONS,
+                [bucket.arn],
+                principal="*",
+                condition={"ArnNotEquals": {"aws:PrincipalArn": readers}},
+            ),
+            # What is archived stays until the lifecycle rule expires it.
+            statement(
+                "DenyDeletingArchives",
+                "Deny",
+                ["s3:DeleteObject*", "s3:ReplicateDelete"],
+                [objects],
+                principal="*",
+            ),
+        )
+        aws.s3.BucketPolicy("archive-policy", bucket=bucket.id, policy=policy, opts=child)
         return bucket
 
     @staticmethod
