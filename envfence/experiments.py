@@ -48,7 +48,14 @@ from typing import Any
 from infra import naming
 from infra.project import Project, ProjectFileError
 from infra.registry import Entry, RegistryError
-from infra.settings import EXPERIMENT_ID_RE, ConfigError, Settings, settings_for
+from infra.settings import (
+    EXPERIMENT_ID_RE,
+    ConfigError,
+    Settings,
+    id_clash,
+    read_peers,
+    settings_for,
+)
 
 TEMPLATE = "infra/experiment-template.yaml"
 EXPIRING_DAYS = 7
@@ -145,6 +152,12 @@ def new(
             f"stack '{stack}' is a named entry of the registry; `experiment new` creates "
             "short-lived stacks of a pattern entry such as 'experiment-*'"
         )
+    head = entry.name[:-2]
+    if project.stack_file(head).exists():
+        peer = read_peers(project, stack).get(head)
+        clash = id_clash(head, ident, {head: peer} if peer else {})
+        if clash:
+            raise ExperimentError(f"experiment id {ident!r} is not allowed: use {clash}")
     taken = _taken(project, ident, stack)
     if taken:
         raise ExperimentError(f"experiment id {ident!r} is taken: {taken}")
@@ -335,16 +348,22 @@ def destroy(project: Project, stack: str, say: Printer) -> bool:
             f"    {command}"
         )
         return False
+    # The Automation API drives the installed CLI on this project directory: the same program,
+    # backend (PULUMI_BACKEND_URL / `pulumi login`) and stack file as `pulumi destroy`.
+    # https://www.pulumi.com/docs/iac/using-pulumi/automation-api/
     from pulumi import automation as auto
 
-    workspace = auto.LocalWorkspace(work_dir=str(project.root))
     try:
         target = auto.select_stack(stack_name=stack, work_dir=str(project.root))
     except auto.StackNotFoundError:
         say(f"  destroy: already done (no stack {stack} in the backend)")
         return True
-    del workspace
-    result = target.destroy(on_output=lambda line: say(f"    {line}"))
+    try:
+        result = target.destroy(on_output=lambda line: say(f"    {line}"))
+    except auto.CommandError as exc:
+        say(f"  destroy: failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+        say(f"stopped: fix the cause and re-run conclude (or run: {command})")
+        return False
     say(f"  destroy: done ({result.summary.result})")
     return True
 

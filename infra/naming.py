@@ -119,6 +119,39 @@ def archive_bucket_name(project: str, stack: str, account: str) -> str:
 # Bucket words of the stack's own buckets that are not data stores: a store may not take them.
 RESERVED_STORES = ("audit", "archive")
 
+# The first word after `<project>-<stack>-` in every physical name a stack gives its resources
+# (tests/test_experiment_cli.py checks the list against an evaluated stack). A short-lived
+# `experiment-<id>` stack next to the shared `experiment` stack has the prefix
+# `envfence-experiment-<id>`: an id starting with one of these words (`ingest`, `raw-x`) would
+# make its names read as the shared stack's (`envfence-experiment-ingest` is its queue), so
+# such ids are refused.
+NAME_WORDS = frozenset(
+    {
+        "alerts",
+        "analyst",
+        "app",
+        "archive",
+        "audit",
+        "boundary",
+        "data",
+        "db",
+        "denied",
+        "execution",
+        "final",
+        "flags",
+        "flowlogs",
+        "ingest",
+        "migrator",
+        "pipeline",
+        "public",
+        "retention",
+        "scheduler",
+        "service",
+        "trail",
+        "worker",
+    }
+)
+
 
 def log_group_prefix(project: str, stack: str) -> str:
     """Every log group of an environment lives under this path."""

@@ -543,6 +543,10 @@ def parse_settings(
             experiment_id,
             f"'{stack[len(id_prefix) :]}', the id in the stack name",
         )
+    if entry is not None and entry.is_pattern and experiment_id is not None:
+        clash = id_clash(id_prefix[:-1], experiment_id, peers)
+        if clash:
+            raise top.fail("experimentId", experiment_id, clash)
 
     expires_on = top.get("expiresOn", _date, "a date YYYY-MM-DD (experiment tier only)")
     if production and expires_on is not None:
@@ -694,6 +698,20 @@ def parse_settings(
         trail_prefixes=trail_prefixes,
         archive_expire_days=archive_days,
     )
+
+
+def id_clash(head: str, experiment_id: str, peers: Mapping[str, PeerStack]) -> str | None:
+    """Why `experiment_id` cannot follow `<head>-` when a stack named `head` exists (its names
+    begin `<project>-<head>-<word>`), or None."""
+    word = experiment_id.split("-", 1)[0]
+    peer = peers.get(head)
+    reserved = set(naming.NAME_WORDS) | set(peer.data_stores if peer else ())
+    if peer is not None and word in reserved:
+        return (
+            f"an id that does not start with {word!r}: stack '{head}' names its resources "
+            f"<project>-{head}-{word}..., and stack '{head}-{experiment_id}' would read as its"
+        )
+    return None
 
 
 def _parse_container(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import yaml
 import envfence.cli as cli_module
 from envfence import experiments
 from envfence.cli import main as cli_main
+from envfence.model import StackState
+from infra import naming
 from infra.project import ROOT, Project, load_project
 
 TODAY = dt.date(2026, 12, 2)
@@ -165,3 +168,30 @@ def test_list_reports_an_invalid_stack_file_instead_of_failing(repo: Project) ->
     [row] = [r for r in experiments.rows(repo, today=TODAY) if r.stack == "experiment-broken"]
     assert row.state == "invalid"
     assert "does not overlap stack 'prod'" in (row.problem or "")
+
+
+# -- ids that would read as the shared stack's names ------------------------------------------
+
+
+def test_the_reserved_words_are_every_first_word_of_the_shared_stacks_names(
+    stacks: dict[str, StackState],
+) -> None:
+    """Every physical name of the shared `experiment` stack, `envfence-experiment-<word>...`:
+    each <word> is a reserved word or one of its data stores (so the list cannot drift)."""
+    text = json.dumps([(r.inputs, r.outputs) for r in stacks["experiment"].resources])
+    words = set(re.findall(r"envfence-experiment-([a-z0-9]+)", text))
+    stores = {"raw", "curated", "results"}
+    assert words - stores == set(naming.NAME_WORDS) - {"final"}  # `-final`: the snapshot name
+
+
+@pytest.mark.parametrize("ident", ["ingest", "ingest-dlq", "raw", "service-x", "audit"])
+def test_an_id_that_reads_as_a_shared_stack_name_is_refused(repo: Project, ident: str) -> None:
+    with pytest.raises(experiments.ExperimentError) as info:
+        _new(repo, ident)
+    assert f"stack 'experiment' names its resources <project>-experiment-{ident.split('-')[0]}" in (
+        str(info.value)
+    )
+
+
+def test_an_id_that_only_starts_like_a_word_is_accepted(repo: Project) -> None:
+    assert _new(repo, "ingestion").name == "Pulumi.experiment-ingestion.yaml"
