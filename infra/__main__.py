@@ -47,6 +47,9 @@ pulumi.export("dbEndpoint", env.data.database.endpoint)
 pulumi.export("declaredFlows", [f.describe() for f in settings.flows])
 pulumi.export("queueUrl", env.pipeline.queue.url)
 pulumi.export("image", env.compute.image_ref)
-pulumi.export("auditBucket", env.audit.bucket.bucket)
+# The account's audit bucket and trail are the baseline stack's (`trailOwner`); another stack of
+# the account exports None for its bucket.
+pulumi.export("auditBucket", env.audit.bucket.bucket if env.audit else None)
+pulumi.export("trailOwner", settings.trail_owner or settings.stack)
 pulumi.export("migrateCommand", env.compute.db_tasks.command)
 pulumi.export("expiresOn", settings.expires_on.isoformat() if settings.expires_on else None)

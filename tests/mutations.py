@@ -82,6 +82,7 @@ TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
 ECS_SERVICE = "aws:ecs/service:Service"
 IMAGE = "docker:index/image:Image"
 TRAIL = "aws:cloudtrail/trail:Trail"
+EIP = "aws:ec2/eip:Eip"
 AWS_PROVIDER = "pulumi:providers:aws"
 
 S3_FULL_ACCESS = "arn:aws:iam::aws:policy/AmazonS3FullAccess"
@@ -1390,6 +1391,46 @@ def audit_policy_allows_role_delete(
     return r
 
 
+def _data_event_arns(r: Resource) -> dict[str, Any]:
+    """The resources.ARN field selector of the trail's data-event selector (edited in place)."""
+    for sel in r.get("advancedEventSelectors"):
+        for f in sel["fieldSelectors"]:
+            if f.get("field") == "resources.ARN":
+                return dict(f)
+    raise AssertionError(f"{r.name} selects no resources.ARN")
+
+
+def _set_data_event_arns(r: Resource, arns: dict[str, Any]) -> None:
+    selectors = copy.deepcopy(r.get("advancedEventSelectors"))
+    for sel in selectors:
+        sel["fieldSelectors"] = [
+            arns if f.get("field") == "resources.ARN" else f for f in sel["fieldSelectors"]
+        ]
+    r.set("advancedEventSelectors", selectors)
+
+
+@leak
+def trail_drops_other_stacks(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
+    """The account's trail selects its owner's buckets only: the prefix that covers the
+    account's experiment-<id> stacks is gone, so their data events go unrecorded (EF701)."""
+    r = stacks[at].named("trail", TRAIL)
+    arns = _data_event_arns(r)
+    arns["startsWiths"] = [a for a in arns["startsWiths"] if a.endswith("/")]
+    _set_data_event_arns(r, arns)
+    return r
+
+
+@leak
+def trail_logs_its_own_bucket(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
+    """The prefix selector no longer excludes the trail's own audit bucket (which the prefix
+    matches): every log delivery is a data event to deliver (EF701)."""
+    r = stacks[at].named("trail", TRAIL)
+    arns = _data_event_arns(r)
+    del arns["notStartsWiths"]
+    _set_data_event_arns(r, arns)
+    return r
+
+
 @leak
 def audit_without_object_lock(stacks: Stacks, at: str = PROD) -> Resource:
     """The production audit bucket is created without object lock (EF702)."""
@@ -1496,3 +1537,32 @@ def default_provider(stacks: Stacks, at: str = PROD) -> Resource:
     r = s.named("key-alias")
     r.provider = f"{default.urn}::{default.id}"
     return r
+
+
+# --------------------------------------------------------------------------------------------
+# EF8xx account quotas
+
+
+@leak
+def elastic_ips_over_quota(stacks: Stacks, at: str = EXPERIMENT, extra: int = 5) -> Resource:
+    """`extra` more Elastic IPs (as `extra` more NAT gateways would allocate) next to the NAT
+    gateway's: with AWS's default of 5 per region, the account is over its quota (EF801)."""
+    s = stacks[at]
+    source = s.of_type(EIP)[0]
+    added = source
+    for i in range(extra):
+        eid = fake_id("eipalloc", at, str(i))
+        added = clone(
+            s,
+            source,
+            type_=EIP,
+            name=f"nat-eip-extra-{i}",
+            id_=eid,
+            inputs={"domain": "vpc"},
+            computed={
+                "arn": f"arn:aws:ec2:{region(s)}:{account(s)}:elastic-ip/{eid}",
+                "publicIp": f"198.51.100.{10 + i}",
+                "tagsAll": {},
+            },
+        )
+    return added

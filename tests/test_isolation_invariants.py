@@ -220,13 +220,29 @@ def _ecr_layers(arn: str, st: dict[str, Any], where: Where, me: Owned) -> bool:
     )
 
 
+def _account_deny(arn: str, st: dict[str, Any], where: Where, me: Owned) -> bool:
+    """The account's audit bucket (its trail owner's) denies tampering to every role of the
+    account's other environments by role-name pattern: a Deny, so it can only take access
+    away, and only in this account."""
+    return (
+        where == ("bucket-policy", f"{me.project}-{me.stack}-audit-{me.account}")
+        and st.get("Effect") == "Deny"
+        and arn.startswith(f"arn:aws:iam::{me.account}:role/{me.project}-")
+        and arn.endswith("*")
+    )
+
+
 def isolation_violations(state: StackState) -> list[str]:
     me = owned(state)
     found: list[str] = []
     for where, r, doc in documents(state):
         for st, arn in statement_arns(doc):
             problem = arn_problem(arn, me)
-            if problem is None or _ecr_layers(arn, st, where, me):
+            if (
+                problem is None
+                or _ecr_layers(arn, st, where, me)
+                or _account_deny(arn, st, where, me)
+            ):
                 continue
             allowed = me.allowances.get(arn)
             if allowed and (where in allowed or (where[0], None) in allowed):

@@ -137,6 +137,7 @@ BATCHES: dict[str, tuple[str, ...]] = {
         "trail_without_data_events",
         "audit_policy_allows_role_delete",
         "unclassified_type",
+        "elastic_ips_over_quota",
     ),
     # The deployer locked out of prod's key (the same key as key_rotation_off, so apart).
     "prod-key-deployer": ("key_locks_out_deployer",),
@@ -157,6 +158,7 @@ BATCHES: dict[str, tuple[str, ...]] = {
         "service_exec",
         "task_image_public",
         "repository_without_scan",
+        "trail_drops_other_stacks",
     ),
 }
 

@@ -445,6 +445,26 @@ CASES = [
         P,
         "production audit bucket audit-bucket has no object lock",
     ),
+    Case(
+        "trail_drops_other_stacks",
+        "EF701",
+        E,
+        "does not record the data events of the account's other stacks' buckets "
+        "(envfence-experiment-*)",
+    ),
+    Case(
+        "trail_logs_its_own_bucket",
+        "EF701",
+        E,
+        "records data events of its own log bucket envfence-experiment-audit-210987654321",
+    ),
+    # EF801 account quotas
+    Case(
+        "elastic_ips_over_quota",
+        "EF801",
+        E,
+        "account 210987654321, region eu-west-1: 6 Elastic IPs declared, quota 5",
+    ),
     # EF901-EF903 coverage
     Case(
         "unclassified_type",

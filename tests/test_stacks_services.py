@@ -1013,6 +1013,11 @@ def test_only_the_service_role_reads_flags_and_only_its_own(
 # -- audit -------------------------------------------------------------------------------------
 
 
+# The registry (Pulumi.yaml): `experiment-*` stacks share the experiment account, whose trail
+# is the experiment stack's; prod is alone in its account.
+OTHER_STACK_PREFIXES = {"prod": (), "experiment": ("envfence-experiment-",)}
+
+
 def test_trail_records_every_data_store_into_the_audit_bucket(
     state: StackState, expect: Expect
 ) -> None:
@@ -1039,9 +1044,12 @@ def test_trail_records_every_data_store_into_the_audit_bucket(
     data = [s for s in selectors.values() if s["eventCategory"]["equals"] == ["Data"]]
     assert len(data) == 1
     assert data[0]["resources.type"]["equals"] == ["AWS::S3::Object"]
+    # Its own stores by name; the account's other stacks by prefix (so a new experiment-<id> is
+    # recorded without a change here); never its own audit bucket, which the prefix matches.
     assert set(data[0]["resources.ARN"]["startsWiths"]) == {
         f"arn:aws:s3:::{f.bucket(store)}/" for store in f.stores
-    }
+    } | {f"arn:aws:s3:::{p}" for p in OTHER_STACK_PREFIXES[state.stack]}
+    assert data[0]["resources.ARN"]["notStartsWiths"] == [f"{arn(bucket)}/"]
 
 
 def test_trail_delivers_to_its_own_encrypted_log_group(state: StackState, expect: Expect) -> None:
@@ -1110,14 +1118,29 @@ def test_audit_bucket_takes_cloudtrail_writes_and_no_role_tampers(
     ]
     assert [st.get("Sid") for st in blocking if _may_deny_cloudtrail(st)] == []
 
-    assert sorted(st.get("Sid") for st in denies) == [
-        "DenyDeletingTheLog",
-        "DenyInsecureTransport",
-        "DenyListingOutsideTheAuditors",
-        "DenyReadingOutsideTheAuditors",
-        "DenyTamperingByEnvironmentRoles",
-        "DenyWritingTheLogOutsideCloudTrail",
-    ]
+    others = OTHER_STACK_PREFIXES[state.stack]
+    assert sorted(st.get("Sid") for st in denies) == sorted(
+        [
+            "DenyDeletingTheLog",
+            "DenyInsecureTransport",
+            "DenyListingOutsideTheAuditors",
+            "DenyReadingOutsideTheAuditors",
+            "DenyTamperingByEnvironmentRoles",
+            "DenyWritingTheLogOutsideCloudTrail",
+        ]
+        + (["DenyTamperingByTheAccountsOtherEnvironments"] if others else [])
+    )
+    # The account's trail keeps the other stacks' history too: none of their roles, present
+    # or future, may tamper with it either.
+    for st in denies:
+        if st["Sid"] == "DenyTamperingByTheAccountsOtherEnvironments":
+            assert st["Condition"] == {
+                "ArnLike": {
+                    "aws:PrincipalArn": [f"arn:aws:iam::{f.account}:role/{p}*" for p in others]
+                }
+            }
+            assert set(as_list(st["Resource"])) == {bucket_arn, f"{bucket_arn}/*"}
+            assert [a for a in AUDIT_TAMPERING if not grants(st, a)] == []
     # No IAM principal writes the log (CloudTrail's requests carry no aws:PrincipalArn), and
     # in production none deletes from it; an experiment's deployer empties it on destroy.
     forge = next(st for st in denies if st["Sid"] == "DenyWritingTheLogOutsideCloudTrail")

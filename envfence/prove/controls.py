@@ -15,7 +15,10 @@ Four groups, per environment:
   concrete call through the same translation.
 - **service**: what AWS services must be allowed to do on the environment's key, buckets and
   roles, with the request context each service documents (CloudTrail, CloudWatch Logs, VPC flow
-  logs, CloudWatch alarms, ECS task execution).
+  logs, CloudWatch alarms, ECS task execution). CloudTrail's are expected of the stack that owns
+  its account's trail (the registry's `accountBaseline`) only: another stack of the account has
+  no trail, audit bucket, trail role or trail log group, and its data events reach the owner's
+  trail (rule EF701 checks that they do).
 - **deployer**: what the provider calls as the deployer on every resource whose own policy can
   lock it out (key, buckets, queues, repository), the key uses AWS services make on its behalf;
   and, in production, what the deployer must *not* be able to do (read or write data, decrypt
@@ -47,6 +50,8 @@ from envfence.prove.world import ANY, Target, World
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
 from infra import naming
+from infra.project import ProjectFileError, load_project
+from infra.registry import RegistryError
 
 _T = classify.token
 WORKER, JOB, SERVICE, DEPLOYER = "worker", "job", "service", "deployer"
@@ -438,7 +443,9 @@ def _assume(
     ), target
 
 
-def service_checks(view: StackView) -> list[Check | Result]:
+def service_checks(view: StackView, owns_trail: bool | None = None) -> list[Check | Result]:
+    """`owns_trail`: whether the stack owns its account's trail (the registry's baseline); None
+    when no registry says (every stack is then held to the trails it declares)."""
     out: list[Check | Result] = []
     acct, region = view.account, view.region
     key = view.one(_T(aws.kms.Key))
@@ -450,8 +457,20 @@ def service_checks(view: StackView) -> list[Check | Result]:
         except (Unreadable, Unresolved) as exc:
             out.append(failed(Check(view.stack, SERVICE, f"{view.stack}: {what}", ()), str(exc)))
 
-    # CloudTrail: the bucket and the key, with the trail's source ARN.
-    for trail in view.all(_T(aws.cloudtrail.Trail)):
+    # CloudTrail: the bucket and the key, with the trail's source ARN. The account's trail is
+    # its owner's: the owner must declare it (else nothing of the account is recorded), and a
+    # stack that does not own it expects none. A trail a stack declares anyway is still held
+    # to what CloudTrail needs (EF701 reports that it should not be there).
+    trails = view.all(_T(aws.cloudtrail.Trail))
+    if owns_trail and not trails:
+        out.append(
+            failed(
+                _service(view, "CloudTrail writes the trail to its bucket with the key", []),
+                f"stack {view.stack} owns account {acct}'s trail (registry accountBaseline) "
+                "but declares none",
+            )
+        )
+    for trail in trails:
 
         def trail_checks(trail: Resource = trail) -> Check:
             arn = _text(trail, "arn")
@@ -929,7 +948,10 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
         if name in locked:
             calls.append(req("s3:PutBucketObjectLockConfiguration", arn, base))
         out.append(must(f"manages bucket {name}", calls))
-        if not production:
+        # `pulumi destroy` empties (forceDestroy) and deletes an experiment's buckets; a bucket
+        # the stack keeps (retainOnDelete, not forceDestroy: the account's archive of concluded
+        # experiments, which nobody may delete from) is neither emptied nor deleted.
+        if not production and b.get("forceDestroy") in (True, "true") and not b.retain_on_delete:
             out.append(
                 must(
                     f"empties and deletes bucket {name} on destroy",
@@ -1013,7 +1035,11 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
 
 
 def _stack_checks(
-    view: StackView, found: contract.Contract | None, problem: str, production: bool
+    view: StackView,
+    found: contract.Contract | None,
+    problem: str,
+    production: bool,
+    owns_trail: bool | None = None,
 ) -> list[Check | Result]:
     name = view.stack
     items: list[Check | Result] = []
@@ -1030,12 +1056,35 @@ def _stack_checks(
             elif group == JOB:
                 items += job_checks(view)
             elif group == SERVICE:
-                items += service_checks(view)
+                items += service_checks(view, owns_trail)
             else:
                 items += deployer_checks(view, production)
         except (Unreadable, Unresolved) as exc:
             items.append(failed(Check(name, group, f"{name}: {group} controls", ()), str(exc)))
     return items
+
+
+def trail_owners(states: Mapping[str, StackState], project_root: Path) -> dict[str, bool]:
+    """Whether each stack of the repository's project owns its account's trail, as the
+    environment registry says (`Registry.baseline`). Stacks of another project, of an account
+    the registry does not name, or without a repository are left out (None: no expectation)."""
+    try:
+        project = load_project(project_root)
+        registry = project.registry
+    except ProjectFileError:
+        return {}
+    owners: dict[str, bool] = {}
+    for name, state in states.items():
+        if state.project != project.name or not registry.knows(name):
+            continue
+        account, _ = provider_account(state)
+        if account is None:
+            continue
+        try:
+            owners[name] = registry.baseline(account) == name
+        except RegistryError:
+            continue
+    return owners
 
 
 def checks(
@@ -1044,9 +1093,12 @@ def checks(
     project_root: Path,
     production: Mapping[str, bool],
     deployers: Mapping[str, str | None] | None = None,
+    owns_trail: Mapping[str, bool] | None = None,
 ) -> list[Result]:
     """Every real-request control of every stack, decided. `production` and `deployers` come
-    from the rules' reading of each environment (`envfence.rules.context`)."""
+    from the rules' reading of each environment (`envfence.rules.context`); `owns_trail` from
+    the environment registry (`trail_owners`, read from `project_root` when not given)."""
+    owners = trail_owners(states, project_root) if owns_trail is None else owns_trail
     results: list[Result] = []
     found: contract.Contract | None = None
     problem = ""
@@ -1060,10 +1112,10 @@ def checks(
         except Unreadable as exc:
             results.append(failed(Check(name, WORKER, f"{name}: the stack", ()), str(exc)))
             continue
-        items = _stack_checks(view, found, problem, production.get(name, False))
+        items = _stack_checks(view, found, problem, production.get(name, False), owners.get(name))
         for item in items:
             results.append(item if isinstance(item, Result) else _run_one(item, world))
     return results
 
 
-__all__ = ["GROUPS", "Check", "Result", "checks", "run"]
+__all__ = ["GROUPS", "Check", "Result", "checks", "run", "trail_owners"]

@@ -143,6 +143,7 @@ def all_rules() -> list[Rule]:
         identity,
         keys,
         network,
+        quotas,
         tagging,
     )
 

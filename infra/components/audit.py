@@ -1,12 +1,29 @@
-"""The environment's audit trail: who touched which data, kept where no environment role can
-alter it, and an alarm on access attempts that were denied (a cross-environment probe shows up
-here first).
+"""The account's audit trail: who touched which data, kept where no environment role can alter
+it, and an alarm on access attempts that were denied (a cross-environment probe shows up here
+first).
 
-CloudTrail records management events and S3 data events for every data store of this
-environment into an audit bucket that is encrypted with the environment key, versioned, object-
-locked in production, and whose policy denies every role of the environment any write, delete or
-re-configuration. Events also go to a log group, where a metric filter counts AccessDenied errors
-against this environment's data services and an alarm notifies an SNS topic.
+CloudTrail allows five trails per Region per account, not adjustable, and a multi-Region trail
+counts in every Region (https://docs.aws.amazon.com/awscloudtrail/latest/userguide/
+WhatIsCloudTrail-Limits.html). So an account has exactly one envfence trail, declared by its
+baseline stack (`accountBaseline` in the registry, `Settings.owns_trail`): the stack that owns the
+account. Only that stack builds this component. Its trail records management events and S3 data
+events for its own data stores *and* for every other stack of the account, by bucket-name prefix
+(`Settings.trail_prefixes`, e.g. `envfence-experiment-`), so a new `experiment-<id>` stack is
+covered the moment it exists, without a change to the baseline.
+
+The logs go to an audit bucket encrypted with the baseline's key, versioned, object-locked in
+production, whose policy denies every role of every environment of the account any write,
+delete or re-configuration. Events also go to a log group, where a metric filter counts
+AccessDenied errors against the data services and an alarm notifies an SNS topic.
+
+What a non-baseline stack has of its own: nothing of this. No trail (it would spend one of the
+five), no audit bucket, no trail log group and no `trail` role or CloudTrail key statements
+(`identity.support_roles`, `keys.py`). Nor an alarm or topic: the denied-access signal exists only
+in the owner's trail log group, and the owner's metric filter already counts every denied call
+in the account, the experiment's included. A per-stack alarm would need a metric filter of the
+experiment's inside the baseline's log group: a resource of one environment attached to
+another's, which `pulumi destroy` of the experiment would then change. The baseline's alarm is
+the account's; its topic reaches the account's owners.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.components.identity import environment_roles
 from infra.components.policies import document, statement
 from infra.settings import Settings
 
@@ -53,8 +71,21 @@ def denied_access_pattern() -> str:
     )
 
 
+def other_stacks_roles(s: Settings) -> list[str]:
+    """ARN patterns of every role of the account's other stacks (the baseline's prefixes:
+    role names are `<project>-<stack>-<role>`, like bucket names)."""
+    return [f"arn:aws:iam::{s.account}:role/{prefix}*" for prefix in s.trail_prefixes]
+
+
+def other_stacks_objects(s: Settings) -> list[str]:
+    """`resources.ARN` prefixes of the objects of the account's other stacks' buckets."""
+    return [f"arn:aws:s3:::{prefix}" for prefix in s.trail_prefixes]
+
+
 @dataclass
 class AuditArgs:
+    """Only for the stack that owns the account's trail (`settings.owns_trail`)."""
+
     settings: Settings
     key_arn: pulumi.Input[str]
     trail_role_arn: pulumi.Input[str]
@@ -70,6 +101,10 @@ class Audit(pulumi.ComponentResource):
     def __init__(self, name: str, args: AuditArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Audit", name, None, opts)
         s = args.settings
+        if not s.owns_trail:
+            raise ValueError(
+                f"stack {s.stack} does not own account {s.account}'s trail ({s.trail_owner} does)"
+            )
         child = pulumi.ResourceOptions(parent=self)
         keep = pulumi.ResourceOptions(
             parent=self, protect=s.is_production, retain_on_delete=s.is_production
@@ -148,8 +183,7 @@ class Audit(pulumi.ComponentResource):
             "audit-lifecycle", bucket=self.bucket.id, rules=[lifecycle], opts=child
         )
         every_role = [
-            naming.role_arn(s.project, s.stack, r, s.account)
-            for r in (*naming.ROLES, *naming.SUPPORT_ROLES)
+            naming.role_arn(s.project, s.stack, r, s.account) for r in environment_roles(s)
         ]
         objects = pulumi.Output.concat(self.bucket.arn, "/*")
         deployer = [s.deployer] if s.deployer else []
@@ -174,6 +208,23 @@ class Audit(pulumi.ComponentResource):
                     condition={
                         "ArnEquals": {"aws:PrincipalArn": every_role + list(s.audit_readers)}
                     },
+                ),
+                # The account's other environments (experiment-<id> stacks, now and later) write
+                # their history here too: none of their roles may touch it either. A pattern per
+                # prefix, so a new stack is covered without changing this policy.
+                *(
+                    [
+                        statement(
+                            "DenyTamperingByTheAccountsOtherEnvironments",
+                            "Deny",
+                            TAMPERING,
+                            [self.bucket.arn, objects],
+                            principal="*",
+                            condition={"ArnLike": {"aws:PrincipalArn": other_stacks_roles(s)}},
+                        )
+                    ]
+                    if s.trail_prefixes
+                    else []
                 ),
                 # Requests from AWS services carry no aws:PrincipalArn; the Null test keeps
                 # CloudTrail's own writes out of these Denies. The audit readers (the security
@@ -262,7 +313,32 @@ class Audit(pulumi.ComponentResource):
             retention_in_days=s.log_retention_days,
             opts=child,
         )
-        object_selectors = [pulumi.Output.concat(arn, "/") for arn in args.data_bucket_arns]
+        # Data events of the account's data stores. `resources.ARN` of an S3 object is
+        # `arn:aws:s3:::<bucket>/<key>`; a bucket's ARN followed by "/" selects every object in
+        # it ("Logging data events": "use the StartsWith operator, and include only the bucket
+        # ARN as the matching value. The trailing slash is intentional").
+        #   https://docs.aws.amazon.com/awscloudtrail/latest/userguide/logging-data-events-with-cloudtrail.html
+        # The other stacks are selected by prefix. That prefix (`envfence-experiment-`) also
+        # matches this stack's own audit bucket (`envfence-experiment-audit-<account>`), and
+        # logging the data events of the bucket a trail writes to makes every delivery a new
+        # event to deliver: AWS says not to ("Filtering data events by using advanced event
+        # selectors": you can exclude the S3 bucket for your trail; "Logging data events",
+        # note on the bucket that receives the log files). So the same field selector excludes
+        # it with NotStartsWith. How operators combine within one field selector ("How
+        # CloudTrail evaluates multiple conditions for a field"): StartsWith/Equals/EndsWith
+        # values are ORed, NotStartsWith/NotEquals/NotEndsWith are ANDed (any match excludes
+        # the event), and the two groups are ANDed. Across the field selectors of one advanced
+        # event selector every field selector must match; across advanced event selectors an
+        # event is logged when it matches any of them (PutEventSelectors API reference). So
+        # the exclusion must sit in this field selector: a separate advanced event selector
+        # could only add events, never remove them.
+        #   https://docs.aws.amazon.com/awscloudtrail/latest/userguide/filtering-data-events.html
+        #   https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_AdvancedFieldSelector.html
+        #   https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_PutEventSelectors.html
+        object_selectors: list[pulumi.Input[str]] = [
+            pulumi.Output.concat(arn, "/") for arn in args.data_bucket_arns
+        ]
+        object_selectors += other_stacks_objects(s)
         self.trail = aws.cloudtrail.Trail(
             "trail",
             name=trail_name,
@@ -279,11 +355,19 @@ class Audit(pulumi.ComponentResource):
                     "field_selectors": [{"field": "eventCategory", "equals": ["Management"]}],
                 },
                 {
-                    "name": "Data events on this environment's data stores",
+                    "name": (
+                        "Data events on the data stores of this account's environments"
+                        if s.trail_prefixes
+                        else "Data events on this environment's data stores"
+                    ),
                     "field_selectors": [
                         {"field": "eventCategory", "equals": ["Data"]},
                         {"field": "resources.type", "equals": ["AWS::S3::Object"]},
-                        {"field": "resources.ARN", "starts_withs": object_selectors},
+                        {
+                            "field": "resources.ARN",
+                            "starts_withs": object_selectors,
+                            "not_starts_withs": [pulumi.Output.concat(self.bucket.arn, "/")],
+                        },
                     ],
                 },
             ],
@@ -320,9 +404,13 @@ class Audit(pulumi.ComponentResource):
         aws.cloudwatch.MetricAlarm(
             "denied-access-alarm",
             name=f"{naming.prefix(s.project, s.stack)}-denied-data-access",
+            # The filter reads the account's trail: it counts denied calls of every environment
+            # of the account (the experiment-<id> stacks have no alarm of their own).
             alarm_description=(
-                f"Access to {s.stack}'s data was denied: a principal of another "
-                "environment (or a broken job) tried to reach it"
+                f"Access to data in account {s.account} ({s.stack}"
+                + "".join(f", {p}*" for p in s.trail_prefixes)
+                + ") was denied: a principal of another environment (or a broken job) tried "
+                "to reach it"
             ),
             namespace=namespace,
             metric_name="DeniedDataAccess",

@@ -2,8 +2,9 @@
 
 Children are created in dependency order: the key (everything is encrypted with it), the
 identity (boundary and roles, which everything else names), the network, the data, the
-ingestion pipeline, the feature flags, the audit trail, the containers, and last the
-permissions that name all of those resources.
+ingestion pipeline, the feature flags, the audit trail (only in the stack that owns the
+account's trail: see `infra/components/audit.py`), the containers, and last the permissions that
+name all of those resources.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from infra.components.compute import Compute, ComputeArgs
 from infra.components.data import Data, DataArgs
 from infra.components.flags import Flags, FlagsArgs
 from infra.components.identity import (
+    TRAIL_ROLE,
     EnvironmentResources,
     Identity,
     IdentityArgs,
@@ -42,7 +44,7 @@ class Environment(pulumi.ComponentResource):
     data: Data
     pipeline: Pipeline
     flags: Flags
-    audit: Audit
+    audit: Audit | None  # None: the account's trail is another stack's (settings.trail_owner)
     compute: Compute
 
     def __init__(
@@ -73,16 +75,18 @@ class Environment(pulumi.ComponentResource):
         )
         self.pipeline = Pipeline("pipeline", PipelineArgs(settings=s, key_arn=key_arn), child)
         self.flags = Flags("flags", FlagsArgs(settings=s), child)
-        self.audit = Audit(
-            "audit",
-            AuditArgs(
-                settings=s,
-                key_arn=key_arn,
-                trail_role_arn=roles["trail"].arn,
-                data_bucket_arns=[b.arn for b in self.data.buckets.values()],
-            ),
-            child,
-        )
+        self.audit = None
+        if s.owns_trail:
+            self.audit = Audit(
+                "audit",
+                AuditArgs(
+                    settings=s,
+                    key_arn=key_arn,
+                    trail_role_arn=roles[TRAIL_ROLE].arn,
+                    data_bucket_arns=[b.arn for b in self.data.buckets.values()],
+                ),
+                child,
+            )
         worker_env: dict[str, pulumi.Input[str]] = {
             "ENVFENCE_ENVIRONMENT": s.stack,
             "ENVFENCE_TIER": s.tier,
@@ -130,7 +134,7 @@ class Environment(pulumi.ComponentResource):
                     dead_letter_queue_arn=self.pipeline.dead_letter_queue.arn,
                     repository_arn=self.compute.repository.arn,
                     worker_log_group_arn=self.compute.log_group.arn,
-                    trail_log_group_arn=self.audit.log_group.arn,
+                    trail_log_group_arn=self.audit.log_group.arn if self.audit else None,
                     flags_configuration_arn=self.flags.configuration_arn,
                     master_secret_arn=self.data.master_secret_arn,
                     db_tasks_log_group_arn=self.compute.db_tasks.log_group.arn,

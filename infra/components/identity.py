@@ -65,6 +65,20 @@ AUDIT_TAMPERING = [
 ]
 
 TASK_ROLES = ("service", "pipeline")  # assumed by ECS tasks; the analyst role by people
+TRAIL_ROLE = "trail"  # CloudTrail delivers to the trail's log group with it
+
+
+def support_roles(s: Settings) -> tuple[str, ...]:
+    """The support roles this stack declares. The `trail` role only where the account's trail
+    is (`s.owns_trail`): an experiment-<id> stack has no trail, so a role CloudTrail could
+    assume there would be a principal with nothing to do (and one more for an attacker to aim
+    at)."""
+    return tuple(r for r in naming.SUPPORT_ROLES if r != TRAIL_ROLE or s.owns_trail)
+
+
+def environment_roles(s: Settings) -> tuple[str, ...]:
+    """Every role of the environment, in declaration order."""
+    return (*naming.ROLES, *support_roles(s))
 
 
 def bucket_arns(s: Settings, stores: list[tuple[str, str, str]]) -> list[str]:
@@ -91,10 +105,7 @@ def flow_stores(s: Settings) -> list[tuple[str, str, str]]:
 
 
 def boundary_document(s: Settings, key_arn: pulumi.Input[str]) -> pulumi.Output[str]:
-    own_roles = [
-        naming.role_arn(s.project, s.stack, r, s.account)
-        for r in (*naming.ROLES, *naming.SUPPORT_ROLES)
-    ]
+    own_roles = [naming.role_arn(s.project, s.stack, r, s.account) for r in environment_roles(s)]
     flows = flow_stores(s)
     peer_key_arns = sorted({f"arn:aws:kms:{s.region}:{acct}:key/*" for _, _, acct in flows})
     allowed_env_tags = [s.stack, *sorted({stack for stack, _, _ in flows})]
@@ -258,7 +269,7 @@ class Identity(pulumi.ComponentResource):
             "analyst": analyst_trust(s),
             "flowlogs": flow_logs_trust(s),
             "execution": ecs_trust(s),
-            "trail": trail_trust(s),
+            TRAIL_ROLE: trail_trust(s),
             naming.MIGRATOR_ROLE: ecs_trust(s),
         }
         purposes = {
@@ -267,7 +278,7 @@ class Identity(pulumi.ComponentResource):
             "analyst": "people: reads curated data and results",
             "flowlogs": "delivers VPC flow logs",
             "execution": "pulls the worker image and writes its logs (ECS)",
-            "trail": "delivers CloudTrail events to the environment's log group",
+            TRAIL_ROLE: "delivers the account's CloudTrail events to the trail's log group",
             naming.MIGRATOR_ROLE: (
                 "starts the database tasks (migrate, retention): pulls the image, writes their "
                 "logs, hands them the master password"
@@ -284,7 +295,7 @@ class Identity(pulumi.ComponentResource):
                 tags={"role": role},
                 opts=child,
             )
-            for role in (*naming.ROLES, *naming.SUPPORT_ROLES)
+            for role in environment_roles(s)
         }
         self.register_outputs({name: r.arn for name, r in self.roles.items()})
 
@@ -301,7 +312,7 @@ class EnvironmentResources:
     dead_letter_queue_arn: pulumi.Input[str]
     repository_arn: pulumi.Input[str]
     worker_log_group_arn: pulumi.Input[str]
-    trail_log_group_arn: pulumi.Input[str]
+    trail_log_group_arn: pulumi.Input[str] | None  # None: the account's trail is another stack's
     flags_configuration_arn: pulumi.Input[str]
     master_secret_arn: pulumi.Input[str]
     db_tasks_log_group_arn: pulumi.Input[str]
@@ -449,15 +460,16 @@ class Permissions(pulumi.ComponentResource):
                     },
                 ),
             ],
-            "trail": [
+        }
+        if res.trail_log_group_arn is not None:
+            grants[TRAIL_ROLE] = [
                 statement(
                     "DeliverTrailEvents",
                     "Allow",
                     ["logs:CreateLogStream", "logs:PutLogEvents"],
                     _log_streams(res.trail_log_group_arn),
                 )
-            ],
-        }
+            ]
         for flow in s.outbound_flows():
             peer = s.peers[flow.target]
             if peer.account is None:

@@ -70,6 +70,77 @@ RDS_SECRETS = "secret:rds!*"
 VALIDATE_KEY_ACCESS = "RequestToValidateKeyAccess"
 
 
+def trail_statements(s: Settings, root: str) -> list[dict[str, object]]:
+    """What the account's trail needs of the key that encrypts it, and what reading its logs
+    needs: only in the stack that owns the trail (`s.owns_trail`). The key of an experiment-<id>
+    stack encrypts no trail log and feeds no alarm topic (the account's trail and alarm are its
+    baseline's, encrypted with the baseline's key), so it admits neither CloudTrail nor
+    CloudWatch: a service statement with nothing to serve is access nobody audits."""
+    trail = (
+        f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/{naming.trail_name(s.project, s.stack)}"
+    )
+    statements = [
+        # CloudTrail, as "Configure AWS KMS key policies for CloudTrail" lays it out:
+        # GenerateDataKey* carries the trail's encryption context; DescribeKey carries no
+        # encryption context at all (KMS API reference, GrantConstraints), so a context
+        # condition there never matches; Decrypt is needed because the audit bucket has an
+        # S3 Bucket Key.
+        # https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-kms-key-policy-for-cloudtrail.html
+        statement(
+            "CloudTrailEncryptsLogs",
+            "Allow",
+            ["kms:GenerateDataKey*"],
+            ["*"],
+            principal={"Service": "cloudtrail.amazonaws.com"},
+            condition={
+                "StringEquals": {"aws:SourceArn": trail},
+                "StringLike": {
+                    "kms:EncryptionContext:aws:cloudtrail:arn": (
+                        f"arn:aws:cloudtrail:*:{s.account}:trail/*"
+                    )
+                },
+            },
+        ),
+        statement(
+            "CloudTrailDescribesKeyAndUsesTheBucketKey",
+            "Allow",
+            ["kms:DescribeKey", "kms:Decrypt"],
+            ["*"],
+            principal={"Service": "cloudtrail.amazonaws.com"},
+            condition={"StringEquals": {"aws:SourceArn": trail}},
+        ),
+        # Alarms publish to the account's encrypted SNS topic. No condition: AWS does not
+        # document that CloudWatch's KMS calls carry aws:SourceAccount or aws:SourceArn, and
+        # an absent key would make the statement never match (no alarm would arrive). Another
+        # account's alarm cannot use it: the topic's default policy admits only this account.
+        # https://repost.aws/knowledge-center/cloudwatch-configure-alarm-sns
+        statement(
+            "CloudWatchAlarmsPublishToTheTopic",
+            "Allow",
+            ["kms:Decrypt", "kms:GenerateDataKey*"],
+            ["*"],
+            principal={"Service": "cloudwatch.amazonaws.com"},
+        ),
+    ]
+    if s.audit_readers:
+        # The security team reads the audit log: objects this trail wrote, through S3.
+        statements.append(
+            statement(
+                "AuditReadersDecryptTrailLogs",
+                "Allow",
+                ["kms:Decrypt"],
+                ["*"],
+                principal={"AWS": root},
+                condition={
+                    "ArnEquals": {"aws:PrincipalArn": list(s.audit_readers)},
+                    "StringEquals": {"kms:ViaService": f"s3.{s.region}.amazonaws.com"},
+                    "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn": trail},
+                },
+            )
+        )
+    return statements
+
+
 @dataclass
 class KeysArgs:
     settings: Settings
@@ -83,10 +154,6 @@ class Keys(pulumi.ComponentResource):
         super().__init__("envfence:index:Keys", name, None, opts)
         s = args.settings
         root = account_root(s.account)
-        trail = (
-            f"arn:aws:cloudtrail:{s.region}:{s.account}:trail/"
-            f"{naming.trail_name(s.project, s.stack)}"
-        )
         managers = [s.deployer, *s.admin_principals] if s.deployer else list(s.admin_principals)
         statements = [
             # The deployer and any break-glass administrators manage the key; no data use.
@@ -209,64 +276,9 @@ class Keys(pulumi.ComponentResource):
                     }
                 },
             ),
-            # CloudTrail, as "Configure AWS KMS key policies for CloudTrail" lays it out:
-            # GenerateDataKey* carries the trail's encryption context; DescribeKey carries no
-            # encryption context at all (KMS API reference, GrantConstraints), so a context
-            # condition there never matches; Decrypt is needed because the audit bucket has an
-            # S3 Bucket Key.
-            # https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-kms-key-policy-for-cloudtrail.html
-            statement(
-                "CloudTrailEncryptsLogs",
-                "Allow",
-                ["kms:GenerateDataKey*"],
-                ["*"],
-                principal={"Service": "cloudtrail.amazonaws.com"},
-                condition={
-                    "StringEquals": {"aws:SourceArn": trail},
-                    "StringLike": {
-                        "kms:EncryptionContext:aws:cloudtrail:arn": (
-                            f"arn:aws:cloudtrail:*:{s.account}:trail/*"
-                        )
-                    },
-                },
-            ),
-            statement(
-                "CloudTrailDescribesKeyAndUsesTheBucketKey",
-                "Allow",
-                ["kms:DescribeKey", "kms:Decrypt"],
-                ["*"],
-                principal={"Service": "cloudtrail.amazonaws.com"},
-                condition={"StringEquals": {"aws:SourceArn": trail}},
-            ),
-            # Alarms publish to the environment's encrypted SNS topic. No condition: AWS does not
-            # document that CloudWatch's KMS calls carry aws:SourceAccount or aws:SourceArn, and
-            # an absent key would make the statement never match (no alarm would arrive). Another
-            # account's alarm cannot use it: the topic's default policy admits only this account.
-            # https://repost.aws/knowledge-center/cloudwatch-configure-alarm-sns
-            statement(
-                "CloudWatchAlarmsPublishToTheTopic",
-                "Allow",
-                ["kms:Decrypt", "kms:GenerateDataKey*"],
-                ["*"],
-                principal={"Service": "cloudwatch.amazonaws.com"},
-            ),
         ]
-        if s.audit_readers:
-            # The security team reads the audit log: objects this trail wrote, through S3.
-            statements.append(
-                statement(
-                    "AuditReadersDecryptTrailLogs",
-                    "Allow",
-                    ["kms:Decrypt"],
-                    ["*"],
-                    principal={"AWS": root},
-                    condition={
-                        "ArnEquals": {"aws:PrincipalArn": list(s.audit_readers)},
-                        "StringEquals": {"kms:ViaService": f"s3.{s.region}.amazonaws.com"},
-                        "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn": trail},
-                    },
-                )
-            )
+        if s.owns_trail:
+            statements += trail_statements(s, root)
         for flow in s.inbound_flows():
             peer = s.peers[flow.source]
             if peer.account is None:
