@@ -308,7 +308,11 @@ def test_an_account_whose_baseline_has_no_trail_fires(
 
 def test_the_owner_read_from_its_stack_file_or_fail_closed(three: tuple[Project, Stacks]) -> None:
     project, stacks = three
-    alone = run_all([stacks[SHORT]], project)
+    # `envfence check --stack experiment-abtest` knows the owner from its stack file: covered.
+    checked_alone = run_all([stacks[SHORT]], project)
+    assert violations(checked_alone, "EF701") == violations(checked_alone, "EF702") == []
+    # Without the owner's state or stack file, the rules cannot tell: they fail closed.
+    alone = run(build_context([stacks[SHORT]], project))
     for rule in ("EF701", "EF702"):
         [msg] = violations(alone, rule, SHORT)
         assert msg.startswith("cannot tell whether account 210987654321's") and (

@@ -1435,6 +1435,10 @@ def test_experiment_is_disposable(stacks: dict[str, StackState], name: str) -> N
     state = stacks[name]
     facts = facts_of(state)
     assert [r.name for r in state.resources if r.protect] == []
+    # Only the account's archive of concluded experiments outlives a `pulumi destroy` of the
+    # baseline (retained, not protected: the destroy itself still runs).
+    retained = sorted(r.name for r in state.resources if r.retain_on_delete)
+    assert retained == (["archive", "archive-versioning"] if name == "experiment" else [])
     for store in facts.stores:
         assert bucket_of(state, facts.bucket(store)).inputs["forceDestroy"] is True
     db = only(state.of_type(DB), "database").inputs

@@ -33,8 +33,17 @@ def run_all(
     *,
     enforce_advisories: bool = False,
 ) -> Result:
-    """Every rule over `states`. Advisory rules (EF504) warn unless `enforce_advisories`."""
-    ctx = build_context(list(states), repository_project(project))
+    """Every rule over `states`. Advisory rules (EF504) warn unless `enforce_advisories`. The
+    repository's other stacks are known from their stack files (as in the CrossGuard pack), so
+    a stack checked alone is still judged against its account's trail owner and quotas."""
+    repo = repository_project(project)
+    extra: list[str] = []
+    if repo is not None:
+        try:
+            extra = repo.stacks()
+        except ProjectFileError:
+            extra = []
+    ctx = build_context(list(states), repo, extra_stacks=extra)
     ctx.enforce_advisories = enforce_advisories
     return run(ctx)
 

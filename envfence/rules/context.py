@@ -146,6 +146,7 @@ class Env:
     claimed_tier: str | None = None  # what the state itself says (config or tags)
     trail_owner: str | None = None  # the stack owning this account's trail (registry)
     trail_prefixes: tuple[str, ...] = ()  # baseline: other stacks' bucket prefixes it records
+    nat_gateways: int | None = None  # from its settings (one Elastic IP each), when known
 
     # Representative ARNs -------------------------------------------------------------------
     def role_arns(self) -> list[str]:
@@ -303,6 +304,7 @@ def env_from_state(state: StackState, project: Project | None = None) -> Env:
         claimed_tier=state.tier or tags.get(naming.TAG_TIER),
         trail_owner=settings.trail_owner or state.stack if settings else None,
         trail_prefixes=settings.trail_prefixes if settings else (),
+        nat_gateways=settings.network.nat_gateways if settings else None,
     )
     return env
 
@@ -332,6 +334,7 @@ def env_from_stack_file(project: Project, stack: str) -> Env | None:
         claimed_tier=s.tier,
         trail_owner=s.trail_owner or stack,
         trail_prefixes=s.trail_prefixes,
+        nat_gateways=s.network.nat_gateways,
     )
 
 

@@ -153,16 +153,16 @@ class Data(pulumi.ComponentResource):
         )
         return bucket
 
-    def _archive(
-        self, s: Settings, args: DataArgs, child: pulumi.ResourceOptions
-    ) -> aws.s3.Bucket:
+    def _archive(self, s: Settings, args: DataArgs, child: pulumi.ResourceOptions) -> aws.s3.Bucket:
         """The archive `envfence experiment conclude` copies a concluded experiment's results
         into (under `<experiment-id>/`): it outlives every experiment of the account, and
         expires what it keeps after `archive.expireAfterDays` (Pulumi.yaml). Nobody of any
         environment reads or writes it: the deployer writes (conclude runs with its
         credentials), the deployer and the audit readers read, nobody deletes (the lifecycle
-        rule does). Retained when the baseline stack itself is destroyed."""
-        kept = pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True)
+        rule does). Not `protect`ed (the experiment stack stays destroyable), but retained when
+        the baseline stack itself is destroyed: the bucket stays in the account and its
+        lifecycle rule goes on expiring what it keeps."""
+        kept = pulumi.ResourceOptions(parent=self, retain_on_delete=True)
         name = naming.archive_bucket_name(s.project, s.stack, s.account)
         bucket = aws.s3.Bucket(
             "archive",
