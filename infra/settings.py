@@ -271,6 +271,9 @@ class Settings:
     def bucket_name(self, store: str) -> str:
         return naming.bucket_name(self.project, self.stack, store, self.account)
 
+    def bucket_arn(self, store: str) -> str:
+        return naming.bucket_arn(self.project, self.stack, store, self.account)
+
     @property
     def repository_name(self) -> str:
         return naming.repository_name(self.project, self.stack)

@@ -112,12 +112,13 @@ def test_the_worker_controls_are_the_contract(
     assert "aws:SourceVpce" not in kms.context  # a service's call for the caller
 
 
-def test_production_has_must_not_controls_and_experiments_do_not(
+def test_production_has_must_not_controls_and_experiments_only_the_archives(
     clean: list[controls.Result],
 ) -> None:
     denied = {r.stack for r in clean if r.check.denied}
-    assert denied == {"prod"}
-    prod_denied = [r.what for r in clean if r.check.denied]
+    assert denied == {"prod", "experiment"}
+    assert all("archive" in r.what for r in clean if r.check.denied and r.stack == "experiment")
+    prod_denied = [r.what for r in clean if r.check.denied and r.stack == "prod"]
     assert any("master password" in w for w in prod_denied)
     assert any("audit" in w and "s3:PutObject" in w for w in prod_denied)
 
@@ -339,3 +340,65 @@ def test_each_worker_call_makes_the_requests_aws_evaluates(clean: list[controls.
     db = worker["rds-db.connect"][0]
     assert db.resource.startswith("arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-")
     assert db.resource.endswith("/worker")
+
+
+# -- experiment conclude: the deployer reads results and writes the archive ------------------------
+
+
+def _key_policy(state: StackState) -> Resource:
+    return state.named("key", "aws:kms/key:Key")
+
+
+def test_conclude_controls_hold_on_the_experiment_and_are_absent_in_prod(
+    clean: list[controls.Result],
+) -> None:
+    whats = {r.what for r in clean}
+    assert "experiment: deployer reads the results for the archive (experiment conclude)" in whats
+    assert "experiment: deployer writes the archive (experiment conclude)" in whats
+    assert "experiment: deployer cannot s3:DeleteObject in the archive" in whats
+    assert "experiment: role envfence-experiment-analyst cannot read the archive" in whats
+    assert not [w for w in whats if w.startswith("prod:") and "conclude" in w]
+
+
+@pytest.mark.parametrize(
+    ("sid", "control", "reason"),
+    [
+        (
+            "DeployerArchivesTheResults",
+            "experiment: deployer reads the results for the archive (experiment conclude)",
+            "kms:Decrypt",
+        ),
+        (
+            "DeployerWritesTheArchive",
+            "experiment: deployer writes the archive (experiment conclude)",
+            "kms:GenerateDataKey",
+        ),
+    ],
+)
+def test_without_its_key_statement_conclude_cannot_archive(
+    stacks: Stacks, project: Project, sid: str, control: str, reason: str
+) -> None:
+    s = copy.deepcopy(stacks)
+    key = _key_policy(s["experiment"])
+    doc = _doc(key)
+    assert any(st.get("Sid") == sid for st in doc["Statement"])
+    _edit(key, sid, lambda st: None)
+    found = broken(results(s, project))
+    assert list(found) == [control]
+    assert reason in found[control] and "DENIED" in found[control]
+
+
+def test_without_the_delete_deny_the_deployer_could_empty_the_archive(
+    stacks: Stacks, project: Project
+) -> None:
+    s = copy.deepcopy(stacks)
+    _edit(
+        s["experiment"].named("archive-policy", "aws:s3/bucketPolicy:BucketPolicy"),
+        "DenyDeletingArchives",
+        lambda st: None,
+    )
+    found = broken(results(s, project))
+    assert sorted(found) == [
+        "experiment: deployer cannot s3:DeleteObject in the archive",
+        "experiment: deployer cannot s3:DeleteObjectVersion in the archive",
+    ]

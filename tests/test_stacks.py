@@ -748,6 +748,15 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
                 == {"kms:EncryptionContext:aws:cloudtrail:arn": facts.trail_arn}
             ):
                 return None  # the security team reads this trail's logs, through S3
+            archive = f"arn:aws:s3:::envfence-{facts.stack}-archive-{facts.account}"
+            if (
+                not facts.production
+                and _actions(st) == {"kms:Decrypt"}
+                and set(cond) == {"ArnEquals", "StringEquals"}
+                and equals
+                == {"kms:ViaService": facts.via("s3"), "kms:EncryptionContext:aws:s3:arn": archive}
+            ):
+                return None  # the security team reads the experiment archive, through S3
             return "the audit readers' use is not decrypt-this-trail's-logs-through-S3 only"
         for flow in facts.inbound():
             src = flow["from"]
@@ -758,6 +767,25 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
                 and not grants_any(st, ("kms:Encrypt", "kms:GenerateDataKey", KMS_GRANT))
             ):
                 return None  # a declared flow: decrypt through S3 only
+        if aws == {facts.deployer} and not facts.production:
+            # `envfence experiment conclude`: the results store read, the archive written, each
+            # only through S3 and only for that bucket (the bucket key's context is its ARN).
+            archive = f"arn:aws:s3:::envfence-{facts.stack}-archive-{facts.account}"
+            wanted = {
+                f"arn:aws:s3:::{facts.bucket('results')}": {"kms:Decrypt"},
+                archive: {"kms:GenerateDataKey", "kms:Decrypt"},
+            }
+            context = equals.get("kms:EncryptionContext:aws:s3:arn")
+            if (
+                set(cond) == {"StringEquals"}
+                and set(equals)
+                == {"kms:CallerAccount", "kms:ViaService", "kms:EncryptionContext:aws:s3:arn"}
+                and equals["kms:CallerAccount"] == facts.account
+                and via == [facts.via("s3")]
+                and context in wanted
+                and _actions(st) == wanted[context]
+            ):
+                return None
         if aws == {facts.deployer}:
             if (
                 _actions(st) == DEPLOYER_THROUGH_SERVICES
@@ -850,14 +878,24 @@ def test_key_policy_data_use_is_limited_to_this_environment(
     assert check["Condition"]["StringEquals"]["kms:EncryptionContext:SecretVersionId"] == (
         "RequestToValidateKeyAccess"
     )
-    # The deployer is named in exactly these statements and the administration one.
-    assert sorted(st.get("Sid") for st in stmts if facts.deployer in principals(st, "AWS")) == [
-        "DeployerRetiresServiceGrants",
-        "DeployerThroughServices",
-        "DeployerValidatesTheSecretKeyOnly",
-        "DeployerWritesTheMasterSecret",
-        "KeyAdministration",
-    ]
+    # The deployer is named in exactly these statements and the administration one; in an
+    # experiment also in the two `experiment conclude` needs (the results read, the archive
+    # written: the shared experiment stack is its account's baseline, so it has both).
+    conclude = (
+        [] if facts.production else ["DeployerArchivesTheResults", "DeployerWritesTheArchive"]
+    )
+    assert sorted(
+        st.get("Sid") for st in stmts if facts.deployer in principals(st, "AWS")
+    ) == sorted(
+        [
+            "DeployerRetiresServiceGrants",
+            "DeployerThroughServices",
+            "DeployerValidatesTheSecretKeyOnly",
+            "DeployerWritesTheMasterSecret",
+            "KeyAdministration",
+            *conclude,
+        ]
+    )
     # Nothing else may hand out grants.
     assert [st.get("Sid") for st in data if grants(st, KMS_GRANT)] == ["DeployerThroughServices"]
 

@@ -972,8 +972,6 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
                 [req(a, arn, base) for a in REPOSITORY_CALLS],
             )
         )
-    if not production:
-        return out
 
     def must_not(
         what: str, requests: list[RealRequest], targets: Mapping[int, Target] | None = None
@@ -986,6 +984,9 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
             denied=True,
             targets=dict(targets or {}),
         )
+
+    if not production:
+        return out + conclude_checks(view, req, must, must_not, via)
 
     for b in view.all(_T(aws.s3.Bucket)):
         name = _text(b, "bucket")
@@ -1026,6 +1027,90 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
                         ),
                     ],
                     {0: _secret_target(view, arn)},
+                )
+            )
+    return out
+
+
+CONCLUDE_SOURCE = (
+    "envfence/lifecycle.py (archive_results: ListObjectVersions, CopyObject of a pinned "
+    "version with TaggingDirective REPLACE, the manifest's Put/GetObject); S3 API_CopyObject"
+)
+
+
+def conclude_checks(
+    view: StackView,
+    req: Any,
+    must: Any,
+    must_not: Any,
+    via: Mapping[str, Mapping[str, Any]],
+) -> list[Check | Result]:
+    """`envfence experiment conclude`, run as the deployer: it reads the experiment's `results`
+    store and writes the account's archive (the baseline's); nobody deletes from the archive,
+    and no role of the baseline's environment reads it."""
+    out: list[Check | Result] = []
+    base: dict[str, Any] = {"aws:SecureTransport": True, "aws:ViaAWSService": False}
+    key_arn = _text(view.one(_T(aws.kms.Key)), "arn")
+    by_store = {
+        str(_tags({}, b).get(naming.TAG_DATA_STORE) or ""): b for b in view.all(_T(aws.s3.Bucket))
+    }
+    results = by_store.get("results")
+    if results is not None:
+        arn = _text(results, "arn")
+        obj = f"{arn}/run-1/summary.json"
+        out.append(
+            must(
+                "reads the results for the archive (experiment conclude)",
+                [
+                    req("s3:ListBucketVersions", arn, base),
+                    req("s3:GetObjectVersion", obj, base),
+                    req("s3:GetObject", obj, base),
+                    req(
+                        "kms:Decrypt",
+                        key_arn,
+                        {**via["s3"], "kms:EncryptionContext:aws:s3:arn": arn},
+                    ),
+                ],
+            )
+        )
+    archive = by_store.get("archive")
+    if archive is not None:
+        arn = _text(archive, "arn")
+        obj = f"{arn}/abtest/results/run-1/summary.json"
+        kms = {**via["s3"], "kms:EncryptionContext:aws:s3:arn": arn}
+        out.append(
+            must(
+                "writes the archive (experiment conclude)",
+                [
+                    req("s3:ListBucket", arn, base),
+                    req("s3:PutObject", obj, base),
+                    req("s3:PutObjectTagging", obj, base),
+                    req("s3:GetObject", f"{arn}/abtest/MANIFEST.json", base),
+                    req("kms:GenerateDataKey", key_arn, kms),
+                    req("kms:Decrypt", key_arn, kms),
+                ],
+            )
+        )
+        for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
+            out.append(must_not(f"{action} in the archive", [req(action, obj, base)]))
+        for role in view.all(_T(aws.iam.Role)):
+            role_arn = _text(role, "arn")
+            out.append(
+                Check(
+                    view.stack,
+                    DEPLOYER,
+                    f"{view.stack}: role {_text(role, 'name')} cannot read the archive",
+                    (
+                        RealRequest(
+                            f"{_text(role, 'name')} s3:GetObject",
+                            role_arn,
+                            "s3:GetObject",
+                            obj,
+                            dict(base),
+                            CONCLUDE_SOURCE,
+                        ),
+                    ),
+                    denied=True,
                 )
             )
     return out

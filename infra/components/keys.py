@@ -141,6 +141,76 @@ def trail_statements(s: Settings, root: str) -> list[dict[str, object]]:
     return statements
 
 
+def archive_statements(s: Settings, root: str) -> list[dict[str, object]]:
+    """What `envfence experiment conclude` needs of an experiment's key, run as the account's
+    deployer: reading the `results` store (S3 decrypts the objects' bucket key) and, on the
+    baseline's key, writing and reading the archive. Only through S3, only for those buckets:
+    with an S3 Bucket Key the encryption context is the bucket ARN, which the condition pins
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-key.html; the S3 row of
+    envfence/prove/translate.py). Production keys get none of this: conclude never reads or
+    writes production."""
+    if s.is_production or not s.deployer:
+        return []
+    via_s3 = f"s3.{s.region}.amazonaws.com"
+    out: list[dict[str, object]] = []
+    if "results" in s.data_stores:
+        out.append(
+            statement(
+                "DeployerArchivesTheResults",
+                "Allow",
+                ["kms:Decrypt"],
+                ["*"],
+                principal={"AWS": s.deployer},
+                condition={
+                    "StringEquals": {
+                        "kms:CallerAccount": s.account,
+                        "kms:ViaService": via_s3,
+                        "kms:EncryptionContext:aws:s3:arn": s.bucket_arn("results"),
+                    }
+                },
+            )
+        )
+    if s.owns_trail:
+        archive = f"arn:aws:s3:::{naming.archive_bucket_name(s.project, s.stack, s.account)}"
+        # CopyObject into an SSE-KMS bucket: S3 generates the destination's data key and, for
+        # a multipart copy, decrypts it again; reading the manifest back decrypts.
+        # https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html
+        out.append(
+            statement(
+                "DeployerWritesTheArchive",
+                "Allow",
+                ["kms:GenerateDataKey", "kms:Decrypt"],
+                ["*"],
+                principal={"AWS": s.deployer},
+                condition={
+                    "StringEquals": {
+                        "kms:CallerAccount": s.account,
+                        "kms:ViaService": via_s3,
+                        "kms:EncryptionContext:aws:s3:arn": archive,
+                    }
+                },
+            )
+        )
+        if s.audit_readers:
+            out.append(
+                statement(
+                    "AuditReadersReadTheArchive",
+                    "Allow",
+                    ["kms:Decrypt"],
+                    ["*"],
+                    principal={"AWS": root},
+                    condition={
+                        "ArnEquals": {"aws:PrincipalArn": list(s.audit_readers)},
+                        "StringEquals": {
+                            "kms:ViaService": via_s3,
+                            "kms:EncryptionContext:aws:s3:arn": archive,
+                        },
+                    },
+                )
+            )
+    return out
+
+
 @dataclass
 class KeysArgs:
     settings: Settings
@@ -279,6 +349,7 @@ class Keys(pulumi.ComponentResource):
         ]
         if s.owns_trail:
             statements += trail_statements(s, root)
+        statements += archive_statements(s, root)
         for flow in s.inbound_flows():
             peer = s.peers[flow.source]
             if peer.account is None:
