@@ -665,6 +665,14 @@ def parse_settings(
     if registry is not None:
         trail_owner = registry.baseline(accounts[0])
         archive_days = registry.archive_expire_days
+        if trail_owner != stack and (audit.alert_emails or audit.object_lock_days):
+            # The account's alarm and audit log are its baseline's: this stack has neither.
+            raise _Reader(stack, f"{NAMESPACE}:audit", {}).fail(
+                "alertEmails" if audit.alert_emails else "objectLockDays",
+                list(audit.alert_emails) or audit.object_lock_days,
+                f"nothing: stack '{stack}' has no trail, audit log or alarm of its own; they "
+                f"are its account's baseline stack '{trail_owner}''s (set them there)",
+            )
         if trail_owner == stack:
             # `experiment-*` → "envfence-experiment-"; `staging` → "envfence-staging-".
             trail_prefixes = tuple(

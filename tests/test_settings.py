@@ -227,7 +227,7 @@ def test_experiment_id_matching_the_stack_name_is_accepted() -> None:
         "experiment",
         {"envfence:experimentId": "ab12"},
         merge={"envfence:network": {"cidr": "10.30.0.0/16"}},
-        drop=("envfence:flows",),
+        drop=("envfence:flows", "envfence:audit"),
     )
     s = parse("experiment", raw, peers={}, as_stack="experiment-ab12")
     assert (s.stack, s.experiment_id) == ("experiment-ab12", "ab12")
@@ -598,3 +598,24 @@ def test_unquoted_yaml_date_for_expires_on_is_a_date(tmp_path: Path) -> None:
     assert project.stack_config("experiment")["envfence:expiresOn"] == "2030-01-31"
     s = settings_for(project, "experiment", project.stack_config("experiment"))
     assert s.expires_on == dt.date(2030, 1, 31)
+
+
+@pytest.mark.parametrize(
+    ("audit", "key"),
+    [({"alertEmails": ["a@example.com"]}, "alertEmails"), ({"objectLockDays": 0}, None)],
+)
+def test_a_stack_that_is_not_its_accounts_baseline_has_no_audit_settings(
+    audit: dict[str, Any], key: str | None
+) -> None:
+    raw = raw_config(
+        "experiment",
+        {"envfence:audit": audit, "envfence:experimentId": "ab12"},
+        merge={"envfence:network": {"cidr": "10.30.0.0/16"}},
+        drop=("envfence:flows",),
+    )
+    if key is None:  # objectLockDays 0 is nothing set: accepted
+        s = parse("experiment", raw, peers={}, as_stack="experiment-ab12")
+        assert s.trail_owner == "experiment"
+        return
+    msg = refused("experiment", raw, peers={}, as_stack="experiment-ab12")
+    assert_message(msg, "experiment-ab12", f"envfence:audit.{key}", ["a@example.com"], "baseline")
