@@ -57,6 +57,9 @@ def share_account(stacks: Stacks) -> None:
             r.outputs = json.loads(json.dumps(r.outputs).replace(old, new))
             r.id = r.id.replace(old, new) if r.id else r.id
         state.config = json.loads(json.dumps(state.config).replace(old, new))
+    # In prod's account, experiment is no longer its account's baseline (prod is): the
+    # account's alarm and audit log are prod's, so it takes no audit settings.
+    stacks[EXP].config.pop("envfence:audit", None)
 
 
 def role(state: StackState, name: str) -> Resource:
