@@ -302,7 +302,7 @@ class Plan:
     stack: str
     settings: Settings
     archive_bucket: str
-    archive_key: str  # alias ARN of the baseline's key: the archive's encryption
+    archive_key: str  # alias ARN of the archive's own key (in the baseline stack)
 
 
 def plan_conclusion(project: Project, ident: str) -> Plan:
@@ -334,7 +334,9 @@ def plan_conclusion(project: Project, ident: str) -> Plan:
         stack=stack,
         settings=s,
         archive_bucket=naming.archive_bucket_name(s.project, baseline, s.account),
-        archive_key=f"arn:aws:kms:{s.region}:{s.account}:{naming.key_alias(s.project, baseline)}",
+        archive_key=(
+            f"arn:aws:kms:{s.region}:{s.account}:{naming.archive_key_alias(s.project, baseline)}"
+        ),
     )
 
 

@@ -116,6 +116,11 @@ def archive_bucket_name(project: str, stack: str, account: str) -> str:
     return f"{prefix(project, stack)}-archive-{account}"
 
 
+def archive_key_alias(project: str, stack: str) -> str:
+    """The archive's own key: it outlives the baseline's environment key."""
+    return f"alias/{project}/{stack}-archive"
+
+
 # Bucket words of the stack's own buckets that are not data stores: a store may not take them.
 RESERVED_STORES = ("audit", "archive")
 

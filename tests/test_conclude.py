@@ -71,7 +71,7 @@ def _deploy(session: Any, ident: str) -> dict[str, str]:
         "db": naming.db_identifier(PROJECT_NAME, stack),
         "queue": naming.queue_name(PROJECT_NAME, stack, "ingest"),
     }
-    archive_alias = naming.key_alias(PROJECT_NAME, "experiment")
+    archive_alias = naming.archive_key_alias(PROJECT_NAME, "experiment")
     aliases = {a["AliasName"] for a in kms.list_aliases()["Aliases"]}
     if archive_alias not in aliases:
         key = kms.create_key()["KeyMetadata"]["KeyId"]

@@ -359,7 +359,7 @@ def test_the_check_finds_an_undeclared_cross_environment_arn(
     shared_account = _with_policy(
         exp,
         "aws:kms/key:Key",
-        lambda r: True,
+        lambda r: r.name == "key",  # the environment's key (not the archive's)
         lambda d: _statements(d)[1]["Condition"]["ArnEquals"]["aws:PrincipalArn"].append(sibling),
     )
     assert [v for v in isolation_violations(shared_account) if sibling in v]

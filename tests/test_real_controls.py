@@ -345,8 +345,8 @@ def test_each_worker_call_makes_the_requests_aws_evaluates(clean: list[controls.
 # -- experiment conclude: the deployer reads results and writes the archive ------------------------
 
 
-def _key_policy(state: StackState) -> Resource:
-    return state.named("key", "aws:kms/key:Key")
+def _key_policy(state: StackState, name: str = "key") -> Resource:
+    return state.named(name, "aws:kms/key:Key")
 
 
 def test_conclude_controls_hold_on_the_experiment_and_are_absent_in_prod(
@@ -361,25 +361,34 @@ def test_conclude_controls_hold_on_the_experiment_and_are_absent_in_prod(
 
 
 @pytest.mark.parametrize(
-    ("sid", "control", "reason"),
+    ("key_name", "sid", "control", "reason"),
     [
         (
+            "key",
             "DeployerArchivesTheResults",
             "experiment: deployer reads the results for the archive (experiment conclude)",
             "kms:Decrypt",
         ),
         (
+            "archive-key",
             "DeployerWritesTheArchive",
             "experiment: deployer writes the archive (experiment conclude)",
             "kms:GenerateDataKey",
         ),
+        (
+            "archive-key",
+            "DeployerCopiesSnapshotsUnderIt",
+            "experiment: deployer copies the final snapshot under the archive key "
+            "(experiment conclude)",
+            "kms:CreateGrant",
+        ),
     ],
 )
 def test_without_its_key_statement_conclude_cannot_archive(
-    stacks: Stacks, project: Project, sid: str, control: str, reason: str
+    stacks: Stacks, project: Project, key_name: str, sid: str, control: str, reason: str
 ) -> None:
     s = copy.deepcopy(stacks)
-    key = _key_policy(s["experiment"])
+    key = _key_policy(s["experiment"], key_name)
     doc = _doc(key)
     assert any(st.get("Sid") == sid for st in doc["Statement"])
     _edit(key, sid, lambda st: None)
@@ -401,4 +410,14 @@ def test_without_the_delete_deny_the_deployer_could_empty_the_archive(
     assert sorted(found) == [
         "experiment: deployer cannot s3:DeleteObject in the archive",
         "experiment: deployer cannot s3:DeleteObjectVersion in the archive",
+    ]
+
+
+def test_without_the_deletion_deny_the_archive_key_could_be_scheduled_for_deletion(
+    stacks: Stacks, project: Project
+) -> None:
+    s = copy.deepcopy(stacks)
+    _edit(_key_policy(s["experiment"], "archive-key"), "ArchiveKeyIsNeverDeleted", lambda st: None)
+    assert list(broken(results(s, project))) == [
+        "experiment: deployer cannot schedule the archive key's deletion"
     ]

@@ -259,7 +259,8 @@ def _grant(s: Stacks, at: str, key_id: str, name: str = "decrypts") -> None:
 
 
 def _key_policy_names(w: World, stack: str) -> str:
-    [key] = w.keys_of(stack)
+    # The environment's key; an experiment account's baseline also has its archive's key.
+    [key] = [k for k in w.keys_of(stack) if k.name == "key"]
     assert key.policy is not None
     return key.policy.name
 

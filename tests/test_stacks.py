@@ -346,7 +346,9 @@ def merged_tags(state: StackState, r: Resource) -> dict[str, str]:
 
 
 def key_of(state: StackState) -> Resource:
-    return only(state.of_type(KEY), "KMS key")
+    """The environment's key (`key`); an experiment account's baseline also has the archive's
+    own key (`archive-key`), checked on its own."""
+    return only([k for k in state.of_type(KEY) if k.name == "key"], "KMS key")
 
 
 def vpc_of(state: StackState) -> Resource:
@@ -748,15 +750,6 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
                 == {"kms:EncryptionContext:aws:cloudtrail:arn": facts.trail_arn}
             ):
                 return None  # the security team reads this trail's logs, through S3
-            archive = f"arn:aws:s3:::envfence-{facts.stack}-archive-{facts.account}"
-            if (
-                not facts.production
-                and _actions(st) == {"kms:Decrypt"}
-                and set(cond) == {"ArnEquals", "StringEquals"}
-                and equals
-                == {"kms:ViaService": facts.via("s3"), "kms:EncryptionContext:aws:s3:arn": archive}
-            ):
-                return None  # the security team reads the experiment archive, through S3
             return "the audit readers' use is not decrypt-this-trail's-logs-through-S3 only"
         for flow in facts.inbound():
             src = flow["from"]
@@ -768,13 +761,9 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
             ):
                 return None  # a declared flow: decrypt through S3 only
         if aws == {facts.deployer} and not facts.production:
-            # `envfence experiment conclude`: the results store read, the archive written, each
-            # only through S3 and only for that bucket (the bucket key's context is its ARN).
-            archive = f"arn:aws:s3:::envfence-{facts.stack}-archive-{facts.account}"
-            wanted = {
-                f"arn:aws:s3:::{facts.bucket('results')}": {"kms:Decrypt"},
-                archive: {"kms:GenerateDataKey", "kms:Decrypt"},
-            }
+            # `envfence experiment conclude`: the results store read, only through S3 and only
+            # for that bucket (the bucket key's context is its ARN). The archive has its own key.
+            wanted = {f"arn:aws:s3:::{facts.bucket('results')}": {"kms:Decrypt"}}
             context = equals.get("kms:EncryptionContext:aws:s3:arn")
             if (
                 set(cond) == {"StringEquals"}
@@ -879,11 +868,8 @@ def test_key_policy_data_use_is_limited_to_this_environment(
         "RequestToValidateKeyAccess"
     )
     # The deployer is named in exactly these statements and the administration one; in an
-    # experiment also in the two `experiment conclude` needs (the results read, the archive
-    # written: the shared experiment stack is its account's baseline, so it has both).
-    conclude = (
-        [] if facts.production else ["DeployerArchivesTheResults", "DeployerWritesTheArchive"]
-    )
+    # experiment also in the one `experiment conclude` needs (its results store read).
+    conclude = [] if facts.production else ["DeployerArchivesTheResults"]
     assert sorted(
         st.get("Sid") for st in stmts if facts.deployer in principals(st, "AWS")
     ) == sorted(
@@ -1068,7 +1054,14 @@ def test_every_bucket_is_private_encrypted_and_versioned(state: StackState, chec
             for rule in rules:
                 default = rule["applyServerSideEncryptionByDefault"]
                 assert default["sseAlgorithm"] == "aws:kms", bucket.id
-                assert default["kmsMasterKeyId"] == key_arn, bucket.id
+                # The archive of concluded experiments has a key of its own, which outlives the
+                # environment's (test_the_archive_has_its_own_undeletable_key).
+                own = (
+                    state.named("archive-key", KEY).outputs["arn"]
+                    if bucket.name == "archive"
+                    else key_arn
+                )
+                assert default["kmsMasterKeyId"] == own, bucket.id
                 assert rule["bucketKeyEnabled"] is True, bucket.id
         elif check == "versioning":
             config = attached(state, VERSIONING, bucket).inputs["versioningConfiguration"]
@@ -1476,7 +1469,18 @@ def test_experiment_is_disposable(stacks: dict[str, StackState], name: str) -> N
     # Only the account's archive of concluded experiments outlives a `pulumi destroy` of the
     # baseline (retained, not protected: the destroy itself still runs).
     retained = sorted(r.name for r in state.resources if r.retain_on_delete)
-    assert retained == (["archive", "archive-versioning"] if name == "experiment" else [])
+    archive = [
+        "archive",
+        "archive-encryption",
+        "archive-key",
+        "archive-key-alias",
+        "archive-lifecycle",
+        "archive-ownership",
+        "archive-policy",
+        "archive-public-access",
+        "archive-versioning",
+    ]
+    assert retained == (archive if name == "experiment" else [])
     for store in facts.stores:
         assert bucket_of(state, facts.bucket(store)).inputs["forceDestroy"] is True
     db = only(state.of_type(DB), "database").inputs
@@ -1509,3 +1513,47 @@ def test_provider_is_pinned_to_the_account_and_tags_everything(
     assert json.loads(provider.inputs["allowedAccountIds"]) == [facts.account]
     assert provider.inputs["region"] == facts.region
     assert json.loads(provider.inputs["defaultTags"]) == {"tags": facts.tags()}
+
+
+def test_the_archive_has_its_own_undeletable_key(stacks: dict[str, StackState]) -> None:
+    """Only the experiment account's baseline has an archive; its key is nobody's to delete,
+    and no role of the environment may use it: the deployer writes and reads the archive
+    through S3 and copies snapshots under it through RDS, the audit readers read."""
+    assert not [k for k in stacks["prod"].of_type(KEY) if k.name == "archive-key"]
+    state = stacks["experiment"]
+    facts = facts_of(state)
+    key = state.named("archive-key", KEY)
+    assert key.inputs["enableKeyRotation"] is True
+    stmts = {st["Sid"]: st for st in statements(key.inputs["policy"])}
+    archive = f"arn:aws:s3:::envfence-experiment-archive-{facts.account}"
+    assert sorted(stmts) == [
+        "ArchiveKeyIsNeverDeleted",
+        "AuditReadersReadTheArchive",
+        "DeployerCopiesSnapshotsUnderIt",
+        "DeployerWritesTheArchive",
+        "KeyAdministration",
+    ]
+    never = stmts["ArchiveKeyIsNeverDeleted"]
+    assert (never["Effect"], never["Principal"], _actions(never)) == (
+        "Deny",
+        {"AWS": "*"},
+        {"kms:ScheduleKeyDeletion"},
+    )
+    writes = stmts["DeployerWritesTheArchive"]
+    assert writes["Principal"] == {"AWS": facts.deployer}
+    assert _actions(writes) == {"kms:GenerateDataKey", "kms:Decrypt"}
+    assert writes["Condition"] == {
+        "StringEquals": {
+            "kms:CallerAccount": facts.account,
+            "kms:ViaService": facts.via("s3"),
+            "kms:EncryptionContext:aws:s3:arn": archive,
+        }
+    }
+    copies = stmts["DeployerCopiesSnapshotsUnderIt"]
+    assert _actions(copies) == {"kms:CreateGrant", "kms:DescribeKey"}
+    assert copies["Condition"]["StringEquals"]["kms:ViaService"] == facts.via("rds")
+    readers = stmts["AuditReadersReadTheArchive"]
+    assert _actions(readers) == {"kms:Decrypt"}
+    assert readers["Condition"]["StringEquals"]["kms:EncryptionContext:aws:s3:arn"] == archive
+    # No role of the environment is named anywhere in it.
+    assert f":role/envfence-{facts.stack}-" not in json.dumps(stmts)

@@ -448,7 +448,7 @@ def service_checks(view: StackView, owns_trail: bool | None = None) -> list[Chec
     when no registry says (every stack is then held to the trails it declares)."""
     out: list[Check | Result] = []
     acct, region = view.account, view.region
-    key = view.one(_T(aws.kms.Key))
+    key = view.one(_T(aws.kms.Key), ENV_KEY)
     key_arn = _text(key, "arn")
 
     def guard(what: str, build: Any) -> None:
@@ -884,6 +884,10 @@ REPOSITORY_CALLS = (
     "ecr:PutImage",
     "ecr:BatchGetImage",
 )
+# The environment's key is the resource named "key" (infra/components/keys.py); the account's
+# archive, in an experiment account's baseline, has a key of its own ("archive-key").
+ENV_KEY = "key"
+ARCHIVE_KEY = "archive-key"
 DEPLOYER_SOURCE = "../shared/docs/notes-real-requests.md sections 2, 10-12"
 
 
@@ -894,7 +898,7 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
     who, acct, region = view.deployer, view.account, view.region
     base: dict[str, Any] = {"aws:SecureTransport": True, "aws:ViaAWSService": False}
     kms_base = {**base, "kms:CallerAccount": acct}
-    key_arn = _text(view.one(_T(aws.kms.Key)), "arn")
+    key_arn = _text(view.one(_T(aws.kms.Key), ENV_KEY), "arn")
 
     def req(action: str, resource: str, context: Mapping[str, Any]) -> RealRequest:
         return RealRequest(
@@ -1050,7 +1054,7 @@ def conclude_checks(
     and no role of the baseline's environment reads it."""
     out: list[Check | Result] = []
     base: dict[str, Any] = {"aws:SecureTransport": True, "aws:ViaAWSService": False}
-    key_arn = _text(view.one(_T(aws.kms.Key)), "arn")
+    key_arn = _text(view.one(_T(aws.kms.Key), ENV_KEY), "arn")
     by_store = {
         str(_tags({}, b).get(naming.TAG_DATA_STORE) or ""): b for b in view.all(_T(aws.s3.Bucket))
     }
@@ -1078,6 +1082,7 @@ def conclude_checks(
         arn = _text(archive, "arn")
         obj = f"{arn}/abtest/results/run-1/summary.json"
         kms = {**via["s3"], "kms:EncryptionContext:aws:s3:arn": arn}
+        archive_key = _text(view.one(_T(aws.kms.Key), ARCHIVE_KEY), "arn")
         out.append(
             must(
                 "writes the archive (experiment conclude)",
@@ -1086,9 +1091,24 @@ def conclude_checks(
                     req("s3:PutObject", obj, base),
                     req("s3:PutObjectTagging", obj, base),
                     req("s3:GetObject", f"{arn}/abtest/MANIFEST.json", base),
-                    req("kms:GenerateDataKey", key_arn, kms),
-                    req("kms:Decrypt", key_arn, kms),
+                    req("kms:GenerateDataKey", archive_key, kms),
+                    req("kms:Decrypt", archive_key, kms),
                 ],
+            )
+        )
+        out.append(
+            must(
+                "copies the final snapshot under the archive key (experiment conclude)",
+                [
+                    req("kms:DescribeKey", archive_key, via["rds"]),
+                    req("kms:CreateGrant", archive_key, via["rds"]),
+                ],
+            )
+        )
+        out.append(
+            must_not(
+                "schedule the archive key's deletion",
+                [req("kms:ScheduleKeyDeletion", archive_key, {**base, "kms:CallerAccount": view.account})],
             )
         )
         for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.components.keys import archive_key_statements
 from infra.components.policies import account_root, document, statement
 from infra.settings import Settings
 
@@ -63,6 +64,7 @@ class Data(pulumi.ComponentResource):
     master_secret_arn: pulumi.Output[str]
     # The experiment account's archive of concluded experiments (its baseline stack only).
     archive: aws.s3.Bucket | None
+    archive_key: aws.kms.Key | None
 
     def __init__(self, name: str, args: DataArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Data", name, None, opts)
@@ -73,6 +75,7 @@ class Data(pulumi.ComponentResource):
             parent=self, protect=s.is_production, retain_on_delete=s.is_production
         )
         self.buckets = {store: self._store(s, store, args, child, keep) for store in s.data_stores}
+        self.archive_key = None
         self.archive = (
             self._archive(s, args, child) if s.owns_trail and not s.is_production else None
         )
@@ -159,11 +162,29 @@ class Data(pulumi.ComponentResource):
         expires what it keeps after `archive.expireAfterDays` (Pulumi.yaml). Nobody of any
         environment reads or writes it: the deployer writes (conclude runs with its
         credentials), the deployer and the audit readers read, nobody deletes (the lifecycle
-        rule does). Not `protect`ed (the experiment stack stays destroyable), but retained when
-        the baseline stack itself is destroyed: the bucket stays in the account and its
-        lifecycle rule goes on expiring what it keeps."""
+        rule does). Encrypted with a key of its own, which nobody may delete: the baseline's
+        environment key is scheduled for deletion when the baseline is destroyed, and what it
+        encrypts becomes unreadable. Not `protect`ed (the experiment stack stays destroyable),
+        but the key, the bucket and every configuration of the bucket are retained when the
+        baseline stack is destroyed: the archive stays readable, guarded, and expiring. (A
+        later baseline re-creates nothing of it until imported: README, "Experiments".)"""
         kept = pulumi.ResourceOptions(parent=self, retain_on_delete=True)
         name = naming.archive_bucket_name(s.project, s.stack, s.account)
+        self.archive_key = aws.kms.Key(
+            "archive-key",
+            description=f"envfence {s.stack}: the archive of concluded experiments",
+            enable_key_rotation=True,
+            rotation_period_in_days=365,
+            deletion_window_in_days=30,
+            policy=document(*archive_key_statements(s, f"arn:aws:s3:::{name}")),
+            opts=kept,
+        )
+        aws.kms.Alias(
+            "archive-key-alias",
+            name=naming.archive_key_alias(s.project, s.stack),
+            target_key_id=self.archive_key.key_id,
+            opts=kept,
+        )
         bucket = aws.s3.Bucket(
             "archive",
             bucket=name,
@@ -178,13 +199,13 @@ class Data(pulumi.ComponentResource):
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
-            opts=child,
+            opts=kept,
         )
         aws.s3.BucketOwnershipControls(
             "archive-ownership",
             bucket=bucket.id,
             rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child,
+            opts=kept,
         )
         aws.s3.BucketServerSideEncryptionConfiguration(
             "archive-encryption",
@@ -193,12 +214,12 @@ class Data(pulumi.ComponentResource):
                 {
                     "apply_server_side_encryption_by_default": {
                         "sse_algorithm": "aws:kms",
-                        "kms_master_key_id": args.key_arn,
+                        "kms_master_key_id": self.archive_key.arn,
                     },
                     "bucket_key_enabled": True,
                 }
             ],
-            opts=child,
+            opts=kept,
         )
         aws.s3.BucketVersioning(
             "archive-versioning",
@@ -215,11 +236,12 @@ class Data(pulumi.ComponentResource):
                     "status": "Enabled",
                     "filter": {},
                     "expiration": {"days": s.archive_expire_days},
-                    "noncurrent_version_expiration": {"noncurrent_days": 1},
+                    # An overwritten archive object is kept as long as the original would have been.
+                    "noncurrent_version_expiration": {"noncurrent_days": s.archive_expire_days},
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
                 }
             ],
-            opts=child,
+            opts=kept,
         )
         objects = pulumi.Output.concat(bucket.arn, "/*")
         writers = [s.deployer] if s.deployer else []
@@ -261,7 +283,8 @@ class Data(pulumi.ComponentResource):
                 principal="*",
                 condition={"ArnNotEquals": {"aws:PrincipalArn": readers}},
             ),
-            # What is archived stays until the lifecycle rule expires it.
+            # What is archived stays until the lifecycle rule expires it (lifecycle actions are
+            # S3's own, not a principal's: a Deny does not stop them).
             statement(
                 "DenyDeletingArchives",
                 "Deny",
@@ -269,8 +292,26 @@ class Data(pulumi.ComponentResource):
                 [objects],
                 principal="*",
             ),
+            # Nobody but the deployer (`pulumi up`) shortens the expiry or lifts these Denies.
+            statement(
+                "DenyReconfiguringTheArchiveButTheDeployer",
+                "Deny",
+                [
+                    "s3:PutLifecycleConfiguration",
+                    "s3:PutBucketPolicy",
+                    "s3:DeleteBucketPolicy",
+                    "s3:PutEncryptionConfiguration",
+                    "s3:PutBucketVersioning",
+                    "s3:PutBucketPublicAccessBlock",
+                    "s3:PutBucketOwnershipControls",
+                    "s3:DeleteBucket",
+                ],
+                [bucket.arn],
+                principal="*",
+                condition={"ArnNotEquals": {"aws:PrincipalArn": writers}},
+            ),
         )
-        aws.s3.BucketPolicy("archive-policy", bucket=bucket.id, policy=policy, opts=child)
+        aws.s3.BucketPolicy("archive-policy", bucket=bucket.id, policy=policy, opts=kept)
         return bucket
 
     @staticmethod

@@ -143,8 +143,8 @@ def trail_statements(s: Settings, root: str) -> list[dict[str, object]]:
 
 def archive_statements(s: Settings, root: str) -> list[dict[str, object]]:
     """What `envfence experiment conclude` needs of an experiment's key, run as the account's
-    deployer: reading the `results` store (S3 decrypts the objects' bucket key) and, on the
-    baseline's key, writing and reading the archive. Only through S3, only for those buckets:
+    deployer: reading the `results` store (S3 decrypts the objects' bucket key). The archive
+    has a key of its own (`archive_key_statements`). Only through S3, only for that bucket:
     with an S3 Bucket Key the encryption context is the bucket ARN, which the condition pins
     (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-key.html; the S3 row of
     envfence/prove/translate.py). Production keys get none of this: conclude never reads or
@@ -170,12 +170,43 @@ def archive_statements(s: Settings, root: str) -> list[dict[str, object]]:
                 },
             )
         )
-    if s.owns_trail:
-        archive = f"arn:aws:s3:::{naming.archive_bucket_name(s.project, s.stack, s.account)}"
-        # CopyObject into an SSE-KMS bucket: S3 generates the destination's data key and, for
-        # a multipart copy, decrypts it again; reading the manifest back decrypts.
-        # https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html
-        out.append(
+    return out
+
+
+def archive_key_statements(
+    s: Settings, archive_bucket_arn: pulumi.Input[str]
+) -> list[dict[str, object]]:
+    """The key policy of the archive's own key (an experiment account's baseline only). It
+    outlives the baseline's environment key (which `pulumi destroy` schedules for deletion):
+    nobody may schedule its deletion, no environment role may use it. The deployer manages it,
+    writes and reads the archive through S3 (with an S3 Bucket Key the encryption context is
+    the bucket ARN: https://docs.aws.amazon.com/AmazonS3/latest/userguide/configuring-bucket-key.html;
+    uploads need GenerateDataKey, multipart copies Decrypt:
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_CreateMultipartUpload.html), and copies
+    the final DB snapshot under it (RDS needs CreateGrant and DescribeKey through RDS:
+    https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Overview.Encryption.Keys.html);
+    the audit readers read the archive through S3."""
+    root = account_root(s.account)
+    managers = [s.deployer, *s.admin_principals] if s.deployer else list(s.admin_principals)
+    via_s3 = f"s3.{s.region}.amazonaws.com"
+    out = [
+        statement(
+            "KeyAdministration",
+            "Allow",
+            ADMIN_ACTIONS,
+            ["*"],
+            principal={"AWS": managers or [root]},
+        ),
+        statement(
+            "ArchiveKeyIsNeverDeleted",
+            "Deny",
+            ["kms:ScheduleKeyDeletion"],
+            ["*"],
+            principal={"AWS": "*"},
+        ),
+    ]
+    if s.deployer:
+        out += [
             statement(
                 "DeployerWritesTheArchive",
                 "Allow",
@@ -186,28 +217,41 @@ def archive_statements(s: Settings, root: str) -> list[dict[str, object]]:
                     "StringEquals": {
                         "kms:CallerAccount": s.account,
                         "kms:ViaService": via_s3,
-                        "kms:EncryptionContext:aws:s3:arn": archive,
+                        "kms:EncryptionContext:aws:s3:arn": archive_bucket_arn,
                     }
+                },
+            ),
+            statement(
+                "DeployerCopiesSnapshotsUnderIt",
+                "Allow",
+                ["kms:CreateGrant", "kms:DescribeKey"],
+                ["*"],
+                principal={"AWS": s.deployer},
+                condition={
+                    "StringEquals": {
+                        "kms:CallerAccount": s.account,
+                        "kms:ViaService": f"rds.{s.region}.amazonaws.com",
+                    }
+                },
+            ),
+        ]
+    if s.audit_readers:
+        out.append(
+            statement(
+                "AuditReadersReadTheArchive",
+                "Allow",
+                ["kms:Decrypt"],
+                ["*"],
+                principal={"AWS": root},
+                condition={
+                    "ArnEquals": {"aws:PrincipalArn": list(s.audit_readers)},
+                    "StringEquals": {
+                        "kms:ViaService": via_s3,
+                        "kms:EncryptionContext:aws:s3:arn": archive_bucket_arn,
+                    },
                 },
             )
         )
-        if s.audit_readers:
-            out.append(
-                statement(
-                    "AuditReadersReadTheArchive",
-                    "Allow",
-                    ["kms:Decrypt"],
-                    ["*"],
-                    principal={"AWS": root},
-                    condition={
-                        "ArnEquals": {"aws:PrincipalArn": list(s.audit_readers)},
-                        "StringEquals": {
-                            "kms:ViaService": via_s3,
-                            "kms:EncryptionContext:aws:s3:arn": archive,
-                        },
-                    },
-                )
-            )
     return out
 
 
