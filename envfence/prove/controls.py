@@ -1108,7 +1108,13 @@ def conclude_checks(
         out.append(
             must_not(
                 "schedule the archive key's deletion",
-                [req("kms:ScheduleKeyDeletion", archive_key, {**base, "kms:CallerAccount": view.account})],
+                [
+                    req(
+                        "kms:ScheduleKeyDeletion",
+                        archive_key,
+                        {**base, "kms:CallerAccount": view.account},
+                    )
+                ],
             )
         )
         for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
