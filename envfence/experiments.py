@@ -357,12 +357,11 @@ def destroy(project: Project, stack: str, say: Printer) -> bool:
 
     try:
         target = auto.select_stack(stack_name=stack, work_dir=str(project.root))
+        result = target.destroy(on_output=lambda line: say(f"    {line}"))
     except auto.StackNotFoundError:
         say(f"  destroy: already done (no stack {stack} in the backend)")
         return True
-    try:
-        result = target.destroy(on_output=lambda line: say(f"    {line}"))
-    except auto.CommandError as exc:
+    except auto.CommandError as exc:  # not logged in, a failed delete, a protected resource
         say(f"  destroy: failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
         say(f"stopped: fix the cause and re-run conclude (or run: {command})")
         return False

@@ -502,6 +502,29 @@ def _archived_sizes(s3: Any, target: Target) -> dict[str, int]:
     return sizes
 
 
+# System-defined metadata a copy keeps only when given again (HeadObject name -> request name).
+_SYSTEM_METADATA = (
+    "ContentType",
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+    "Expires",
+)
+
+
+def _system_metadata(s3: Any, target: Target, src: _Source) -> dict[str, Any]:
+    """The source version's system-defined metadata, as CopyObject parameters."""
+    extra = {"VersionId": src.version_id} if src.version_id != "null" else {}
+    head = s3.head_object(
+        Bucket=target.results_bucket,
+        Key=src.key,
+        ExpectedBucketOwner=target.account,
+        **extra,
+    )
+    return {name: head[name] for name in _SYSTEM_METADATA if head.get(name) not in (None, "")}
+
+
 def _copy_source(target: Target, src: _Source) -> dict[str, str]:
     source = {"Bucket": target.results_bucket, "Key": src.key}
     if src.version_id != "null":
@@ -517,6 +540,7 @@ def _multipart_copy(
     metadata: dict[str, str],
     tagging: str,
     part_size: int,
+    system: Mapping[str, Any] | None = None,
 ) -> None:
     """Copy one object in parts (UploadPartCopy), for objects over CopyObject's 5 GB.
 
@@ -531,6 +555,7 @@ def _multipart_copy(
         Bucket=target.archive_bucket,
         Key=archive_key,
         Metadata=metadata,
+        **dict(system or {}),
         Tagging=tagging,
         ExpectedBucketOwner=target.account,
     )["UploadId"]
@@ -714,6 +739,10 @@ def archive_results(
                     )
                     continue
             archived_at = datetime.now(UTC).replace(microsecond=0).isoformat()
+            # MetadataDirective REPLACE replaces *all* metadata, the system-defined headers
+            # too: carry the source version's over, so a gzip object stays gzip.
+            # https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html
+            system = _system_metadata(s3, target, src)
             metadata = {
                 META_SOURCE_BUCKET: target.results_bucket,
                 META_SOURCE_KEY: urllib.parse.quote(src.key, safe="/"),
@@ -723,7 +752,7 @@ def archive_results(
                 META_EXPIRES: expires_on,
             }
             if src.size > copy_object_limit:
-                _multipart_copy(s3, target, src, archive_key, metadata, tagging, part_size)
+                _multipart_copy(s3, target, src, archive_key, metadata, tagging, part_size, system)
             else:
                 s3.copy_object(
                     Bucket=target.archive_bucket,
@@ -731,6 +760,7 @@ def archive_results(
                     CopySource=_copy_source(target, src),
                     MetadataDirective="REPLACE",
                     Metadata=metadata,
+                    **system,
                     TaggingDirective="REPLACE",
                     Tagging=tagging,
                     ExpectedBucketOwner=target.account,
@@ -849,6 +879,15 @@ def _paginate(client: Any, operation: str, **kwargs: Any) -> Iterable[dict[str, 
 _PENDING_KEY_STATES = ("PendingDeletion", "PendingReplicaDeletion")
 
 
+def _task_definition_status(ecs: Any, arn: str) -> str:
+    try:
+        return str(ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]["status"])
+    except AWS_ERRORS as exc:
+        if _code(exc) in ("ClientException", "InvalidParameterException"):
+            return "gone"
+        raise
+
+
 def _key_state(kms: Any, key: str) -> str:
     return str(kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"])
 
@@ -925,7 +964,18 @@ def residue(
                         continue
                     found.add(service, arn, f"{exp_tag}; key state {state}")
                     continue
-                found.add(service, arn, exp_tag)
+                if service == "ecs" and ":task-definition/" in arn:
+                    # Destroy deregisters a task definition; AWS keeps INACTIVE revisions,
+                    # tags and all, "discoverable in your account indefinitely".
+                    # https://docs.aws.amazon.com/AmazonECS/latest/developerguide/deregister-task-definition-v2.html
+                    status = _task_definition_status(client("ecs"), arn)
+                    if status in ("INACTIVE", "DELETE_IN_PROGRESS", "gone"):
+                        continue
+                    found.add(service, arn, f"{exp_tag}; task definition {status}")
+                    continue
+                # GetResources lists what is or was tagged, so a resource deleted moments ago
+                # may still appear: it stays residue (fail closed), with the hint.
+                found.add(service, arn, f"{exp_tag} (if it was just deleted, re-run in a while)")
 
     def buckets() -> None:
         shape = re.compile(rf"^{re.escape(prefix)}-[a-z][a-z0-9]{{0,11}}-{re.escape(account)}$")
@@ -945,16 +995,37 @@ def residue(
                 instance.get("DBInstanceArn", ident),
                 f"DB instance {ident} ({instance.get('DBInstanceStatus')})",
             )
-        for page in _paginate(rds, "describe_db_snapshots", DBInstanceIdentifier=ident):
+        # By filter, not DBInstanceIdentifier: that parameter must name an existing instance,
+        # and after `pulumi destroy` it does not.
+        # https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_DescribeDBSnapshots.html
+        by_instance = [{"Name": "db-instance-id", "Values": [ident]}]
+        for page in _paginate(rds, "describe_db_snapshots", Filters=by_instance):
             for snap in page.get("DBSnapshots", []):
+                if snap.get("DBInstanceIdentifier", ident) != ident:
+                    continue
                 found.add(
                     "rds",
                     snap.get("DBSnapshotArn", snap["DBSnapshotIdentifier"]),
                     f"{snap.get('SnapshotType', '')} snapshot of {ident}".strip(),
                 )
-        pages = _paginate(rds, "describe_db_instance_automated_backups", DBInstanceIdentifier=ident)
+        # Retained automated backups; none at all is a 404 on this call.
+        # https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_DescribeDBInstanceAutomatedBackups.html
+        try:
+            pages = list(
+                _paginate(rds, "describe_db_instance_automated_backups", Filters=by_instance)
+            )
+        except AWS_ERRORS as exc:
+            if _code(exc) not in ("DBInstanceAutomatedBackupNotFound", "DBInstanceNotFound"):
+                raise
+            pages = []
         for page in pages:
             for backup in page.get("DBInstanceAutomatedBackups", []):
+                # "active" backups are the live instance's (reported above); "retained" ones
+                # outlive it.
+                if backup.get("DBInstanceIdentifier", ident) != ident:
+                    continue
+                if backup.get("Status", "retained") != "retained":
+                    continue
                 found.add(
                     "rds",
                     backup.get("DBInstanceAutomatedBackupsArn", f"automated-backups:{ident}"),

@@ -327,6 +327,29 @@ def test_results_archived_with_metadata_tags_and_manifest(results_exp: Experimen
         assert entry["etag"] == s3.head_object(Bucket=t.results_bucket, Key=key)["ETag"].strip('"')
 
 
+def test_system_metadata_survives_the_copy(results_exp: Experiment) -> None:
+    """MetadataDirective REPLACE drops system metadata unless it is given again."""
+    exp, t = results_exp, results_exp.target
+    s3 = exp.client("s3")
+    s3.put_object(
+        Bucket=t.results_bucket,
+        Key="run-2/rows.csv.gz",
+        Body=b"\x1f\x8b",
+        ContentType="text/csv",
+        ContentEncoding="gzip",
+        CacheControl="no-store",
+    )
+    assert archive_objects(exp).ok
+    head = s3.head_object(
+        Bucket=t.archive_bucket, Key=f"{t.experiment_id}/results/run-2/rows.csv.gz"
+    )
+    assert (head["ContentType"], head["ContentEncoding"], head["CacheControl"]) == (
+        "text/csv",
+        "gzip",
+        "no-store",
+    )
+
+
 def test_second_run_copies_nothing(results_exp: Experiment) -> None:
     assert archive_objects(results_exp).status == "done"
     manifest = results_exp.manifest()
@@ -829,7 +852,44 @@ LEFTOVERS: dict[str, Leftover] = {
     "cluster": _cluster,
     "schedule": _schedule,
     "appconfig application": _application,
+    "active task definition": lambda exp: _task_definition(exp),
 }
+
+
+def _retained_backups(exp: Experiment) -> tuple[str, Callable[[], None]]:
+    """An instance deleted keeping its automated backups: they are residue (status retained)."""
+    ident = exp.target.db_instance_identifier
+    make_instance(exp.aws, ident)
+    rds = exp.client("rds")
+    rds.delete_db_instance(
+        DBInstanceIdentifier=ident, SkipFinalSnapshot=True, DeleteAutomatedBackups=False
+    )
+    [backup] = [
+        b
+        for b in rds.describe_db_instance_automated_backups()["DBInstanceAutomatedBackups"]
+        if b["DBInstanceIdentifier"] == ident
+    ]
+    assert backup["Status"] == "retained"
+    arn = backup.get("DBInstanceAutomatedBackupsArn", f"automated-backups:{ident}")
+
+    def remove() -> None:
+        for snap in rds.describe_db_snapshots(SnapshotType="automated")["DBSnapshots"]:
+            if snap["DBInstanceIdentifier"] == ident:
+                rds.delete_db_snapshot(DBSnapshotIdentifier=snap["DBSnapshotIdentifier"])
+
+    return arn, remove
+
+
+def _task_definition(exp: Experiment) -> tuple[str, Callable[[], None]]:
+    """A registered (ACTIVE) task definition tagged with the experiment id is residue; once
+    deregistered (INACTIVE, which AWS keeps with its tags) it is not."""
+    ecs = exp.client("ecs")
+    arn = ecs.register_task_definition(
+        family=f"{exp.target.prefix}-worker",
+        containerDefinitions=[{"name": "worker", "image": "x", "memory": 512}],
+        tags=[{"key": k, "value": v} for k, v in exp_tags(exp.target).items()],
+    )["taskDefinition"]["taskDefinitionArn"]
+    return arn, lambda: ecs.deregister_task_definition(taskDefinition=arn)
 
 
 @pytest.mark.parametrize("kind", list(LEFTOVERS))
@@ -846,6 +906,20 @@ def test_residue_fires_for_each_leftover_and_is_quiet_once_it_is_gone(
     result = lifecycle.residue_result(items, destroyed.target)
     assert result.status == "failed"
     assert arn in result.detail
+    assert check(destroyed) == []
+
+
+def test_retained_automated_backups_are_residue_and_deleted_ones_are_not(
+    destroyed: Experiment,
+) -> None:
+    """After a destroy that kept its automated backups they fire (moto also lists their
+    snapshots); after one that deleted them (the provider's default) nothing is left."""
+    arn, remove = _retained_backups(destroyed)
+    try:
+        items = check(destroyed)
+    finally:
+        remove()
+    assert arn in [i.resource for i in items], items
     assert check(destroyed) == []
 
 
