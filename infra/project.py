@@ -9,6 +9,7 @@ files through here to check what must differ between environments (CIDRs, names)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,4 +135,15 @@ def _registry_of(doc: dict[str, Any]) -> Registry:
 
 
 def _read_registry(path: Path) -> Registry:
-    return _registry_of(_load_yaml(path))
+    """The registry of `path`, parsed once per version of the file (the rules ask for it per
+    resource and per stack)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return _registry_of(_load_yaml(path))  # the error names the file
+    return _cached_registry(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_registry(path: str, mtime_ns: int, size: int) -> Registry:
+    return _registry_of(_load_yaml(Path(path)))

@@ -463,9 +463,12 @@ def test_a_baseline_without_its_trail_breaks_and_the_others_do_not_care(
 
 
 @pytest.fixture(scope="module")
-def six(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, Stacks]:
+def six(tmp_path_factory: pytest.TempPathFactory, stacks: Stacks) -> tuple[Project, Stacks]:
+    """The six short-lived stacks evaluated in a copy of the repository; prod and experiment
+    as the session evaluated them (their resources do not depend on the other stack files)."""
     project = repository(tmp_path_factory.mktemp("six"), tuple(s.split("-", 1)[1] for s in SIX))
-    return project, {name: evaluate(name, project) for name in ("prod", "experiment", *SIX)}
+    states = {name: stacks[name] for name in ("prod", "experiment")}
+    return project, states | {name: evaluate(name, project) for name in SIX}
 
 
 def test_six_experiments_exceed_the_vpc_quota_not_the_trail_one(
