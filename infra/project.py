@@ -8,6 +8,7 @@ files through here to check what must differ between environments (CIDRs, names)
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import json
@@ -91,18 +92,27 @@ def to_cli_string(value: Any) -> str:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
+    """The file's mapping, parsed once per content (sibling stack files are read for every stack
+    the rules look at; YAML parsing is the slow part); the caller gets its own copy."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise ProjectFileError(f"{path.name}: cannot be read: {exc.strerror}") from None
+    return copy.deepcopy(_parse_yaml(path.name, text))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_yaml(name: str, text: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ProjectFileError(f"{path.name}: not valid YAML{where}") from None
+        raise ProjectFileError(f"{name}: not valid YAML{where}") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise ProjectFileError(f"{path.name}: expected a mapping at the top level")
+        raise ProjectFileError(f"{name}: expected a mapping at the top level")
     return doc
 
 
@@ -135,15 +145,15 @@ def _registry_of(doc: dict[str, Any]) -> Registry:
 
 
 def _read_registry(path: Path) -> Registry:
-    """The registry of `path`, parsed once per version of the file (the rules ask for it per
-    resource and per stack)."""
+    """The registry of `path`, validated once per content of the file (the rules ask for it
+    per resource and per stack)."""
     try:
-        stat = path.stat()
-    except OSError:
-        return _registry_of(_load_yaml(path))  # the error names the file
-    return _cached_registry(str(path), stat.st_mtime_ns, stat.st_size)
+        text = path.read_text()
+    except OSError as exc:
+        raise ProjectFileError(f"{path.name}: cannot be read: {exc.strerror}") from None
+    return _cached_registry(path.name, text)
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_registry(path: str, mtime_ns: int, size: int) -> Registry:
-    return _registry_of(_load_yaml(Path(path)))
+def _cached_registry(name: str, text: str) -> Registry:
+    return _registry_of(copy.deepcopy(_parse_yaml(name, text)))
