@@ -34,6 +34,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.components.buckets import guard_bucket
 from infra.components.identity import environment_roles
 from infra.components.policies import document, statement
 from infra.settings import Settings
@@ -121,41 +122,7 @@ class Audit(pulumi.ComponentResource):
             tags={naming.TAG_DATA_STORE: "audit"},
             opts=keep,
         )
-        aws.s3.BucketPublicAccessBlock(
-            "audit-public-access",
-            bucket=self.bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
-        aws.s3.BucketOwnershipControls(
-            "audit-ownership",
-            bucket=self.bucket.id,
-            rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child,
-        )
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            "audit-encryption",
-            bucket=self.bucket.id,
-            rules=[
-                {
-                    "apply_server_side_encryption_by_default": {
-                        "sse_algorithm": "aws:kms",
-                        "kms_master_key_id": args.key_arn,
-                    },
-                    "bucket_key_enabled": True,
-                }
-            ],
-            opts=child,
-        )
-        aws.s3.BucketVersioning(
-            "audit-versioning",
-            bucket=self.bucket.id,
-            versioning_configuration={"status": "Enabled"},
-            opts=keep,
-        )
+        guard_bucket("audit", self.bucket, args.key_arn, child, keep)
         if locked:
             # COMPLIANCE mode: not even the account's root user can shorten or remove it.
             aws.s3.BucketObjectLockConfiguration(

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.components.buckets import guard_bucket
 from infra.components.keys import archive_key_statements
 from infra.components.policies import account_root, document, statement
 from infra.settings import Settings
@@ -107,41 +108,7 @@ class Data(pulumi.ComponentResource):
             tags={naming.TAG_DATA_STORE: store},
             opts=keep,
         )
-        aws.s3.BucketPublicAccessBlock(
-            f"store-{store}-public-access",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
-        aws.s3.BucketOwnershipControls(
-            f"store-{store}-ownership",
-            bucket=bucket.id,
-            rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child,
-        )
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"store-{store}-encryption",
-            bucket=bucket.id,
-            rules=[
-                {
-                    "apply_server_side_encryption_by_default": {
-                        "sse_algorithm": "aws:kms",
-                        "kms_master_key_id": args.key_arn,
-                    },
-                    "bucket_key_enabled": True,
-                }
-            ],
-            opts=child,
-        )
-        aws.s3.BucketVersioning(
-            f"store-{store}-versioning",
-            bucket=bucket.id,
-            versioning_configuration={"status": "Enabled"},
-            opts=keep,
-        )
+        guard_bucket(f"store-{store}", bucket, args.key_arn, child, keep)
         aws.s3.BucketLifecycleConfiguration(
             f"store-{store}-lifecycle",
             bucket=bucket.id,
@@ -192,41 +159,7 @@ class Data(pulumi.ComponentResource):
             tags={naming.TAG_DATA_STORE: "archive"},
             opts=kept,
         )
-        aws.s3.BucketPublicAccessBlock(
-            "archive-public-access",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=kept,
-        )
-        aws.s3.BucketOwnershipControls(
-            "archive-ownership",
-            bucket=bucket.id,
-            rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=kept,
-        )
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            "archive-encryption",
-            bucket=bucket.id,
-            rules=[
-                {
-                    "apply_server_side_encryption_by_default": {
-                        "sse_algorithm": "aws:kms",
-                        "kms_master_key_id": self.archive_key.arn,
-                    },
-                    "bucket_key_enabled": True,
-                }
-            ],
-            opts=kept,
-        )
-        aws.s3.BucketVersioning(
-            "archive-versioning",
-            bucket=bucket.id,
-            versioning_configuration={"status": "Enabled"},
-            opts=kept,
-        )
+        guard_bucket("archive", bucket, self.archive_key.arn, kept, kept)
         aws.s3.BucketLifecycleConfiguration(
             "archive-lifecycle",
             bucket=bucket.id,
@@ -283,8 +216,11 @@ class Data(pulumi.ComponentResource):
                 principal="*",
                 condition={"ArnNotEquals": {"aws:PrincipalArn": readers}},
             ),
-            # What is archived stays until the lifecycle rule expires it (lifecycle actions are
-            # S3's own, not a principal's: a Deny does not stop them).
+            # What is archived stays until the lifecycle rule expires it: lifecycle actions are
+            # S3's own, not a principal's, so a Deny does not stop them (to stop lifecycle
+            # deletions one must deny s3:PutLifecycleConfiguration, which the next statement
+            # does for all but the deployer).
+            # https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutBucketLifecycleConfiguration.html
             statement(
                 "DenyDeletingArchives",
                 "Deny",
@@ -292,7 +228,8 @@ class Data(pulumi.ComponentResource):
                 [objects],
                 principal="*",
             ),
-            # Nobody but the deployer (`pulumi up`) shortens the expiry or lifts these Denies.
+            # Nobody but the deployer (`pulumi up`) shortens the expiry or lifts these Denies;
+            # the deployer's own provider calls on the bucket are the BUCKET_CALLS controls.
             statement(
                 "DenyReconfiguringTheArchiveButTheDeployer",
                 "Deny",

@@ -173,6 +173,18 @@ def archive_statements(s: Settings, root: str) -> list[dict[str, object]]:
     return out
 
 
+def administration(s: Settings) -> dict[str, object]:
+    """The deployer and any break-glass administrators manage a key; no data use."""
+    managers = [s.deployer, *s.admin_principals] if s.deployer else list(s.admin_principals)
+    return statement(
+        "KeyAdministration",
+        "Allow",
+        ADMIN_ACTIONS,
+        ["*"],
+        principal={"AWS": managers or [account_root(s.account)]},
+    )
+
+
 def archive_key_statements(
     s: Settings, archive_bucket_arn: pulumi.Input[str]
 ) -> list[dict[str, object]]:
@@ -187,16 +199,9 @@ def archive_key_statements(
     https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Overview.Encryption.Keys.html);
     the audit readers read the archive through S3."""
     root = account_root(s.account)
-    managers = [s.deployer, *s.admin_principals] if s.deployer else list(s.admin_principals)
     via_s3 = f"s3.{s.region}.amazonaws.com"
     out = [
-        statement(
-            "KeyAdministration",
-            "Allow",
-            ADMIN_ACTIONS,
-            ["*"],
-            principal={"AWS": managers or [root]},
-        ),
+        administration(s),
         statement(
             "ArchiveKeyIsNeverDeleted",
             "Deny",
@@ -268,16 +273,8 @@ class Keys(pulumi.ComponentResource):
         super().__init__("envfence:index:Keys", name, None, opts)
         s = args.settings
         root = account_root(s.account)
-        managers = [s.deployer, *s.admin_principals] if s.deployer else list(s.admin_principals)
         statements = [
-            # The deployer and any break-glass administrators manage the key; no data use.
-            statement(
-                "KeyAdministration",
-                "Allow",
-                ADMIN_ACTIONS,
-                ["*"],
-                principal={"AWS": managers or [root]},
-            ),
+            administration(s),
             # Principal is the account, narrowed by aws:PrincipalArn: the roles need not exist yet
             # (KMS rejects a key policy naming a missing principal) and IAM must allow as well.
             statement(
