@@ -6,13 +6,16 @@ Tests that mutate a stack take a deep copy (`stack_copy`), so the session's stat
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from envfence.evaluate import evaluate
 from envfence.model import StackState
-from infra.project import Project, load_project
+from infra.project import ROOT, Project, load_project
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,26 @@ def experiment(stacks: dict[str, StackState]) -> StackState:
 def stack_copy(stacks: dict[str, StackState]) -> Callable[[str], StackState]:
     """A deep copy of an evaluated stack, safe to mutate."""
     return lambda name: copy.deepcopy(stacks[name])
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Project:
+    """A copy of the repository's project and stack files, the program (infra/) by symlink:
+    for tests that add, edit or remove stack files."""
+    for path in ROOT.glob("Pulumi*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "infra").symlink_to(ROOT / "infra")
+    return load_project(tmp_path)
+
+
+@pytest.fixture
+def restore_program_modules() -> Iterator[None]:
+    """Running a copied program imports `infra` from the copy and prepends it to sys.path;
+    put the repository's modules back for the rest of the session."""
+    path = list(sys.path)
+    modules = {k: v for k, v in sys.modules.items() if k == "infra" or k.startswith("infra.")}
+    yield
+    sys.path[:] = path
+    for name in [k for k in sys.modules if k == "infra" or k.startswith("infra.")]:
+        del sys.modules[name]
+    sys.modules.update(modules)

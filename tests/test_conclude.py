@@ -10,8 +10,6 @@ fake AWS API for listing and copying; nothing here judges a permission.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ import envfence.experiments as experiments_module
 from envfence import experiments, lifecycle
 from envfence.cli import main as cli_main
 from infra import naming
-from infra.project import ROOT, Project, load_project
+from infra.project import Project
 from tests.test_lifecycle import AppConfigStub
 
 pytest_plugins = ("tests.moto_server",)
@@ -29,14 +27,6 @@ pytest_plugins = ("tests.moto_server",)
 EXP_ACCOUNT = "210987654321"
 PROJECT_NAME = "envfence"
 OBJECTS = {"run-1/summary.json": b'{"lift": 0.03}', "run-1/rows.csv": b"a,b\n1,2\n"}
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Project:
-    for path in ROOT.glob("Pulumi*.yaml"):
-        shutil.copy(path, tmp_path / path.name)
-    (tmp_path / "infra").symlink_to(ROOT / "infra")
-    return load_project(tmp_path)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,9 @@ from envfence import experiments
 from envfence.cli import main as cli_main
 from envfence.model import StackState
 from infra import naming
-from infra.project import ROOT, Project, load_project
+from infra.project import Project
 
 TODAY = dt.date(2026, 12, 2)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Project:
-    """A copy of the repository's project and stack files (the program by symlink)."""
-    for path in ROOT.glob("Pulumi*.yaml"):
-        shutil.copy(path, tmp_path / path.name)
-    (tmp_path / "infra").symlink_to(ROOT / "infra")
-    return load_project(tmp_path)
 
 
 def _new(project: Project, ident: str, **kwargs: str) -> Path:

@@ -11,8 +11,6 @@ import copy
 import datetime as dt
 import json
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +46,6 @@ def _edit(path: Path, **config: Any) -> None:
     doc = yaml.safe_load(path.read_text())
     doc["config"].update(config)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-@pytest.fixture
-def restore_program_modules() -> Iterator[None]:
-    """A copied program imports `infra` from the copy: put the repository's modules back."""
-    path = list(sys.path)
-    modules = {k: v for k, v in sys.modules.items() if k == "infra" or k.startswith("infra.")}
-    yield
-    sys.path[:] = path
-    for name in [k for k in sys.modules if k == "infra" or k.startswith("infra.")]:
-        del sys.modules[name]
-    sys.modules.update(modules)
 
 
 def _cli(project: Project, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:

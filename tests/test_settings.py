@@ -11,8 +11,7 @@ import datetime as dt
 import ipaddress
 import json
 import shutil
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -499,19 +498,6 @@ def _project_copy(
             ROOT / "infra", tmp_path / "infra", ignore=shutil.ignore_patterns("__pycache__")
         )
     return load_project(tmp_path)
-
-
-@pytest.fixture
-def restore_program_modules() -> Iterator[None]:
-    """Running a copied program imports `infra` from the copy and prepends it to sys.path;
-    put the repository's modules back for the rest of the session."""
-    path = list(sys.path)
-    modules = {k: v for k, v in sys.modules.items() if k == "infra" or k.startswith("infra.")}
-    yield
-    sys.path[:] = path
-    for name in [k for k in sys.modules if k == "infra" or k.startswith("infra.")]:
-        del sys.modules[name]
-    sys.modules.update(modules)
 
 
 @pytest.fixture
