@@ -1557,3 +1557,39 @@ def test_the_archive_has_its_own_undeletable_key(stacks: dict[str, StackState]) 
     assert readers["Condition"]["StringEquals"]["kms:EncryptionContext:aws:s3:arn"] == archive
     # No role of the environment is named anywhere in it.
     assert f":role/envfence-{facts.stack}-" not in json.dumps(stmts)
+
+
+def test_the_archive_bucket_is_written_by_the_deployer_and_deleted_by_nobody(
+    stacks: dict[str, StackState],
+) -> None:
+    """The archive's policy, statement by statement, and its lifecycle: what it keeps expires
+    after `archive.expireAfterDays` (Pulumi.yaml: 365), overwritten versions no sooner."""
+    state = stacks["experiment"]
+    facts = facts_of(state)
+    policy = state.named("archive-policy", BUCKET_POLICY).inputs["policy"]
+    stmts = {st["Sid"]: st for st in statements(policy)}
+    assert sorted(stmts) == [
+        "DenyDeletingArchives",
+        "DenyInsecureTransport",
+        "DenyListingTheArchiveButItsReaders",
+        "DenyReadingTheArchiveButItsReaders",
+        "DenyReconfiguringTheArchiveButTheDeployer",
+        "DenyWritingTheArchiveButTheDeployer",
+    ]
+    assert all(st["Effect"] == "Deny" and st["Principal"] == "*" for st in stmts.values())
+    delete = stmts["DenyDeletingArchives"]
+    assert "Condition" not in delete and "s3:DeleteObject*" in _actions(delete)
+    readers = [facts.deployer, *facts.audit_readers]
+    for sid, who in (
+        ("DenyWritingTheArchiveButTheDeployer", [facts.deployer]),
+        ("DenyReconfiguringTheArchiveButTheDeployer", [facts.deployer]),
+        ("DenyReadingTheArchiveButItsReaders", readers),
+        ("DenyListingTheArchiveButItsReaders", readers),
+    ):
+        assert stmts[sid]["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": who}}, sid
+    assert {"s3:PutLifecycleConfiguration", "s3:PutBucketPolicy"} <= _actions(
+        stmts["DenyReconfiguringTheArchiveButTheDeployer"]
+    )
+    [rule] = state.named("archive-lifecycle", LIFECYCLE).inputs["rules"]
+    assert rule["expiration"] == {"days": 365}
+    assert rule["noncurrentVersionExpiration"] == {"noncurrentDays": 365}
