@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from envfence.evaluate import _EC2_IDS, evaluate  # noqa: E402
 from envfence.model import StackState  # noqa: E402
+from envfence.project import Project, load_project  # noqa: E402
 from envfence.prove.iam_proof import prove_iam  # noqa: E402
 from envfence.prove.network import prove_network  # noqa: E402
 from envfence.prove.run import prove as prove_all  # noqa: E402
 from envfence.prove.world import build_world  # noqa: E402
 from envfence.rules import run_all  # noqa: E402
 from envfence.rules.context import build_context  # noqa: E402
-from infra.project import Project, load_project  # noqa: E402
 
 Stacks = dict[str, StackState]
 

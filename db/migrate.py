@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # psycopg is imported where a connection is made
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
-# The same rules as infra/settings.py (this module must run without the Pulumi program).
+# The same rules as envfence/settings.py (this module must run without the Pulumi program).
 TIERS = ("production", "experiment")
 STACK_RE = re.compile(r"^[a-z][a-z0-9-]{0,26}[a-z0-9]$")
 EXPERIMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,14}[a-z0-9]$")

@@ -35,8 +35,8 @@ from envfence.model import StackState
 from envfence.summary import summarize
 
 if TYPE_CHECKING:
+    from envfence.project import Project
     from envfence.prove.run import ProofReport
-    from infra.project import Project
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -206,7 +206,7 @@ def _load_stacks(names: Sequence[str] | None, project: Project | None = None) ->
 
 def _repository() -> Project:
     """The project whose stacks `--stack` names (the repository envfence runs in)."""
-    from infra.project import ProjectFileError, load_project
+    from envfence.project import ProjectFileError, load_project
 
     try:
         return load_project()
@@ -276,13 +276,15 @@ def _states(args: argparse.Namespace) -> list[StackState]:
 def _registered(states: list[StackState], paths: Sequence[str]) -> None:
     """A state of this repository's project must be of a registered stack: the registry, not the
     state, says what an environment is (its tier then comes from the registry)."""
-    from infra.project import ROOT, ProjectFileError, load_project
-    from infra.registry import RegistryError
+    from envfence.project import ProjectFileError, find_root, load_project
+    from envfence.registry import RegistryError
 
-    if not (ROOT / "Pulumi.yaml").is_file():
+    try:
+        root = find_root()
+    except ProjectFileError:
         return  # no repository here: states of another project are read on their own terms
     try:
-        project = load_project()
+        project = load_project(root)
     except ProjectFileError as exc:
         raise UsageError(str(exc)) from None
     for state, path in zip(states, paths, strict=True):

@@ -37,7 +37,7 @@ evaluated or exported state does):
   and `forceDestroy` instead of failing every production resource.
 - other stacks' concrete ids and ARNs (their subnet, security group and VPC ids, key ARN): the
   pack sees one stack; the others are known from their stack files only (account, CIDR, and the
-  names and ARNs derived from them by `infra.naming`).
+  names and ARNs derived from them by `envfence.naming`).
 - config that is not in the stack file (`ConfigureStack` carries the stack's config, but the
   SDK's servicer keeps only its tags).
 """
@@ -74,6 +74,7 @@ from pulumi_policy.proxy import (
 )
 
 from envfence.model import PROVIDER_PREFIX, STACK_TYPE, UNKNOWN, Resource, StackState, urn_parts
+from envfence.project import Project, ProjectFileError, load_project
 from envfence.rules.context import Context, build_context
 from envfence.rules.engine import (
     UNKNOWN_RULE_ID,
@@ -84,7 +85,6 @@ from envfence.rules.engine import (
     get_rule,
     run_rule,
 )
-from infra.project import Project, ProjectFileError, load_project
 
 # Resource-scope rules that run per resource (ResourceValidationPolicy, on `Analyze`): their
 # function reads the resource itself and the environments' facts, nothing else of the stack.

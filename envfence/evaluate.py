@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from envfence.model import STACK_TYPE, Resource, StackState
-from infra.project import ROOT, Project, ProjectFileError, load_project
-from infra.registry import RegistryError
+from envfence.project import Project, ProjectFileError, load_project
+from envfence.registry import RegistryError
+from envfence.settings import ConfigError
 
 
 class EvaluationError(Exception):
@@ -541,32 +542,6 @@ def _purge_program_modules() -> None:
             del sys.modules[name]
 
 
-def _project_file_errors() -> tuple[type[Exception], ...]:
-    """ProjectFileError and RegistryError as this module imported them, and as the program's
-    modules define them now: every run re-imports `infra`, so a Project loaded after a run
-    raises the newer classes."""
-    errors: list[type[Exception]] = [ProjectFileError, RegistryError]
-    for module, name in (
-        ("infra.project", "ProjectFileError"),
-        ("infra.registry", "RegistryError"),
-    ):
-        current = getattr(sys.modules.get(module), name, None)
-        if isinstance(current, type) and issubclass(current, Exception):
-            errors.append(current)
-    return tuple(errors)
-
-
-def _is_config_error(exc: BaseException) -> bool:
-    """Whether `exc` is the ConfigError of the infra.settings the program just imported.
-
-    Every run re-imports the program's modules, so that class is a new one each time: a
-    ConfigError imported at the top of this module (or by a caller) never matches it.
-    """
-    settings = sys.modules.get("infra.settings")
-    error = getattr(settings, "ConfigError", None)
-    return isinstance(error, type) and isinstance(exc, error)
-
-
 def evaluate(stack: str, project: Project | None = None, *, preview: bool = False) -> StackState:
     """Evaluate the program for `stack` offline. Raises EvaluationError with a clear message."""
     import pulumi
@@ -581,7 +556,7 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         project = project or load_project()
         config = project.stack_config(stack)
         project.registry.entry(stack)  # an unregistered stack stops here, before the program
-    except _project_file_errors() as exc:
+    except (ProjectFileError, RegistryError) as exc:
         raise EvaluationError(str(exc)) from None
 
     mocks = CloudMocks(stack)
@@ -615,7 +590,7 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         except EvaluationError:
             raise
         except Exception as exc:
-            if _is_config_error(exc):  # its message already names the stack and the key
+            if isinstance(exc, ConfigError):  # its message names the stack and the key
                 raise EvaluationError(str(exc)) from None
             if isinstance(exc, RunError):  # Pulumi's own clean stop (a missing config key, ...)
                 raise EvaluationError(f"stack '{stack}': {exc}") from None
@@ -654,4 +629,4 @@ def evaluate_all(
     return [evaluate(name, project) for name in names]
 
 
-__all__ = ["ROOT", "CloudMocks", "EvaluationError", "evaluate", "evaluate_all"]
+__all__ = ["CloudMocks", "EvaluationError", "evaluate", "evaluate_all"]

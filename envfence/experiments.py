@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import naming
-from infra.project import Project, ProjectFileError
-from infra.registry import Entry, RegistryError
-from infra.settings import (
+from envfence import naming
+from envfence.project import Project, ProjectFileError
+from envfence.registry import Entry, RegistryError
+from envfence.settings import (
     EXPERIMENT_ID_RE,
     ConfigError,
     Settings,

@@ -16,7 +16,7 @@ botocore's `ClientError` and `BotoCoreError` (connection failures, waiter timeou
 "failed" `StepResult` naming the resource and the error, and the CLI decides what to print.
 
 Clients are boto3 clients made by the caller (credentials, region, endpoint are the caller's
-business); this module never creates a session of its own. Names come from `infra.naming`, the
+business); this module never creates a session of its own. Names come from `envfence.naming`, the
 one place that decides what things are called.
 
 Which principal runs these steps is the caller's decision; see the note on permissions in
@@ -42,7 +42,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     WaiterError,
 )
 
-from infra import naming
+from envfence import naming
 
 Status = Literal["done", "already done", "failed", "skipped"]
 
@@ -153,7 +153,7 @@ class Target:
         archive_bucket: str,
         archive_key_arn: str | None = None,
     ) -> Target:
-        """The Target of stack `experiment-<experiment_id>`, every name from `infra.naming`."""
+        """The Target of stack `experiment-<experiment_id>`, every name from `envfence.naming`."""
         stack = f"experiment-{experiment_id}"
         return cls(
             project=project,
@@ -911,7 +911,7 @@ def residue(
       what destroy leaves for 7 to 30 days. The API returns only resources that are or were
       tagged, and none of IAM's.
       https://docs.aws.amazon.com/resourcegroupstagging/latest/APIReference/API_GetResources.html
-    * the services' own listings, for what was never tagged, by the names `infra.naming` gives:
+    * the services' own listings, for what was never tagged, by the names `envfence.naming` gives:
       S3 buckets `<prefix>-<store>-<account>` (ListBuckets; data stores and the audit bucket);
       the DB instance, its snapshots (manual and automated) and retained automated backups;
       SQS queues `<prefix>-<word>[-dlq]` (ListQueues, QueueNamePrefix); CloudWatch log groups

@@ -52,9 +52,19 @@ from pulumi.runtime.proto import analyzer_pb2 as pb
 
 from envfence.model import Resource, StackState
 
-ROOT = Path(__file__).resolve().parent.parent
-PACK_DIR = ROOT / "policy"
-PACK_CONFIG = PACK_DIR / "config.json"
+
+def pack_dir(root: Path | None = None) -> Path:
+    """The project's pack: `policy/` of `root`, or of the project around the working directory
+    (the pack is the repository's, not the installed package's)."""
+    from envfence.project import find_root
+
+    return (root or find_root()) / "policy"
+
+
+def pack_config(directory: Path | None = None) -> Path:
+    """The `--policy-pack-config` file CI passes: `policy/config.json`."""
+    return (directory or pack_dir()) / "config.json"
+
 
 LEVELS = ("advisory", "mandatory", "remediate", "disabled")
 _LEVEL_TO_PROTO = {
@@ -94,13 +104,13 @@ def _servicer_capture() -> Iterator[dict[str, Any]]:
         yield captured
 
 
-def load_pack(pack_dir: Path = PACK_DIR) -> Any:
+def load_pack(directory: Path | None = None) -> Any:
     """Run the pack's `__main__.py` like the policy host; return its analyzer servicer."""
     # `capture` raises _Captured once the servicer is in hand: PolicyPack.__init__ stops there.
     with _servicer_capture() as captured, suppress(_Captured):
-        runpy.run_path(str(pack_dir), run_name="__main__")
+        runpy.run_path(str(directory or pack_dir()), run_name="__main__")
     if "servicer" not in captured:
-        raise RuntimeError(f"{pack_dir}/__main__.py did not construct a PolicyPack")
+        raise RuntimeError(f"{directory}/__main__.py did not construct a PolicyPack")
     return captured["servicer"]
 
 
@@ -284,12 +294,13 @@ def _collect(response: Any, urn: str | None = None) -> list[Diagnostic]:
 
 
 def run_stack(
-    state: StackState, config: Mapping[str, Any] | None = None, pack_dir: Path = PACK_DIR
+    state: StackState, config: Mapping[str, Any] | None = None, directory: Path | None = None
 ) -> list[Diagnostic]:
     """Every diagnostic the pack reports on one stack (a fresh pack, as one CLI run)."""
+    directory = directory or pack_dir()
     if config is None:
-        config = json.loads(PACK_CONFIG.read_text())
-    servicer = load_pack(pack_dir)
+        config = json.loads(pack_config(directory).read_text())
+    servicer = load_pack(directory)
     _configure(servicer, state, config)
     by_urn = state.by_urn()
     out: list[Diagnostic] = []
@@ -300,11 +311,11 @@ def run_stack(
 
 
 def run_pack(
-    states: list[StackState], config: Mapping[str, Any] | None = None, pack_dir: Path = PACK_DIR
+    states: list[StackState], config: Mapping[str, Any] | None = None, directory: Path | None = None
 ) -> dict[str, list[Diagnostic]]:
     """{stack: diagnostics} of the real pack on each stack, as `pulumi preview --stack <stack>
     --policy-pack policy --policy-pack-config policy/config.json` would report them."""
-    return {s.stack: run_stack(s, config, pack_dir) for s in states}
+    return {s.stack: run_stack(s, config, directory) for s in states}
 
 
 def mandatory(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -312,4 +323,12 @@ def mandatory(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return [d for d in diagnostics if d.enforcement_level == "mandatory"]
 
 
-__all__ = ["Diagnostic", "load_pack", "mandatory", "run_pack", "run_stack"]
+__all__ = [
+    "Diagnostic",
+    "load_pack",
+    "mandatory",
+    "pack_config",
+    "pack_dir",
+    "run_pack",
+    "run_stack",
+]

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from envfence import naming
 from envfence.model import SECRET, Resource, StackState, reveal, urn_parts
-from infra import naming
 
 # What `pulumi preview --json` prints for a secret (the engine's display layer replaces the
 # value by this string; `--show-secrets` prints the value itself).

@@ -9,16 +9,19 @@ import sys
 from pathlib import Path
 
 # Pulumi runs this file with infra/ on sys.path; the modules import each other as `infra.*`.
+# The shared contract (config schema, naming, registry) is the installed `envfence` package
+# (requirements.txt installs this repository into the stack's virtualenv).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_docker as docker
 
+from envfence.settings import load_settings
 from infra.components.environment import Environment, EnvironmentArgs
-from infra.settings import load_settings
 
-settings = load_settings()
+ROOT = Path(__file__).resolve().parent.parent  # the project: Pulumi.yaml and the stack files
+settings = load_settings(ROOT)
 
 provider = aws.Provider(
     "aws",

@@ -15,7 +15,9 @@ import pytest
 
 from envfence.evaluate import evaluate
 from envfence.model import StackState
-from infra.project import ROOT, Project, load_project
+from envfence.project import Project, load_project
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository under test
 
 
 @pytest.fixture(scope="session")

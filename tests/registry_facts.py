@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.project import ROOT
+ROOT = Path(__file__).resolve().parent.parent  # the repository under test
 
 
 def registered_tier(stack: str, root: Path | None = None) -> str:

@@ -35,13 +35,13 @@ import yaml
 from envfence import experiments
 from envfence.evaluate import evaluate
 from envfence.model import Resource, StackState
+from envfence.project import Project, load_project
 from envfence.prove import controls
 from envfence.prove.world import build_world
 from envfence.rules import run_all
 from envfence.rules.audit import records
 from envfence.rules.context import build_context
 from envfence.rules.engine import Result, run
-from infra.project import Project, load_project
 from tests import mutations as m
 
 ROOT = Path(__file__).resolve().parent.parent

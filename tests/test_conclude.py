@@ -1,7 +1,7 @@
 """`envfence experiment conclude <id>` end to end, against a moto server on 127.0.0.1.
 
 The experiment account (210987654321) is reached by assuming a role into it, as the deployer
-would; its resources are made here the way the stack declares them (names from `infra.naming`).
+would; its resources are made here the way the stack declares them (names from `envfence.naming`).
 The Pulumi CLI is absent, as it is here: step 3 prints the destroy command and stops, the test
 then destroys what the stack would have, and a second run finishes (steps 2, 4 and 5). moto is a
 fake AWS API for listing and copying; nothing here judges a permission.
@@ -16,10 +16,9 @@ import pytest
 
 import envfence.cli as cli_module
 import envfence.experiments as experiments_module
-from envfence import experiments, lifecycle
+from envfence import experiments, lifecycle, naming
 from envfence.cli import main as cli_main
-from infra import naming
-from infra.project import Project
+from envfence.project import Project
 from tests.test_lifecycle import AppConfigStub
 
 pytest_plugins = ("tests.moto_server",)

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from envfence import naming
 from envfence.model import StackState
+from envfence.project import Project
 from envfence.prove.requests import RealRequest, decide
 from envfence.prove.world import World, build_world
 from envfence.rules.context import build_context
-from infra import naming
-from infra.project import Project
 
 Stacks = dict[str, StackState]
 REGION = "eu-west-1"

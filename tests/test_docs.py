@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from envfence.rules import all_rules
-from infra.settings import KNOWN_KEYS
+from envfence.settings import KNOWN_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -12,11 +12,10 @@ import pytest
 import yaml
 
 import envfence.cli as cli_module
-from envfence import experiments
+from envfence import experiments, naming
 from envfence.cli import main as cli_main
 from envfence.model import StackState
-from infra import naming
-from infra.project import Project
+from envfence.project import Project
 
 TODAY = dt.date(2026, 12, 2)
 

@@ -23,7 +23,7 @@ import yaml
 
 from envfence.evaluate import evaluate
 from envfence.model import Resource, StackState
-from infra.project import Project, load_project
+from envfence.project import Project, load_project
 from tests.registry_facts import registered_tier
 
 PROJECT = load_project()

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from envfence import lifecycle
+from envfence import lifecycle, naming
 from envfence.lifecycle import ResidueItem, StepResult, Target
-from infra import naming
 
 if TYPE_CHECKING:
     from tests.moto_server import Aws

@@ -37,8 +37,8 @@ from google.protobuf import empty_pb2
 from envfence import packrunner
 from envfence.crossguard import PER_RESOURCE_RULES, RESOURCE_RULES_NEEDING_STACK
 from envfence.model import STACK_TYPE, StackState
+from envfence.project import Project
 from envfence.rules import all_rules, run_all
-from infra.project import Project
 
 RULES = all_rules()
 RULE_ID = {r.name: r.id for r in RULES}
@@ -229,7 +229,7 @@ def repository_copy(root: Path, project: Project, states: Mapping[str, StackStat
     Returns the copy's pack directory."""
     shutil.copy(project.root / "Pulumi.yaml", root / "Pulumi.yaml")
     shutil.copytree(
-        packrunner.PACK_DIR, root / "policy", ignore=shutil.ignore_patterns("__pycache__")
+        packrunner.pack_dir(), root / "policy", ignore=shutil.ignore_patterns("__pycache__")
     )
     for name, state in states.items():
         text = yaml.safe_dump({"config": dict(state.config)}, sort_keys=True)
@@ -324,7 +324,7 @@ def run(
         pack_dir = repository_copy(root, project, states)
         with sys_path_kept():
             for name, state in states.items():
-                pack[name] = pack_pairs(name, packrunner.run_stack(state, pack_dir=pack_dir))
+                pack[name] = pack_pairs(name, packrunner.run_stack(state, directory=pack_dir))
                 ran.append(name)
     else:
         for name, state in states.items():
@@ -368,7 +368,7 @@ def batch_runs(
 
 
 def test_config_names_every_rule_mandatory_but_the_advisory_ones() -> None:
-    doc = json.loads(packrunner.PACK_CONFIG.read_text())
+    doc = json.loads(packrunner.pack_config().read_text())
     assert doc.pop("all") == "mandatory"
     assert list(doc) == [r.name for r in RULES]
     assert doc == {r.name: "advisory" if r.advisory else "mandatory" for r in RULES}
@@ -380,7 +380,7 @@ def test_pack_policies_are_the_rules_all_mandatory() -> None:
     assert info.name == "envfence"
     assert [p.name for p in info.policies] == [r.name for r in RULES]
     assert [p.description for p in info.policies] == [r.description() for r in RULES]
-    config = packrunner.parse_pack_config(json.loads(packrunner.PACK_CONFIG.read_text()))
+    config = packrunner.parse_pack_config(json.loads(packrunner.pack_config().read_text()))
     reconciled = packrunner.reconcile(info, config)
     # Like the CLI's ReconcilePolicyPackConfig, which keeps the "all" entry too.
     assert set(reconciled) == {r.name for r in RULES} | {"all"}
@@ -407,7 +407,7 @@ def test_pack_entry_point_is_only_run_through_packrunner(clean_pack: dict[str, P
     """policy/__main__.py is run as a script (`runpy`, by packrunner as by the policy host),
     never imported: no test imports it or runs it by itself, and running the pack leaves no
     module behind."""
-    entry = (packrunner.PACK_DIR / "__main__.py").resolve()
+    entry = (packrunner.pack_dir() / "__main__.py").resolve()
     for name, module in list(sys.modules.items()):
         assert name != "policy" and not name.startswith("policy.")
         path = getattr(module, "__file__", None)

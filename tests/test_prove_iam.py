@@ -25,11 +25,11 @@ import pytest
 from cvc5 import pythonic as z
 
 from envfence.model import Resource, StackState
+from envfence.project import Project
 from envfence.prove import smt
 from envfence.prove.iam_proof import BROKEN, JOBS, PROVED, REFUTED, IamProof, PairProof, prove_iam
 from envfence.prove.world import build_world
 from envfence.rules.context import build_context
-from infra.project import Project
 
 Stacks = dict[str, StackState]
 PROD, EXP = "prod", "experiment"
@@ -80,7 +80,7 @@ def trust_add(state: StackState, name: str, stmt: dict) -> None:
 
 def one_account_allowed(project: Project) -> Project:
     """The repository with a registry that also lets `experiment` live in prod's account. The
-    real registry refuses that (infra/registry.py); the proofs must not rely on it, so every
+    real registry refuses that (envfence/registry.py); the proofs must not rely on it, so every
     case here, the one-account ones included, is proved against this one."""
     registry = project.registry
     entries = tuple(

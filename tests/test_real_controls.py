@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from envfence.model import Resource, StackState
+from envfence.project import Project
 from envfence.prove import contract, controls
 from envfence.prove.run import prove
 from envfence.prove.world import World, build_world
 from envfence.rules.context import build_context
-from infra.project import Project
 from tests import mutations as m
 
 Stacks = dict[str, StackState]

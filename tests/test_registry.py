@@ -22,10 +22,12 @@ import envfence.evaluate as evaluate_module
 from envfence.cli import main as cli_main
 from envfence.evaluate import EvaluationError, evaluate
 from envfence.model import StackState
+from envfence.project import Project, ProjectFileError, load_project
+from envfence.registry import RegistryError, parse_registry
 from envfence.rules import run_all
 from envfence.rules.context import build_context
-from infra.project import ROOT, Project, ProjectFileError, load_project
-from infra.registry import RegistryError, parse_registry
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository under test
 
 PULUMI_YAML = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
 REGISTRY = PULUMI_YAML["envfence"]

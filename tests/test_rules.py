@@ -23,9 +23,9 @@ import mutations as m
 import pytest
 
 from envfence.model import StackState
+from envfence.project import Project
 from envfence.rules import Result, all_rules, run_all
 from envfence.rules import classify as c
-from infra.project import Project
 
 FLOW = "prod/pipeline may read experiment/results"
 

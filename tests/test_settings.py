@@ -23,8 +23,10 @@ import envfence.evaluate as evaluate_module
 from envfence.cli import main as cli_main
 from envfence.evaluate import EvaluationError, evaluate
 from envfence.model import STACK_TYPE
-from infra.project import ROOT, Project, load_project
-from infra.settings import ConfigError, PeerStack, Settings, parse_settings, settings_for
+from envfence.project import Project, load_project
+from envfence.settings import ConfigError, PeerStack, Settings, parse_settings, settings_for
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository under test
 
 PROJECT = load_project()
 STACKS = PROJECT.stacks()

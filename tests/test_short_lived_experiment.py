@@ -19,10 +19,10 @@ import yaml
 from envfence import experiments
 from envfence.evaluate import evaluate
 from envfence.model import StackState
+from envfence.project import Project, load_project
 from envfence.prove.iam_proof import JOBS
 from envfence.prove.run import ProofReport, prove
 from envfence.rules import run_all
-from infra.project import Project, load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = "experiment-abtest"

@@ -31,13 +31,15 @@ from test_check_cli import write
 from envfence import cli
 from envfence.cli import main
 from envfence.model import SECRET, SECRET_SIG, SECRET_SIG_KEY, StackState, reveal
+from envfence.project import Project, load_project
 from envfence.prove.iam_proof import BROKEN, prove_iam
 from envfence.prove.network import NetworkResult, prove_network
 from envfence.prove.world import World, build_world
 from envfence.rules import run_all
 from envfence.rules.context import build_context
 from envfence.state import StateError, load_document
-from infra.project import ROOT, Project, load_project
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository under test
 
 Stacks = dict[str, StackState]
 P, E = m.PROD, m.EXPERIMENT

@@ -17,7 +17,7 @@ import mutations as m
 import pytest
 
 from envfence.model import Resource, StackState
-from infra.project import load_project
+from envfence.project import load_project
 from tests.registry_facts import registered_tier
 
 PROJECT = load_project()

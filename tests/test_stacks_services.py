@@ -61,7 +61,7 @@ import envfence.evaluate as evaluate_module
 from envfence.cli import main
 from envfence.evaluate import evaluate
 from envfence.model import Resource, StackState
-from infra.project import Project
+from envfence.project import Project
 
 QUEUE = "aws:sqs/queue:Queue"
 QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .pipeline import Identity
 
-# The same rules as infra/settings.py: the image does not ship the Pulumi program.
+# The same rules as envfence/settings.py: the image does not ship the Pulumi program.
 STACK_RE = re.compile(r"^[a-z][a-z0-9-]{0,26}[a-z0-9]$")
 EXPERIMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,14}[a-z0-9]$")
 TIERS = ("production", "experiment")

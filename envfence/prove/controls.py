@@ -40,18 +40,17 @@ from typing import Any
 
 import pulumi_aws as aws
 
-from envfence import iam
+from envfence import iam, naming
 from envfence.model import UNKNOWN, Resource, StackState
+from envfence.project import ProjectFileError, load_project
 from envfence.prove import contract, translate
 from envfence.prove.query import role_target
 from envfence.prove.requests import ContextValue, RealRequest, UnknownTarget, decide
 from envfence.prove.translate import Call, Site, Unresolved, Untranslated
 from envfence.prove.world import ANY, Target, World
+from envfence.registry import RegistryError
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
-from infra import naming
-from infra.project import ProjectFileError, load_project
-from infra.registry import RegistryError
 
 _T = classify.token
 WORKER, JOB, SERVICE, DEPLOYER = "worker", "job", "service", "deployer"

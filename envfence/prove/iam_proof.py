@@ -28,14 +28,13 @@ from typing import Any
 
 import pulumi_aws as aws
 
-from envfence import iam
+from envfence import iam, naming
 from envfence.prove import classes, smt
 from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
 from envfence.prove.smt import ProofError
 from envfence.prove.world import Role, Target, World, compatible
 from envfence.rules import classify
 from envfence.rules.policies import READ_ACTIONS
-from infra import naming
 
 PROVED, REFUTED, BROKEN = "proved", "refuted", "broken"
 

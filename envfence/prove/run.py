@@ -18,13 +18,13 @@ from typing import Any
 from rich.console import Console
 
 from envfence.model import StackState
+from envfence.project import Project
 from envfence.prove import controls as real_controls
 from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, EncodingJob, IamProof, prove_iam
 from envfence.prove.network import NetworkResult, prove_network
 from envfence.prove.world import World, build_world
 from envfence.rules import repository_project
 from envfence.rules.context import build_context
-from infra.project import Project
 
 STYLE = {PROVED: "green", REFUTED: "red", BROKEN: "yellow"}
 

@@ -44,7 +44,7 @@ from envfence.iam import Policy, Principal
 from envfence.model import Resource, StackState, unreadable, why_unreadable
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
-from infra.settings import Flow
+from envfence.settings import Flow
 
 # A piece of an ARN language: literal text, or None for "any string".
 Shape = tuple[str | None, ...]

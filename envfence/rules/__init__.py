@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envfence.model import StackState
+from envfence.project import Project, ProjectFileError, load_project
 from envfence.rules.context import Context, build_context
 from envfence.rules.engine import Result, Rule, Violation, all_rules, run
-from infra.project import Project, ProjectFileError, load_project
 
 
 def repository_project(project: Project | None = None) -> Project | None:

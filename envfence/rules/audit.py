@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from envfence import naming
 from envfence.model import SECRET, UNKNOWN, Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import (
@@ -38,7 +39,6 @@ from envfence.rules.context import (
 from envfence.rules.data import own_key
 from envfence.rules.engine import Finding, rule, undecided
 from envfence.rules.policies import action_allowed, condition_values, principals
-from infra import naming
 
 S3_OBJECT = "AWS::S3::Object"
 # The object calls whose data events must reach the trail: a read and the two writes.

@@ -6,11 +6,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from envfence import naming
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, is_unknown, need
 from envfence.rules.engine import Finding, rule, undecided
-from infra import naming
 
 
 def _containers(r: Resource) -> list[dict[str, Any]]:

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from envfence import naming
 from envfence.model import SECRET, UNKNOWN, Resource, StackState, unreadable, why_unreadable
-from infra import naming
-from infra.project import Project, ProjectFileError
-from infra.registry import Registry
-from infra.settings import Flow, PeerStack, Settings, parse_settings, read_peers
+from envfence.project import Project, ProjectFileError
+from envfence.registry import Registry
+from envfence.settings import Flow, PeerStack, Settings, parse_settings, read_peers
 
 EXTRA_ROLES = naming.SUPPORT_ROLES  # roles AWS services assume for the environment
 

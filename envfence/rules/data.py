@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from envfence import iam
+from envfence import iam, naming
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, Env, as_list, need, parse_policy, statements
@@ -18,8 +18,7 @@ from envfence.rules.policies import (
     is_own_principal,
     principal_role,
 )
-from infra import naming
-from infra.settings import Flow
+from envfence.settings import Flow
 
 
 def own_key(state: StackState, ctx: Context, key: object) -> bool:
@@ -252,7 +251,7 @@ def foreign_grant_findings(
     serves_store = r.type in c.KEY_POLICIES or store is not None
     for g in grants(statements(policy), env, ctx):
         flow = _declared_flow(g, env, ctx, store) if serves_store else None
-        # Declared flows are reads (infra.settings.FLOW_ACCESS): a grant that also writes or
+        # Declared flows are reads (envfence.settings.FLOW_ACCESS): a grant that also writes or
         # manages is more than the flow, whoever it names.
         if flow is not None and flow.access == "read" and not g.beyond_reads:
             yield FlowUse(

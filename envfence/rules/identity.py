@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from envfence import naming
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, need, parse_policy, statements
@@ -16,7 +17,6 @@ from envfence.rules.policies import (
     principals,
     store_of,
 )
-from infra import naming
 
 
 def _role_kind(r: Resource, state: StackState) -> str | None:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from envfence import naming
 from envfence.rules.context import Context, Env, as_list, wildcard_match
-from infra import naming
 
 # Services whose actions read, write or decrypt environment data.
 DATA_SERVICES = (

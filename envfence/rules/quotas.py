@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import pulumi_aws as aws
 
 from envfence.model import Resource, StackState
+from envfence.registry import DEFAULT_QUOTAS
 from envfence.rules import classify as c
 from envfence.rules.context import Context, Env, is_unknown
 from envfence.rules.engine import UNKNOWN_RULE_ID, Finding, rule, undecided
-from infra.registry import DEFAULT_QUOTAS
 
 TRAILS = "trails"
 VPCS = "vpcs"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from envfence import naming
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.context import Context, as_list, is_unknown, provider_tags
 from envfence.rules.engine import Finding, rule, undecided
-from infra import naming
 
 
 def merged_tags(r: Resource, state: StackState) -> dict[str, Any] | None:

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.buckets import guard_bucket
 from infra.components.identity import environment_roles
 from infra.components.policies import document, statement
-from infra.settings import Settings
 
 # Services whose denied calls count as an attempt on this environment's data.
 WATCHED_SOURCES = (

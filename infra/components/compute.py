@@ -18,11 +18,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker as docker
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.containers import PULL_ACTIONS, hardened_container
 from infra.components.database_tasks import DatabaseTasks, DatabaseTasksArgs
 from infra.components.policies import document, statement
-from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "app"

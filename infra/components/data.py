@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.buckets import guard_bucket
 from infra.components.keys import archive_key_statements
 from infra.components.policies import account_root, document, statement
-from infra.settings import Settings
 
 # Actions that read, write or delete objects: what a foreign principal must never be allowed.
 DATA_ACTIONS = [

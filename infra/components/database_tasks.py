@@ -26,11 +26,11 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.containers import hardened_container
 from infra.components.migration_run import CONTAINER, MigrationRun
 from infra.components.policies import document, statement
-from infra.settings import Settings
 
 DB_DIR = Path(__file__).resolve().parents[2] / "db"
 MASTER_USER = "envfence_admin"

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import pulumi
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.audit import Audit, AuditArgs
 from infra.components.compute import Compute, ComputeArgs
 from infra.components.data import Data, DataArgs
@@ -29,7 +30,6 @@ from infra.components.identity import (
 from infra.components.keys import Keys, KeysArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.pipeline import Pipeline, PipelineArgs
-from infra.settings import Settings
 
 
 @dataclass

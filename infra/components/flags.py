@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
-from infra.settings import FeatureFlag, Settings
+from envfence import naming
+from envfence.settings import FeatureFlag, Settings
 
 
 def feature_flags_document(flags: tuple[FeatureFlag, ...]) -> str:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.containers import start_task_statements
 from infra.components.policies import account_root, document, statement
-from infra.settings import Settings
 
 ENVIRONMENT_TAG_KEYS = [
     naming.TAG_ENVIRONMENT,

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.policies import account_root, document, statement
-from infra.settings import Settings
 
 # Management only, named one by one: none of these reads or writes data, and none hands out key
 # use (kms:CreateGrant is not here; `kms:Create*` would include it). The provider calls

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.identity import bucket_arns, flow_stores, own_stores
 from infra.components.policies import document, statement
-from infra.settings import Settings
 
 # AWS services the environment reaches through interface endpoints instead of the internet.
 # secretsmanager: ECS fetches the database tasks' master password before their container starts

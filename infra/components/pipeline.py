@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import naming
+from envfence import naming
+from envfence.settings import Settings
 from infra.components.policies import document, statement
-from infra.settings import Settings
 
 QUEUE_ACTIONS = [
     "sqs:SendMessage",

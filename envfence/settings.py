@@ -18,11 +18,12 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
-from infra import naming
-from infra.project import NAMESPACE, Project, ProjectFileError, load_project
-from infra.registry import Registry, RegistryError
+from envfence import naming
+from envfence.project import NAMESPACE, Project, ProjectFileError, load_project
+from envfence.registry import Registry, RegistryError
 
 try:  # A clean one-line stop under the CLI; plain Exception when Pulumi is absent.
     from pulumi import RunError as _Base
@@ -226,7 +227,7 @@ class Settings:
     deployer: str = ""
     # Roles outside the environment (the security team's) that read and validate audit logs.
     audit_readers: tuple[str, ...] = ()
-    # From the environment registry (infra/registry.py). The account's one CloudTrail trail and
+    # From the environment registry (envfence/registry.py). The account's one CloudTrail trail and
     # its experiment archive belong to its baseline stack; "" means this stack.
     trail_owner: str = ""
     # Baseline stack only: bucket-name prefixes of the account's other stacks (exact names and
@@ -1016,8 +1017,9 @@ def settings_for(project: Project, stack: str, raw: Mapping[str, str]) -> Settin
     return parse_settings(project.name, stack, raw, read_peers(project, stack), registry)
 
 
-def load_settings() -> Settings:
-    """Read and validate the running stack's config. Raises ConfigError on the first bad value."""
+def load_settings(root: Path) -> Settings:
+    """Read and validate the running stack's config (the project at `root`, the program's
+    repository). Raises ConfigError on the first bad value."""
     import pulumi
     from pulumi.runtime.config import CONFIG, get_config_env
 
@@ -1027,7 +1029,7 @@ def load_settings() -> Settings:
             if key.startswith((f"{NAMESPACE}:", "aws:")):
                 raw[key] = value if isinstance(value, str) else json.dumps(value)
     try:
-        project = load_project()
+        project = load_project(root)
     except ProjectFileError as exc:
         raise ConfigError(str(exc)) from None
     return settings_for(project, pulumi.get_stack(), raw)

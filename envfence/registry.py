@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra import naming
+from envfence import naming
 
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 PATTERN_RE = re.compile(r"^[a-z][a-z0-9-]{0,25}-\*$")

@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from infra.registry import Registry, RegistryError, parse_registry
+from envfence.registry import Registry, RegistryError, parse_registry
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "envfence"
 
 
@@ -116,7 +115,22 @@ def _parse_yaml(name: str, text: str) -> dict[str, Any]:
     return doc
 
 
-def load_project(root: Path = ROOT) -> Project:
+def find_root(start: Path | None = None) -> Path:
+    """The directory of the nearest `Pulumi.yaml`, walking up from `start` (default: the working
+    directory), as the Pulumi CLI finds its project."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "Pulumi.yaml").is_file():
+            return directory
+    raise ProjectFileError(
+        f"no Pulumi.yaml in {here} or any directory above it: run envfence inside the "
+        "project, or name it with --cwd/-C DIR"
+    )
+
+
+def load_project(root: Path | None = None) -> Project:
+    """The project at `root`, or the nearest one above the working directory."""
+    root = find_root() if root is None else root.resolve()
     path = root / "Pulumi.yaml"
     if not path.is_file():
         raise ProjectFileError(f"no Pulumi.yaml in {root}")
