@@ -54,6 +54,8 @@ QUEUE = "aws:sqs/queue:Queue"
 ROLE = "aws:iam/role:Role"
 TRAIL = "aws:cloudtrail/trail:Trail"
 
+_UNPLACED = "\0unplaced:"  # a key no VPC id can be
+
 # `Flow.describe()`, as the program exports it in `declaredFlows`.
 _FLOW_RE = re.compile(
     r"^(?P<source>[^/\s]+)/(?P<role>[^/\s]+) may (?P<access>\S+) "
@@ -231,36 +233,39 @@ def _sorted(resources: Iterable[Resource]) -> list[Resource]:
 
 
 def _network_facts(states: Sequence[StackState]) -> dict[str, list[str]]:
-    """VPC id -> what connects it: NAT, internet gateway, peering, transit gateway."""
+    """VPC id -> what connects it: NAT, internet gateway, peering, transit gateway. What cannot
+    be placed in a VPC (its id unknown in a preview) is kept under `_UNPLACED + stack` and
+    shown in every VPC of that stack, so that no label claims an absence it cannot know."""
     subnet_vpc = {
         r.id: _known(r.get("vpcId")) for s in states for r in s.of_type(SUBNET) if _known(r.id)
     }
     counts: dict[str, dict[str, int]] = {}
 
-    def add(vpc: str | None, what: str) -> None:
-        if vpc:
-            counts.setdefault(vpc, {}).setdefault(what, 0)
-            counts[vpc][what] += 1
+    def add(stack: str, vpc: str | None, what: str) -> None:
+        key = vpc or _UNPLACED + stack
+        counts.setdefault(key, {}).setdefault(what, 0)
+        counts[key][what] += 1
 
     for s in states:
         for r in s.of_type(NAT):
-            add(subnet_vpc.get(_known(r.get("subnetId")) or ""), "NAT gateway")
+            add(s.stack, subnet_vpc.get(_known(r.get("subnetId")) or ""), "NAT gateway")
         for r in s.of_type(IGW):
-            add(_known(r.get("vpcId")), "internet gateway")
+            add(s.stack, _known(r.get("vpcId")), "internet gateway")
         for r in s.of_type(PEERING):
-            add(_known(r.get("vpcId")), "VPC peering connection")
-            add(_known(r.get("peerVpcId")), "VPC peering connection")
+            own, peer = _known(r.get("vpcId")), _known(r.get("peerVpcId"))
+            add(s.stack, own, "VPC peering connection")
+            if peer:
+                add(s.stack, peer, "VPC peering connection")
         for r in s.of_type(TGW_ATTACHMENT):
-            add(_known(r.get("vpcId")), "transit gateway attachment")
+            add(s.stack, _known(r.get("vpcId")), "transit gateway attachment")
     facts: dict[str, list[str]] = {}
-    for vpc, found in counts.items():
-        facts[vpc] = [f"{n} {what}{'' if n == 1 else 's'}" for what, n in sorted(found.items())]
+    for key, found in counts.items():
+        facts[key] = [f"{n} {what}{'' if n == 1 else 's'}" for what, n in sorted(found.items())]
     return facts
 
 
-def _vpc_lines(r: Resource, facts: dict[str, list[str]]) -> list[str]:
-    vpc_id = _known(r.id) or ""
-    found = facts.get(vpc_id, [])
+def _vpc_lines(state: StackState, r: Resource, facts: dict[str, list[str]]) -> list[str]:
+    found = facts.get(_known(r.id) or "", []) + facts.get(_UNPLACED + state.stack, [])
     lines = [f"VPC {_text(r.get('cidrBlock'))}"]
     egress = [f for f in found if "NAT" in f or "internet" in f]
     lines.append(", ".join(egress) if egress else "no NAT, no internet gateway")
@@ -281,7 +286,9 @@ def _environment(
         style=_TIER_STYLE.get(str(tier), _OTHER_TIER_STYLE),
     )
     for r in _sorted(state.of_type(VPC)):
-        node = _Node(ids("env", stack, "vpc", r.name), "[", label(*_vpc_lines(r, facts)), "network")
+        node = _Node(
+            ids("env", stack, "vpc", r.name), "[", label(*_vpc_lines(state, r, facts)), "network"
+        )
         env.nodes.append(node)
         if _known(r.id):
             env.vpcs[str(r.id)] = node.id

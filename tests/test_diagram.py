@@ -29,7 +29,7 @@ from envfence.diagram import (
     update_readme,
 )
 from envfence.evaluate import evaluate
-from envfence.model import StackState
+from envfence.model import UNKNOWN, StackState
 from envfence.project import Project
 from tests import mutations
 
@@ -279,6 +279,20 @@ def test_a_transit_gateway_attachment_is_drawn(stack_copy: Callable[[str], Stack
     vpc = next(n for n in d.parent if d.parent[n] == "env_prod" and d.nodes[n].startswith("VPC "))
     assert (vpc, "<-->", "attached", tgw) in d.edges
     assert d.nodes[vpc].endswith("<br/>1 transit gateway attachment")
+
+
+def test_a_peering_in_a_preview_is_not_called_absent(
+    stack_copy: Callable[[str], StackState],
+) -> None:
+    """A preview does not know ids yet: the peering is still counted in its stack's VPC."""
+    states = {"prod": stack_copy("prod"), "experiment": stack_copy("experiment")}
+    peering = mutations.vpc_peering(states)
+    for key in ("vpcId", "peerVpcId"):
+        peering.set(key, UNKNOWN)
+    d = parse(to_mermaid(list(states.values())))
+    vpc = next(n for n in d.inside("env_prod") if n.startswith("VPC "))
+    assert vpc.endswith("<br/>1 VPC peering connection"), vpc
+    assert not any(a == "<-->" for _, a, _, _ in d.edges)  # nothing to draw it between
 
 
 def test_a_short_lived_experiment_is_audited_by_its_baseline(
