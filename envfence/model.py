@@ -9,7 +9,7 @@ Whatever produced it — the offline evaluator, a real `pulumi stack export`, a 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +204,7 @@ class StackState:
             "version": 3,
             "deployment": {
                 "manifest": {"magic": "", "version": "envfence"},
-                "resources": [r.to_dict() for r in self.resources],
+                "resources": [_sorted_refs(r.to_dict()) for r in stable_order(self.resources)],
             },
             "envfence": {
                 "stack": self.stack,
@@ -215,3 +215,45 @@ class StackState:
                 "outputs": self.outputs,
             },
         }
+
+
+def stable_order(resources: Sequence[Resource]) -> list[Resource]:
+    """Resources in an order that depends only on the resources, never on the order they were
+    registered in: what a resource refers to (parent, provider, dependencies) comes first, as in
+    `pulumi stack export`, and ties are broken by URN. Plans can be diffed and kept as golden
+    files. A reference to a resource not in the list is ignored; a cycle (which the engine
+    refuses) is broken by URN."""
+    by_urn = {r.urn: r for r in resources}
+    needs: dict[str, set[str]] = {}
+    for r in resources:
+        refs = {r.parent or "", _provider_urn(r), *r.dependencies}
+        needs[r.urn] = {u for u in refs if u and u in by_urn and u != r.urn}
+    done: list[Resource] = []
+    placed: set[str] = set()
+    waiting = sorted(by_urn)
+    while waiting:
+        ready = [u for u in waiting if needs[u] <= placed]
+        if not ready:  # a cycle: take the first by URN
+            ready = waiting[:1]
+        first = ready[0]
+        done.append(by_urn[first])
+        placed.add(first)
+        waiting.remove(first)
+    return done
+
+
+def _sorted_refs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Dependencies are a set to the engine; listed sorted, they no longer carry the order in
+    which the program's outputs resolved."""
+    doc["dependencies"] = sorted(doc.get("dependencies") or [])
+    doc["propertyDependencies"] = {
+        k: sorted(v) if isinstance(v, list) else v
+        for k, v in sorted((doc.get("propertyDependencies") or {}).items())
+    }
+    return doc
+
+
+def _provider_urn(r: Resource) -> str:
+    """The URN of a resource's provider reference (`urn::id`)."""
+    ref = r.provider or ""
+    return ref.rsplit("::", 1)[0] if "::" in ref else ref

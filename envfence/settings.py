@@ -13,6 +13,7 @@ and a declared flow must name a stack and a data store that exist.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import ipaddress
 import json
 import re
@@ -225,6 +226,9 @@ class Settings:
     # The role that runs `pulumi up` in this account (README, "Deploying"): every resource
     # policy keeps what the provider needs for it, and no data access.
     deployer: str = ""
+    # The read-only role CI assumes for `pulumi preview` of this stack on pull requests ("" when
+    # none: the preview job skips the stack and says so). Used by CI only, not by the program.
+    preview_role: str = ""
     # Roles outside the environment (the security team's) that read and validate audit logs.
     audit_readers: tuple[str, ...] = ()
     # From the environment registry (envfence/registry.py). The account's one CloudTrail trail and
@@ -312,11 +316,13 @@ class _Reader:
     def reject_unknown(self, known: tuple[str, ...]) -> None:
         for name in self.values:
             if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+                hint = f" (did you mean {self.key(close[0])}?)" if close else ""
                 raise config_error(
                     self.stack,
                     self.key(name),
                     self.values[name],
-                    f"one of the keys {', '.join(known)}",
+                    f"one of the keys {', '.join(known)}{hint}",
                 )
 
     # A key read with a default or `required=True` always has a value; otherwise it may be None.
@@ -613,7 +619,9 @@ def parse_settings(
     retention = _parse_retention(top.obj("retention"), production)
 
     access = top.obj("access")
-    access.reject_unknown(("deployer", "analystPrincipals", "adminPrincipals", "auditReaders"))
+    access.reject_unknown(
+        ("deployer", "previewRole", "analystPrincipals", "adminPrincipals", "auditReaders")
+    )
     principal_help = (
         f"IAM role or user ARNs of account {accounts[0]}, no wildcards "
         f"(e.g. arn:aws:iam::{accounts[0]}:role/data-analysts)"
@@ -631,6 +639,19 @@ def parse_settings(
     )
     if deployer.startswith(own_prefix):
         raise access.fail("deployer", deployer, deployer_help)
+    preview_help = (
+        f"the ARN of a read-only role in account {accounts[0]} that CI assumes for `pulumi "
+        f"preview` on pull requests (e.g. arn:aws:iam::{accounts[0]}:role/envfence-preview), "
+        "not a role of the environment"
+    )
+    preview_role = access.get(
+        "previewRole",
+        _matching(re.compile(rf"^arn:aws:iam::{accounts[0]}:role/[A-Za-z0-9+=,.@_/-]+$")),
+        preview_help,
+        default="",
+    )
+    if preview_role.startswith(own_prefix):
+        raise access.fail("previewRole", preview_role, preview_help)
     readers: tuple[str, ...] = access.get(
         "auditReaders", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
     )
@@ -699,6 +720,7 @@ def parse_settings(
         analyst_principals=tuple(analysts),
         admin_principals=tuple(admins),
         deployer=deployer,
+        preview_role=preview_role,
         audit_readers=tuple(readers),
         flows=flows,
         log_retention_days=log_retention,

@@ -32,6 +32,19 @@ class StateError(Exception):
 
 
 def load_file(path: str | Path) -> StackState:
+    """The one stack of a state file (a file of several stacks is refused: use `load_states`)."""
+    states = load_states(path)
+    if len(states) != 1:
+        raise StateError(
+            f"{path}: holds {len(states)} stacks ({', '.join(s.stack for s in states)}); "
+            "expected one"
+        )
+    return states[0]
+
+
+def load_states(path: str | Path) -> list[StackState]:
+    """Every stack of a state file: one document, or a list of them (`envfence plan --format
+    json` over several stacks)."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -41,17 +54,24 @@ def load_file(path: str | Path) -> StackState:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StateError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-    try:
-        return load_document(doc, source_name=str(p))
-    except StateError as exc:
-        raise StateError(f"{p}: {exc}") from None
+    docs = doc if isinstance(doc, list) else [doc]
+    if not docs:
+        raise StateError(f"{p}: an empty list: no stack to check")
+    states = []
+    for i, item in enumerate(docs):
+        where = f"{p}[{i}]" if isinstance(doc, list) else str(p)
+        try:
+            states.append(load_document(item, source_name=where))
+        except StateError as exc:
+            raise StateError(f"{where}: {exc}") from None
+    return states
 
 
 def load_document(doc: Any, source_name: str = "<document>") -> StackState:
     if not isinstance(doc, dict):
         raise StateError(
-            "expected a JSON object: a `pulumi stack export`, a `pulumi preview "
-            "--json` or an `envfence plan --format json` document"
+            "expected a JSON object (or a list of them): a `pulumi stack export`, a `pulumi "
+            "preview --json` or an `envfence plan --format json` document"
         )
     if "deployment" in doc:
         return _from_export(doc)

@@ -229,8 +229,11 @@ def test_bad_state_file(
     bad = _bad(tmp_path, f"{case}.json", text)
     code, out, err = check([*good, bad], "json", capsys)
     assert code == 2
-    assert out == ""
     assert_one_error_line(err, bad, needle)
+    # the machine format still writes its document, holding the error (CI uploads it)
+    doc = json.loads(out)
+    assert doc["exitCode"] == 2 and doc["violations"] == []
+    assert bad in doc["error"]["message"] and needle in doc["error"]["message"]
 
 
 def test_missing_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

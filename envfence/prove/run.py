@@ -187,7 +187,12 @@ def _status(status: str) -> str:
     return f"[{STYLE.get(status, 'white')}]{status}[/{STYLE.get(status, 'white')}]"
 
 
-def text(report: ProofReport, out: Console) -> None:
+def text(report: ProofReport, out: Console, *, quiet: bool = False) -> None:
+    """The proofs' report; `quiet`: only what is not proved (and the summary line's verdict,
+    printed by the caller)."""
+    if quiet:
+        _text_failures(report, out)
+        return
     out.print(
         f"envfence prove: {len(report.stacks)} stack(s): {', '.join(report.stacks)}; "
         f"{report.seconds:.2f} s"
@@ -241,6 +246,37 @@ def text(report: ProofReport, out: Console) -> None:
     for note in report.iam.notes:
         out.print(f"  note: {note}")
     out.print(f"\n{summary(report)}")
+
+
+def _text_failures(report: ProofReport, out: Console) -> None:
+    for c in report.iam.controls:
+        if not c.found:
+            out.print(f"  [yellow]control NOT FOUND[/yellow] iam {c.what} ({c.detail})")
+    for r in report.real:
+        if not r.ok:
+            out.print(f"  [yellow]control BROKEN[/yellow] {r.stack} {r.what} ({r.detail})")
+    for p in report.iam.pairs:
+        if p.status == PROVED:
+            continue
+        out.print(f"  [red]iam {p.source} -> {p.target}: {p.status}[/red]")
+        for cx in p.counterexamples:
+            for line in cx.lines():
+                out.print(f"    {line}")
+        for d in p.details:
+            out.print(f"    {d}")
+    for n in report.network_controls():
+        if n.status == BROKEN:
+            out.print(
+                f"  [yellow]control NOT FOUND[/yellow] network {n.source} reaches its own "
+                f"database {n.detail}"
+            )
+    for n in report.network_pairs():
+        if n.status != PROVED:
+            out.print(
+                f"  [red]network {n.source} -> {n.target}: {n.status}[/red] {_packet(n)} {n.detail}"
+            )
+            for hop in n.path:
+                out.print(f"    {hop}")
 
 
 def summary(report: ProofReport) -> str:
