@@ -20,6 +20,14 @@ from envfence.project import Project, load_project
 ROOT = Path(__file__).resolve().parent.parent  # the repository under test
 
 
+@pytest.fixture(autouse=True)
+def _no_ci_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI prints progress lines on standard error when $CI is set (envfence.progress);
+    tests that read standard error run as on a developer's machine, wherever the suite runs
+    (tests/test_cli_conventions.py sets the mode explicitly)."""
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def project() -> Project:
     return load_project()
