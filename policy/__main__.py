@@ -12,8 +12,9 @@ The policies themselves are built by `envfence.crossguard`.
 import sys
 from pathlib import Path
 
-# The repository root: `envfence` (the rules) and `infra` (stack files, naming) live there,
-# and the policies read the repository's Pulumi.<stack>.yaml files from it.
+# The repository root: the policies read its Pulumi.yaml (registry) and Pulumi.<stack>.yaml
+# files; `envfence` (the rules) is the one installed in the pack's virtualenv, else this
+# checkout's.
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
