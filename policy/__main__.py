@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 # The repository root: the policies read its Pulumi.yaml (registry) and Pulumi.<stack>.yaml
-# files; `envfence` (the rules) is the one installed in the pack's virtualenv, else this
-# checkout's.
+# files, and `envfence` (the rules) is imported from it: the pack enforces this checkout's rules.
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
