@@ -685,6 +685,7 @@ class _Outcome:
     skipped: list[str]
     applied: Applied | None
     failed: bool
+    files: dict[str, Path]  # --state: the file each stack came from
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
@@ -753,7 +754,7 @@ def _check(args: argparse.Namespace, progress: Progress) -> _Outcome:
             entries = baseline.load(args.baseline)
         except baseline.BaselineError as exc:
             raise UsageError(str(exc)) from None
-    states, _ = _states(args, progress)
+    states, files = _states(args, progress)
     with progress.step(f"checked {len(states)} stack(s) against {len(rule_ids)} rules"):
         result = run_all(states, enforce_advisories=args.expired == "fail")
     if skipped:
@@ -776,7 +777,7 @@ def _check(args: argparse.Namespace, progress: Progress) -> _Outcome:
             proof = _focused(proofs.prove(given.states), given.focus)
         note = given.note
     failed = bool(result.violations) or (proof is not None and not proof.ok)
-    return _Outcome(result, proof, note, skipped, applied, failed)
+    return _Outcome(result, proof, note, skipped, applied, failed, files)
 
 
 def _invocation(
@@ -839,13 +840,12 @@ def _render(
     from envfence import sarif
 
     project_root = _project_root()
-    _, files = ({}, {}) if not args.state else (None, _state_files(args))
     doc = sarif.document(
         o.result,
         o.proof,
         invocation=_invocation(argv, started, code),
         project_root=project_root,
-        state_files=files or None,
+        state_files=o.files or None,
     )
     sarif.add_accepted(doc, o.applied.accepted if o.applied else [], project_root)
     _write(dest, json.dumps(doc, indent=2))
@@ -858,19 +858,6 @@ def _project_root() -> Path | None:
         return find_root()
     except ProjectFileError:
         return None
-
-
-def _state_files(args: argparse.Namespace) -> dict[str, Path]:
-    from envfence.state import StateError, load_states
-
-    files: dict[str, Path] = {}
-    for path in args.state or ():
-        try:
-            for state in load_states(path):
-                files[state.stack] = Path(path)
-        except StateError:
-            continue
-    return files
 
 
 def cmd_check(
