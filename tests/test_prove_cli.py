@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from sarif_schema import assert_github_ready
 from test_check_cli import write
 from test_prove_iam import flow_widened_to_delete
 
@@ -109,7 +110,9 @@ def test_check_sarif_reports_the_refuted_pair(
     paths = write(tmp_path, leaky(stacks), "plan")
     code, out, _ = run(["check", *states(paths), "--format", "sarif"], capsys)
     assert code == 1
-    results = json.loads(out)["runs"][0]["results"]
+    doc = json.loads(out)
+    assert_github_ready(doc)
+    results = doc["runs"][0]["results"]
     [proof] = [r for r in results if r["ruleId"] == "EFP01"]
     assert proof["message"]["text"].startswith("prod -> experiment: refuted.")
     assert "s3:DeleteObject" in proof["message"]["text"]

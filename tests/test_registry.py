@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sarif_schema import assert_valid_sarif
 
 import envfence.cli as cli_module
 import envfence.evaluate as evaluate_module
@@ -298,5 +299,6 @@ def test_check_exits_0_with_a_warning_and_1_with_expired_fail(
     assert "FAIL: 1 violation(s)" in capsys.readouterr().out
     assert cli_main(["check", "--no-prove", "--format", "sarif", *paths]) == 0
     sarif = json.loads(capsys.readouterr().out)
+    assert_valid_sarif(sarif)
     [result] = sarif["runs"][0]["results"]
     assert (result["ruleId"], result["level"]) == ("EF504", "warning")
