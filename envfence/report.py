@@ -1,4 +1,4 @@
-"""Reports: readable text grouped by environment pair, JSON, and SARIF 2.1.0."""
+"""Reports: readable text grouped by environment pair, JSON, and SARIF 2.1.0 (`envfence.sarif`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from envfence.rules.engine import Result, Violation
 
 if TYPE_CHECKING:
     from envfence.baseline import Applied
-
-SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note"}
 
 
 def render(result: Result, fmt: str, out: Console) -> None:
@@ -183,49 +181,20 @@ def _json(result: Result) -> dict[str, Any]:
 
 
 def to_sarif(result: Result) -> dict[str, Any]:
-    rules = [
-        {
-            "id": r.id,
-            "name": r.name,
-            "shortDescription": {"text": r.title},
-            "help": {"text": r.fix},
-            "defaultConfiguration": {"level": SARIF_LEVEL[r.severity]},
-            "properties": {"severity": r.severity},
-        }
-        for r in result.rules
-    ]
-    index = {r.id: i for i, r in enumerate(result.rules)}
-    results = []
-    warnings = {id(v) for v in result.warnings}
-    for v in [*result.violations, *result.warnings]:
-        results.append(
-            {
-                "ruleId": v.rule,
-                "ruleIndex": index.get(v.rule, 0),
-                "level": "warning" if id(v) in warnings else SARIF_LEVEL[v.severity],
-                "message": {"text": f"{v.message} (fix: {v.fix})"},
-                "locations": [
-                    {
-                        "physicalLocation": {"artifactLocation": {"uri": f"Pulumi.{v.stack}.yaml"}},
-                        "logicalLocations": [{"fullyQualifiedName": v.urn, "kind": "resource"}],
-                    }
-                ],
-                "properties": {"stack": v.stack, "otherStack": v.other},
-            }
-        )
-    return {
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "envfence",
-                        "informationUri": "https://github.com/envfence/envfence",
-                        "rules": rules,
-                    }
-                },
-                "results": results,
-            }
-        ],
-    }
+    """The rules' SARIF log, without proofs, for this process (`envfence.sarif.document`, which
+    the CLI calls itself with the run's invocation, proofs and state files)."""
+    import sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from envfence import sarif
+    from envfence.project import ProjectFileError, find_root
+
+    try:
+        root: Path | None = find_root()
+    except ProjectFileError:
+        root = None
+    now = datetime.now(UTC)
+    code = 1 if result.violations else 0
+    invocation = sarif.Invocation(sys.argv[1:], Path.cwd(), now, now, code)
+    return sarif.document(result, None, invocation=invocation, project_root=root)

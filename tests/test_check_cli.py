@@ -18,6 +18,7 @@ from typing import Any
 
 import mutations as m
 import pytest
+from sarif_schema import assert_github_ready
 
 from envfence.cli import main
 from envfence.model import StackState
@@ -133,6 +134,7 @@ def test_sarif_output_is_sarif_2_1_0(
     code, out, _ = check(write(tmp_path, leaky, "plan"), "sarif", capsys, prove=True)
     assert code == 1
     sarif = json.loads(out)
+    assert_github_ready(sarif)
     assert sarif["version"] == "2.1.0"
     assert "sarif" in sarif["$schema"] and "2.1.0" in sarif["$schema"]
     [run] = sarif["runs"]
@@ -161,7 +163,9 @@ def test_sarif_of_a_clean_pair_has_no_results(
 ) -> None:
     code, out, _ = check(write(tmp_path, stacks, "plan"), "sarif", capsys)
     assert code == 0
-    assert json.loads(out)["runs"][0]["results"] == []
+    sarif = json.loads(out)
+    assert_github_ready(sarif)
+    assert sarif["runs"][0]["results"] == []
 
 
 def test_text_output_groups_by_environment_pair(

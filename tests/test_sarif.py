@@ -628,3 +628,57 @@ def test_accepted_findings_are_suppressed_results_with_their_own_fingerprint(
     assert line_at(root / uri, line, column).startswith("envfence:dataStores:")
     [same] = [r for r in results(full) if r["properties"]["urn"] == res["properties"]["urn"]]
     assert res["partialFingerprints"] == same["partialFingerprints"]
+
+
+def test_report_to_sarif_is_the_same_log_without_proofs(leaky_result: Result) -> None:
+    from envfence import report
+
+    doc = report.to_sarif(leaky_result)
+    assert_github_ready(doc)
+    assert fingerprints(doc) == fingerprints(
+        sarif.document(leaky_result, None, invocation=invocation(ROOT), project_root=ROOT)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Through the command line
+
+
+def test_check_sarif_on_state_files_points_into_them(
+    leaky: Stacks, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envfence.cli import main
+
+    paths = write(tmp_path, leaky, "plan")
+    argv = ["check", "--no-prove", "--format", "sarif"]
+    code = main([*argv, *(arg for p in paths for arg in ("--state", p))])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert_github_ready(doc)
+    [inv] = doc["runs"][0]["invocations"]
+    assert inv["exitCode"] == 1 and inv["executionSuccessful"] is True
+    assert inv["arguments"][:4] == argv
+    for res in results(doc):
+        uri, line, column = region_of(res)
+        urn = res["locations"][0]["logicalLocations"][0]["fullyQualifiedName"]
+        assert line_at(path_of(uri, ROOT), line, column).startswith(f'"urn": {json.dumps(urn)}')
+
+
+def test_check_sarif_on_bad_input_is_the_error_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envfence.cli import main
+
+    bad = tmp_path / "prod.json"
+    bad.write_text("{not json")
+    code = main(["check", "--state", str(bad), "--format", "sarif"])
+    out, err = capsys.readouterr()
+    assert code == 2 and str(bad) in err
+    doc = json.loads(out)
+    assert_github_ready(doc)
+    [run] = doc["runs"]
+    assert run["results"] == []
+    [inv] = run["invocations"]
+    assert inv["executionSuccessful"] is False and inv["exitCode"] == 2
+    [note] = inv["toolExecutionNotifications"]
+    assert note["level"] == "error" and str(bad) in note["message"]["text"]
