@@ -847,7 +847,9 @@ def _render(
         project_root=project_root,
         state_files=o.files or None,
     )
-    sarif.add_accepted(doc, o.applied.accepted if o.applied else [], project_root)
+    sarif.add_accepted(
+        doc, o.applied.accepted if o.applied else [], project_root, state_files=o.files or None
+    )
     _write(dest, json.dumps(doc, indent=2))
 
 

@@ -608,3 +608,45 @@ def test_the_cwd_is_restored_after_an_error(
     assert code == 2 and "Pulumi.yaml" in err
     assert os.getcwd() == before
     shutil.rmtree(tmp_path)
+
+
+def test_sarif_of_a_baselined_run_suppresses_with_the_reason(
+    leaky_files: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sarif_schema import assert_valid_sarif
+
+    path = baseline_file(tmp_path, [{**PEERING, "reason": "migration window, ticket NET-7"}])
+    out_file = tmp_path / "envfence.sarif"
+    formats = ["--format", "text,sarif", f"--output-file=-,{out_file}"]
+    code, out, _ = run(
+        ["check", "--no-prove", *state_args(leaky_files), "--baseline", path, *formats],
+        capsys,
+    )
+    assert code == 0 and "accepted by the baseline (1)" in out
+    doc = json.loads(out_file.read_text())
+    assert_valid_sarif(doc)
+    [result] = doc["runs"][0]["results"]
+    assert result["ruleId"] == "EF101"
+    assert result["suppressions"][0]["justification"] == "migration window, ticket NET-7"
+    # the location points into the state file the stack came from
+    uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri.endswith("prod.plan.json")
+
+
+def test_sarif_on_bad_input_is_a_valid_log_holding_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sarif_schema import assert_valid_sarif
+
+    report = tmp_path / "envfence.sarif"
+    code, out, err = run(
+        ["check", "--stack", "staging", "--format", "text,sarif", f"--output-file=-,{report}"],
+        capsys,
+    )
+    assert code == 2 and out == ""
+    one_error_line(err, "unknown stack 'staging'")
+    doc = json.loads(report.read_text())
+    assert_valid_sarif(doc)
+    [inv] = doc["runs"][0]["invocations"]
+    assert inv["executionSuccessful"] is False and inv["exitCode"] == 2
+    assert "unknown stack 'staging'" in inv["toolExecutionNotifications"][0]["message"]["text"]
