@@ -717,7 +717,9 @@ def offline(stacks: Stacks, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     stack lists it was asked for are recorded."""
     asked: list[list[str]] = []
 
-    def load(names: list[str] | None, project: Project | None = None) -> list[StackState]:
+    def load(
+        names: list[str] | None, project: Project | None = None, progress: object = None
+    ) -> list[StackState]:
         names = list(dict.fromkeys(names or (project or load_project()).stacks()))
         asked.append(names)
         unknown = [n for n in names if n not in stacks]

@@ -1343,7 +1343,7 @@ def check_plan_shows_expiry(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`envfence plan` (table title and JSON) shows `expiresOn` exactly when the config sets it."""
-    monkeypatch.setattr(evaluate_module, "evaluate_all", lambda project=None, stacks=None: [state])
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda stack, project=None, **_: state)
     assert main(["plan", "--stack", state.stack, "--summary"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
