@@ -304,18 +304,16 @@ def test_experiment_log_groups_keep_the_configured_retention(
     quiet(rules, "EF211")
 
 
-# -- the open finding ----------------------------------------------------------------------------
+# -- the fixed finding -------------------------------------------------------------------------
 
 
-def test_the_retention_schedule_still_uses_an_aws_owned_key(stacks: dict[str, StackState]) -> None:
-    """CKV_AWS_297 is open (README): the experiments' retention schedule names no customer
-    managed key. Once it does, update the README and this test together."""
-    schedules = [s for state in stacks.values() for s in state.of_type(SCHEDULE)]
+def test_the_retention_schedule_uses_the_environment_key(stacks: dict[str, StackState]) -> None:
+    """CKV_AWS_297 is fixed (README): every schedule's payload is under its stack's own key."""
+    schedules = [(state, s) for state in stacks.values() for s in state.of_type(SCHEDULE)]
     assert schedules
-    assert [s.name for s in schedules if s.inputs.get("kmsKeyArn")] == [], (
-        "the schedule is encrypted with a customer managed key now: CKV_AWS_297 is fixed; "
-        "say so in README.md's 'Scanning with Checkov' and change this test"
-    )
+    for state, schedule in schedules:
+        [key] = [k for k in state.of_type("aws:kms/key:Key") if k.name == "key"]
+        assert schedule.inputs.get("kmsKeyArn") == key.outputs["arn"], state.stack
 
 
 # -- the README's table has a test per row -------------------------------------------------------

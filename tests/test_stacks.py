@@ -183,6 +183,14 @@ class Facts:
     def trail_arn(self) -> str:
         return f"arn:aws:cloudtrail:{self.region}:{self.account}:trail/{self.project}-{self.stack}"
 
+    @property
+    def schedule_arn(self) -> str:
+        """The experiments' retention schedule (default group): its payload's KMS context."""
+        return (
+            f"arn:aws:scheduler:{self.region}:{self.account}:schedule/default/"
+            f"{self.project}-{self.stack}-retention"
+        )
+
     def via(self, service: str) -> str:
         """The kms:ViaService value of an AWS service in the stack's region."""
         return f"{service}.{self.region}.amazonaws.com"
@@ -736,6 +744,22 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
             }:
                 return None  # the database tasks read the master secret, through Secrets Manager
             return "the migrator's use is not decrypt-through-Secrets-Manager only"
+        if aws == {facts.root} and arns == {facts.role_arn("scheduler")}:
+            # The retention schedule's execution role decrypts its payload (CKV_AWS_297: the
+            # payload is under this key), for that one schedule only.
+            if (
+                not facts.production
+                and _actions(st) == {"kms:Decrypt"}
+                and cond
+                == {
+                    "ArnEquals": {"aws:PrincipalArn": facts.role_arn("scheduler")},
+                    "StringEquals": {
+                        "kms:EncryptionContext:aws:scheduler:schedule:arn": facts.schedule_arn
+                    },
+                }
+            ):
+                return None
+            return "the scheduler role's use is not decrypt-its-schedule's-payload only"
         if aws == {facts.root} and facts.audit_readers and arns == set(facts.audit_readers):
             if (
                 _actions(st) == {"kms:Decrypt"}
@@ -760,6 +784,25 @@ def _data_statement_is_allowed(st: dict[str, Any], facts: Facts) -> str | None:
                 and not grants_any(st, ("kms:Encrypt", "kms:GenerateDataKey", KMS_GRANT))
             ):
                 return None  # a declared flow: decrypt through S3 only
+        if (
+            aws == {facts.deployer}
+            and not facts.production
+            and equals.get("kms:EncryptionContext:aws:scheduler:schedule:arn")
+        ):
+            # Creating/updating the retention schedule encrypts its payload, through Scheduler,
+            # for that one schedule (CKV_AWS_297).
+            if (
+                _actions(st) == {"kms:GenerateDataKey", "kms:Decrypt"}
+                and set(cond) == {"StringEquals"}
+                and equals
+                == {
+                    "kms:CallerAccount": facts.account,
+                    "kms:ViaService": facts.via("scheduler"),
+                    "kms:EncryptionContext:aws:scheduler:schedule:arn": facts.schedule_arn,
+                }
+            ):
+                return None
+            return "the deployer's schedule use is not limited to its schedule, via Scheduler"
         if aws == {facts.deployer} and not facts.production:
             # `envfence experiment conclude`: the results store read, only through S3 and only
             # for that bucket (the bucket key's context is its ARN). The archive has its own key.
@@ -869,7 +912,11 @@ def test_key_policy_data_use_is_limited_to_this_environment(
     )
     # The deployer is named in exactly these statements and the administration one; in an
     # experiment also in the one `experiment conclude` needs (its results store read).
-    conclude = [] if facts.production else ["DeployerArchivesTheResults"]
+    conclude = (
+        []
+        if facts.production
+        else ["DeployerArchivesTheResults", "DeployerEncryptsTheRetentionPayload"]
+    )
     assert sorted(
         st.get("Sid") for st in stmts if facts.deployer in principals(st, "AWS")
     ) == sorted(
@@ -949,9 +996,16 @@ def test_key_policy_data_use_is_limited_to_this_environment(
         for st in data
         for arn in as_list(st.get("Condition", {}).get("ArnEquals", {}).get("aws:PrincipalArn", []))
     }
-    assert narrowed == own_roles | {facts.role_arn("migrator")} | set(facts.audit_readers) | {
-        facts.role_arn(f["role"], f["from"]) for f in facts.inbound()
-    }
+    # experiments: also the retention schedule's role (its payload; CKV_AWS_297)
+    scheduler = set() if facts.production else {facts.role_arn("scheduler")}
+    assert (
+        narrowed
+        == own_roles
+        | {facts.role_arn("migrator")}
+        | set(facts.audit_readers)
+        | {facts.role_arn(f["role"], f["from"]) for f in facts.inbound()}
+        | scheduler
+    )
     assert {p for st in data for p in principals(st, "Service")} == {
         facts.via("logs"),
         "cloudtrail.amazonaws.com",

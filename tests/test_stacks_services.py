@@ -909,12 +909,29 @@ def test_retention_schedule_runs_the_database_task_in_experiments_only(
             "Resource": [role_arn(state, expect, "migrator")],
             "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
         },
+        {
+            # the payload is under the environment's key (CKV_AWS_297): decrypted by this
+            # role at each run, for this schedule only
+            "Sid": "DecryptThePayload",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": [arn(key_of(state))],
+            "Condition": {
+                "StringEquals": {
+                    "kms:EncryptionContext:aws:scheduler:schedule:arn": expect.arn(
+                        "scheduler", f"schedule/default/{expect.prefix}-retention"
+                    )
+                }
+            },
+        },
     ]
 
     schedule = only(schedules, "retention schedule")
     assert schedule.name == "retention-schedule"
     i = schedule.inputs
     assert i["name"] == f"{expect.prefix}-retention"
+    assert i["groupName"] == "default"
+    assert i["kmsKeyArn"] == arn(key_of(state))
     assert i["flexibleTimeWindow"] == {"mode": "OFF"}
     assert re.fullmatch(r"cron\(\d+ \d+ \* \* \? \*\)", i["scheduleExpression"])  # daily
     target = i["target"]

@@ -427,6 +427,24 @@ ECS_EXEC = (
 ECR_VPCE = "https://docs.aws.amazon.com/AmazonECR/latest/userguide/vpc-endpoints.html"
 ECS_SECRETS = "https://docs.aws.amazon.com/AmazonECS/latest/developerguide/secrets-envvar-secrets-manager.html"
 SM_KMS = "https://docs.aws.amazon.com/secretsmanager/latest/userguide/security-encryption.html"
+SCHEDULER_KMS = "https://docs.aws.amazon.com/scheduler/latest/UserGuide/encryption-rest.html"
+
+
+def schedule_arn(view: StackView, schedule: Resource) -> str:
+    """A schedule's ARN as AWS forms it (`schedule/<group>/<name>`, the default group when none
+    is named): the encryption context of the KMS calls for its payload (SCHEDULER_KMS)."""
+    group = schedule.get("groupName") or "default"
+    name = _text(schedule, "name")
+    return f"arn:aws:scheduler:{view.region}:{view.account}:schedule/{group}/{name}"
+
+
+def encrypted_schedules(view: StackView) -> list[tuple[Resource, str]]:
+    """The stack's schedules whose payload is under a customer managed key, with that key."""
+    return [
+        (schedule, _text(schedule, "kmsKeyArn"))
+        for schedule in view.all(_T(aws.scheduler.Schedule))
+        if schedule.get("kmsKeyArn")
+    ]
 
 
 def _assume(
@@ -780,7 +798,48 @@ def service_checks(view: StackView, owns_trail: bool | None = None) -> list[Chec
             )
 
         guard(f"ECS starts {task.name}", exec_checks)
+
+    # EventBridge Scheduler decrypts an encrypted schedule's payload with the schedule's
+    # execution role at each invocation (the CloudTrail example of SCHEDULER_KMS: the role's
+    # own session, the schedule's ARN as encryption context). Whether KMS sees
+    # kms:ViaService on that call is not documented: both readings must be allowed.
+    for schedule, cmk in encrypted_schedules(view):
+
+        def schedule_checks(schedule: Resource = schedule, cmk: str = cmk) -> Check:
+            role = _role_of(schedule)
+            context: dict[str, ContextValue] = {
+                "aws:SecureTransport": True,
+                "aws:ViaAWSService": False,
+                "kms:CallerAccount": acct,
+                "kms:EncryptionContext:aws:scheduler:schedule:arn": schedule_arn(view, schedule),
+            }
+            via: dict[str, ContextValue] = {
+                **context,
+                "aws:ViaAWSService": True,
+                "kms:ViaService": f"scheduler.{region}.amazonaws.com",
+            }
+            name = _text(schedule, "name")
+            return _service(
+                view,
+                f"EventBridge Scheduler decrypts the payload of {name}",
+                [
+                    RealRequest("payload", role, "kms:Decrypt", cmk, context, SCHEDULER_KMS),
+                    RealRequest(
+                        "payload (through Scheduler)", role, "kms:Decrypt", cmk, via, SCHEDULER_KMS
+                    ),
+                ],
+            )
+
+        guard(f"EventBridge Scheduler decrypts {schedule.name}", schedule_checks)
     return out
+
+
+def _role_of(schedule: Resource) -> str:
+    target = schedule.get("target")
+    role = target.get("roleArn") if isinstance(target, dict) else None
+    if not isinstance(role, str) or not role or role == UNKNOWN:
+        raise Unreadable(f"{schedule.name} (a schedule) names no execution role")
+    return role
 
 
 # Stand-ins for what is not ours on the image layers' path (see exec_checks).
@@ -944,6 +1003,30 @@ def deployer_checks(view: StackView, production: bool) -> list[Check | Result]:
             ],
         ),
     ]
+    # An encrypted schedule: CreateSchedule/UpdateSchedule encrypt its payload with the
+    # caller's permissions, through Scheduler, the schedule's ARN as encryption context
+    # (SCHEDULER_KMS; the CreateSchedule/UpdateSchedule examples of "Using identity-based
+    # policies in EventBridge Scheduler"). DescribeKey carries no encryption context.
+    via_scheduler = {
+        **kms_base,
+        "aws:ViaAWSService": True,
+        "kms:ViaService": f"scheduler.{region}.amazonaws.com",
+    }
+    for schedule, key in encrypted_schedules(view):
+        context = {
+            **via_scheduler,
+            "kms:EncryptionContext:aws:scheduler:schedule:arn": schedule_arn(view, schedule),
+        }
+        out.append(
+            must(
+                f"creates and updates the encrypted schedule {_text(schedule, 'name')}",
+                [
+                    req("kms:DescribeKey", key, via_scheduler),
+                    req("kms:GenerateDataKey", key, context),
+                    req("kms:Decrypt", key, context),
+                ],
+            )
+        )
     locked = {_text(r, "bucket") for r in view.all(_T(aws.s3.BucketObjectLockConfiguration))}
     for b in view.all(_T(aws.s3.Bucket)):
         arn, name = _text(b, "arn"), _text(b, "bucket")

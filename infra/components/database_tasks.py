@@ -38,6 +38,15 @@ DB_NAME = "envfence"
 # The image's copy of the RDS CA bundle (app/Dockerfile): verify-full checks the server's name.
 SSL_ROOT_CERT = "/etc/ssl/certs/rds-global-bundle.pem"
 RETENTION_SCHEDULE = "cron(17 3 * * ? *)"  # daily, 03:17 UTC
+RETENTION_GROUP = "default"
+
+
+def retention_schedule_arn(s: Settings) -> str:
+    """The retention schedule's ARN: the encryption context of every KMS call for its payload
+    (`aws:scheduler:schedule:arn`, "Encryption at rest in EventBridge Scheduler", CloudTrail
+    event example: https://docs.aws.amazon.com/scheduler/latest/UserGuide/encryption-rest.html)."""
+    name = f"{naming.prefix(s.project, s.stack)}-retention"
+    return f"arn:aws:scheduler:{s.region}:{s.account}:schedule/{RETENTION_GROUP}/{name}"
 
 
 def migrations_checksum(db_dir: Path = DB_DIR) -> str:
@@ -205,13 +214,33 @@ class DatabaseTasks(pulumi.ComponentResource):
                     [args.migrator_role_arn],
                     condition={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
                 ),
+                # The payload is encrypted with the environment's key: Scheduler decrypts it
+                # with this role at each invocation.
+                # https://docs.aws.amazon.com/scheduler/latest/UserGuide/encryption-rest.html
+                statement(
+                    "DecryptThePayload",
+                    "Allow",
+                    ["kms:Decrypt"],
+                    [args.key_arn],
+                    condition={
+                        "StringEquals": {
+                            "kms:EncryptionContext:aws:scheduler:schedule:arn": (
+                                retention_schedule_arn(s)
+                            )
+                        }
+                    },
+                ),
             ),
             opts=child,
         )
         aws.scheduler.Schedule(
             "retention-schedule",
             name=f"{naming.prefix(s.project, s.stack)}-retention",
+            group_name=RETENTION_GROUP,
             description=f"envfence {s.stack}: expire experiment rows older than retention",
+            # The payload (the task's overrides) under the environment's key, not an AWS-owned
+            # one; the key policy lets the deployer encrypt it and this role decrypt it.
+            kms_key_arn=args.key_arn,
             schedule_expression=RETENTION_SCHEDULE,
             flexible_time_window={"mode": "OFF"},
             target={

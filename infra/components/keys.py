@@ -10,6 +10,7 @@ import pulumi_aws as aws
 
 from envfence import naming
 from envfence.settings import Settings
+from infra.components.database_tasks import retention_schedule_arn
 from infra.components.policies import account_root, document, statement
 
 # Management only, named one by one: none of these reads or writes data, and none hands out key
@@ -166,6 +167,51 @@ def archive_statements(s: Settings, root: str) -> list[dict[str, object]]:
                         "kms:CallerAccount": s.account,
                         "kms:ViaService": via_s3,
                         "kms:EncryptionContext:aws:s3:arn": s.bucket_arn("results"),
+                    }
+                },
+            )
+        )
+    return out
+
+
+def schedule_statements(s: Settings, root: str) -> list[dict[str, object]]:
+    """The experiments' retention schedule carries its payload under this key. Whoever calls
+    CreateSchedule/UpdateSchedule encrypts it (DescribeKey, GenerateDataKey, Decrypt, through
+    Scheduler, with the schedule's ARN as encryption context): the deployer; DescribeKey it has
+    already. The schedule's execution role decrypts it at each invocation; AWS's CloudTrail
+    example shows that call made by the role itself with the same context and no documented
+    kms:ViaService, so none is required of it. Grants are not supported.
+    https://docs.aws.amazon.com/scheduler/latest/UserGuide/encryption-rest.html
+    https://docs.aws.amazon.com/scheduler/latest/UserGuide/security_iam_id-based-policy-examples.html"""
+    if s.is_production:
+        return []
+    context = {"kms:EncryptionContext:aws:scheduler:schedule:arn": retention_schedule_arn(s)}
+    out = [
+        statement(
+            "SchedulerDecryptsTheRetentionPayload",
+            "Allow",
+            ["kms:Decrypt"],
+            ["*"],
+            principal={"AWS": root},
+            condition={
+                "ArnEquals": {"aws:PrincipalArn": s.role_arn(naming.SCHEDULER_ROLE)},
+                "StringEquals": context,
+            },
+        )
+    ]
+    if s.deployer:
+        out.append(
+            statement(
+                "DeployerEncryptsTheRetentionPayload",
+                "Allow",
+                ["kms:GenerateDataKey", "kms:Decrypt"],
+                ["*"],
+                principal={"AWS": s.deployer},
+                condition={
+                    "StringEquals": {
+                        "kms:CallerAccount": s.account,
+                        "kms:ViaService": f"scheduler.{s.region}.amazonaws.com",
+                        **context,
                     }
                 },
             )
@@ -391,6 +437,7 @@ class Keys(pulumi.ComponentResource):
         if s.owns_trail:
             statements += trail_statements(s, root)
         statements += archive_statements(s, root)
+        statements += schedule_statements(s, root)
         for flow in s.inbound_flows():
             peer = s.peers[flow.source]
             if peer.account is None:
