@@ -589,7 +589,15 @@ def _registered(states: list[StackState], paths: Sequence[str]) -> None:
     try:
         root = find_root()
     except ProjectFileError:
-        return  # no repository here: states of another project are read on their own terms
+        # No repository here: the states are read on their own terms, without the registry
+        # and the stack files (what is missing fails closed, named in the report).
+        print(
+            f"envfence: note: no Pulumi.yaml at or above {Path.cwd()}: the states are checked "
+            "without the project's registry and stack files; run inside the checkout or give "
+            "-C DIR",
+            file=sys.stderr,
+        )
+        return
     try:
         project = load_project(root)
     except ProjectFileError as exc:
@@ -814,7 +822,8 @@ def _render(
             def proof_section() -> None:
                 if o.proof is None:
                     return
-                console.print()
+                if not args.quiet:
+                    console.print()
                 if o.note and not args.quiet:
                     console.print(f"envfence prove: {o.note}")
                 proofs.text(o.proof, console, quiet=args.quiet)

@@ -107,9 +107,13 @@ def test_the_installed_wheel_checks_the_project_around_the_working_directory(
     assert listed.returncode == 0, listed.stderr
     assert {r["stack"] for r in json.loads(listed.stdout)} == {"prod", "experiment"}
 
-    checked = envfence("check", "--no-prove", "--stack", "prod", "-q", cwd=inside)
-    assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.strip().startswith("PASS")
+    # evaluated offline, then checked as state files (rules, proofs, and the real-request
+    # controls, which import the checkout's worker code)
+    planned = envfence("plan", "--format", "json", "-o", str(tmp_path / "plan.json"), cwd=inside)
+    assert planned.returncode == 0, planned.stderr
+    checked = envfence("check", "--state", str(tmp_path / "plan.json"), "-q", cwd=inside)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip().startswith("PASS") and "PROVED" in checked.stdout
 
     nowhere = tmp_path / "nowhere"
     nowhere.mkdir()

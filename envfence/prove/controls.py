@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,14 +309,17 @@ def _anything(view: StackView) -> Target:
 
 
 def worker_checks(view: StackView, found: contract.Contract) -> list[Check | Result]:
-    from app.worker.config import ConfigError, load_config
+    placeholder = Check(view.stack, WORKER, f"{view.stack}: the worker's requests", ())
+    try:  # the project's worker (app/ of the checkout, on the path: see `checks`)
+        from app.worker.config import ConfigError, load_config
+    except ImportError as exc:
+        return [failed(placeholder, f"the worker's code (app/worker/config.py) is missing: {exc}")]
 
     tasks = [
         t
         for t in view.all(_T(aws.ecs.TaskDefinition))
         if any("QUEUE_URL" in _env(c) for c in containers(t))
     ]
-    placeholder = Check(view.stack, WORKER, f"{view.stack}: the worker's requests", ())
     if len(tasks) != 1:
         return [failed(placeholder, f"{len(tasks)} worker task definitions (expected 1)")]
     task = tasks[0]
@@ -1292,6 +1296,10 @@ def checks(
     from the rules' reading of each environment (`envfence.rules.context`); `owns_trail` from
     the environment registry (`trail_owners`, read from `project_root` when not given)."""
     owners = trail_owners(states, project_root) if owns_trail is None else owns_trail
+    # The worker's own config parser decides what its task definition means (worker_checks): it
+    # is the checkout's app/, importable even when envfence runs from an installed wheel.
+    if (project_root / "app").is_dir() and str(project_root) not in sys.path:
+        sys.path.append(str(project_root))
     results: list[Result] = []
     found: contract.Contract | None = None
     problem = ""
