@@ -985,9 +985,26 @@ def _error_documents(
             print(f"envfence: error: {exc}", file=sys.stderr)
 
 
+def _joined(argv: list[str]) -> list[str]:
+    """`--output-file -,envfence.sarif` as `--output-file=-,envfence.sarif`: argparse would read
+    a value that starts with '-' as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-o", "--output-file") and i + 1 < len(argv):
+            value = argv[i + 1]
+            if value.startswith("-") and value != "-" and "," in value:
+                out.append(f"--output-file={value}")
+                i += 2
+                continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_joined(argv))
     started = dt.datetime.now(dt.UTC)
     out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     progress = Progress(getattr(args, "progress", "none"))

@@ -266,6 +266,21 @@ def test_formats_to_a_directory_and_stdout(
     )
     assert code == 1
     assert json.loads(out)["summary"]["violations"] == 1
+    # `--output-file -,FILE` (a value starting with '-') works as written in CI
+    code, out, _ = run(
+        [
+            "check",
+            "--no-prove",
+            *state_args(leaky_files),
+            "--format",
+            "json,text",
+            "--output-file",
+            f"-,{out_dir / 'third.txt'}",
+        ],
+        capsys,
+    )
+    assert code == 1 and json.loads(out)["violations"]
+    assert "EF101" in (out_dir / "third.txt").read_text()
 
 
 @pytest.mark.parametrize(
