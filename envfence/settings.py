@@ -627,31 +627,30 @@ def parse_settings(
         f"(e.g. arn:aws:iam::{accounts[0]}:role/data-analysts)"
     )
     own_prefix = f"arn:aws:iam::{accounts[0]}:role/{naming.prefix(project, stack)}-"
-    deployer_help = (
-        f"the ARN of the role that runs `pulumi up` in account {accounts[0]} (e.g. "
-        f"arn:aws:iam::{accounts[0]}:role/envfence-deployer), not a role of the environment"
+    role_in_account = _matching(
+        re.compile(rf"^arn:aws:iam::{accounts[0]}:role/[A-Za-z0-9+=,.@_/-]+$")
     )
-    deployer = access.get(
-        "deployer",
-        _matching(re.compile(rf"^arn:aws:iam::{accounts[0]}:role/[A-Za-z0-9+=,.@_/-]+$")),
-        deployer_help,
-        required=True,
+
+    def outside_role(name: str, what: str, example: str, *, required: bool = False) -> str:
+        """A role of the stack's account that is not one of the environment's own roles."""
+        allowed = (
+            f"the ARN of {what} in account {accounts[0]} (e.g. "
+            f"arn:aws:iam::{accounts[0]}:role/{example}), not a role of the environment"
+        )
+        arn: str = access.get(name, role_in_account, allowed, default="", required=required)
+        if arn.startswith(own_prefix):
+            raise access.fail(name, arn, allowed)
+        return arn
+
+    deployer = outside_role(
+        "deployer", "the role that runs `pulumi up`", "envfence-deployer", required=True
     )
-    if deployer.startswith(own_prefix):
-        raise access.fail("deployer", deployer, deployer_help)
-    preview_help = (
-        f"the ARN of a read-only role in account {accounts[0]} that CI assumes for `pulumi "
-        f"preview` on pull requests (e.g. arn:aws:iam::{accounts[0]}:role/envfence-preview), "
-        "not a role of the environment"
-    )
-    preview_role = access.get(
+    # CI only (envfence.ci): the read-only role that previews this stack on pull requests.
+    preview_role = outside_role(
         "previewRole",
-        _matching(re.compile(rf"^arn:aws:iam::{accounts[0]}:role/[A-Za-z0-9+=,.@_/-]+$")),
-        preview_help,
-        default="",
+        "a read-only role that CI assumes for `pulumi preview` on pull requests",
+        "envfence-preview",
     )
-    if preview_role.startswith(own_prefix):
-        raise access.fail("previewRole", preview_role, preview_help)
     readers: tuple[str, ...] = access.get(
         "auditReaders", _list_of(_matching(PRINCIPAL_RE)), principal_help, default=()
     )

@@ -665,3 +665,38 @@ def test_sarif_on_bad_input_is_a_valid_log_holding_the_error(
     [inv] = doc["runs"][0]["invocations"]
     assert inv["executionSuccessful"] is False and inv["exitCode"] == 2
     assert "unknown stack 'staging'" in inv["toolExecutionNotifications"][0]["message"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        # another account's role: CI would assume it for this stack's preview
+        ("arn:aws:iam::210987654321:role/envfence-preview", "config envfence:access.previewRole"),
+        # one of the environment's own roles
+        ("arn:aws:iam::123456789012:role/envfence-prod-pipeline", "not a role of the environment"),
+        ("envfence-preview", "in account 123456789012"),
+    ],
+)
+def test_preview_role_is_a_role_of_the_stacks_account_outside_the_environment(
+    value: str, needle: str, project: Project
+) -> None:
+    raw = _config(project, "prod")
+    access = json.loads(raw["envfence:access"])
+    settings = parse_settings(
+        project.name, "prod", raw, read_peers(project, "prod"), project.registry
+    )
+    assert settings.preview_role == access["previewRole"]
+    access["previewRole"] = value
+    raw["envfence:access"] = json.dumps(access)
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(project.name, "prod", raw, read_peers(project, "prod"), project.registry)
+    assert needle in str(exc.value)
+    # optional: without it the stack is not previewed, and still valid
+    del access["previewRole"]
+    raw["envfence:access"] = json.dumps(access)
+    assert (
+        parse_settings(
+            project.name, "prod", raw, read_peers(project, "prod"), project.registry
+        ).preview_role
+        == ""
+    )
