@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -13,15 +12,6 @@ from envfence.rules.engine import Result, Violation
 
 if TYPE_CHECKING:
     from envfence.baseline import Applied
-
-
-def render(result: Result, fmt: str, out: Console) -> None:
-    if fmt == "json":
-        print(json.dumps(to_json(result), indent=2))
-    elif fmt == "sarif":
-        print(json.dumps(to_sarif(result), indent=2))
-    else:
-        text(result, out)
 
 
 Section = Callable[[], None]

@@ -700,3 +700,20 @@ def test_preview_role_is_a_role_of_the_stacks_account_outside_the_environment(
         ).preview_role
         == ""
     )
+
+
+def test_quiet_shows_the_refuted_proof_and_its_witness(
+    stacks: dict[str, StackState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the proofs: only what is not proved, with its counterexample; no control listing."""
+    from test_prove_cli import leaky
+
+    (tmp_path / "iam").mkdir()
+    paths = plans(tmp_path / "iam", leaky(stacks))
+    code, out, _ = run(["check", *state_args(paths), "--quiet"], capsys)
+    assert code == 1
+    assert "iam prod -> experiment: refuted" in out
+    assert "may s3:DeleteObject on arn:aws:s3:::envfence-experiment-results-" in out
+    assert "controls (must find access)" not in out and "environment pairs" not in out
+    assert "iam experiment -> prod" not in out  # proved: not shown
+    assert "NOT PROVED" in out.strip().splitlines()[-1]
