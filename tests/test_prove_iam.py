@@ -706,24 +706,29 @@ class _Unknown:
         return "timeout"
 
 
+@pytest.mark.parametrize("per_pair", [False, True], ids=["per-environment", "per-pair"])
 def test_a_solver_that_answers_unknown_breaks_the_proof(
-    shared: Stacks, project: Project, monkeypatch: pytest.MonkeyPatch
+    shared: Stacks, project: Project, monkeypatch: pytest.MonkeyPatch, per_pair: bool
 ) -> None:
     """`unknown` (a timeout) is no answer: every pair and every control is broken, naming it;
     nothing is proved or found. (In one account some pair questions reach the solver; the
-    others fold to "no statement applies" before it.)"""
+    others fold to "no statement applies" before it. The question of one environment against
+    everything outside holds only what an Allow statement could reach (`relevance`): for
+    experiment's principals in prod's account that is prod's key, which folds before the
+    solver; the per-pair questions also hold resources only `_fits` excludes, in the solver.)"""
     monkeypatch.setattr(smt, "_new_solver", lambda timeout_ms: _Unknown())
-    proof = prove(shared, project)
+    proof = prove(shared, project, per_pair=per_pair)
     why = "SMT: cvc5 answered unknown (timeout)"
     assert [(p.source, p.target, p.status) for p in proof.pairs] == [
         (EXP, PROD, BROKEN),
         (PROD, EXP, BROKEN),
     ]
+    asking = [(PROD, EXP)] if not per_pair else [(EXP, PROD), (PROD, EXP)]
     for p in proof.pairs:
         assert p.counterexamples == []
         # The pair's own questions (one per principal of the source) that reached the solver.
         asked = [d for d in p.details if d.startswith(f"{p.source}/") and d.endswith(why)]
-        assert asked, p.details
+        assert bool(asked) == ((p.source, p.target) in asking), p.details
     assert proof.controls and all(not c.found and c.detail == why for c in proof.controls)
 
 

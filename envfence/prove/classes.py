@@ -335,6 +335,8 @@ class Search:
         for target in self.q.targets:
             fixed = fixed_values(self.q, target)
             allows = self._allows(target)
+            if not allows:
+                continue  # no Allow statement can apply: no request here is allowed
             denies = self._unconditional_denies(target)
             contexts: list[dict[str, Any]] | None = None
             for resource in self.resources(target):

@@ -31,6 +31,7 @@ import pulumi_aws as aws
 from envfence import iam, naming
 from envfence.prove import classes, smt
 from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
+from envfence.prove.relevance import Relevance
 from envfence.prove.smt import ProofError
 from envfence.prove.world import Role, Target, World, compatible
 from envfence.rules import classify
@@ -155,6 +156,9 @@ class PairProof:
     flows: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
 
+    def counterexamples_of(self, principal: str) -> list[Counterexample]:
+        return [c for c in self.counterexamples if c.principal == principal]
+
 
 @dataclass
 class Control:
@@ -273,6 +277,8 @@ class Prover:
         self.forgeable: dict[str, bool] = {}
         self.edges: dict[str, list[tuple[Role, str, tuple[str, ...]]]] = {}
         self.errors: dict[str, list[str]] = {}  # stack -> errors met while reasoning about it
+        self.reached: dict[str, int] = {}  # stack -> data resources its questions held
+        self._relevance: Relevance | None = None
 
     # -- the principal closure ----------------------------------------------------------------
     def _error(self, stack: str, message: str) -> None:
@@ -475,39 +481,109 @@ class Prover:
             out.append(self._control(f.source, what, q))
         return out
 
-    def pair(self, source: str, target: str) -> PairProof:
+    def environment(self, source: str) -> list[PairProof]:
+        """One proof of `source` against everything outside it: per principal of its closure,
+        one question over every other environment's data that an Allow statement could reach
+        (`relevance.Relevance`). A witness names the environment it reaches; that
+        environment's data then leaves the question and it is asked again, until nothing is
+        allowed: the result, pair by pair, is what `pair` finds for each other environment
+        (a test holds the two to agreement on every leak case)."""
         started = time.perf_counter()
+        others = [b for b in self.world.stacks if b != source]
+        results = {b: self._pair_result(source, b) for b in others}
+        principals = self.closure(source)
+        relevance = self.relevance()
+        reached = 0
+        for role, chain in principals:
+            exemptions = tuple(e for b in others for e in self._exemptions(role, source, b))
+            pending = relevance.outside(role, source)
+            reached += len(pending)
+            while True:
+                q = Query(
+                    role,
+                    tuple(pending),
+                    exemptions=exemptions,
+                    tags_forgeable=self.forgeable.get(role.arn, False),
+                )
+                try:
+                    w = self.ask(q)
+                except ProofError:
+                    # Which environment the error is about is not known: ask each on its own,
+                    # as `pair` does, so the error (or a witness) lands on the right pairs.
+                    done = {b for b, r in results.items() if r.counterexamples_of(role.arn)}
+                    for b in others:
+                        if b not in done:
+                            self._ask_pair(results[b], role, chain)
+                    break
+                if w is None:
+                    break
+                hit = w.target.stack
+                results[hit].counterexamples.append(Counterexample.of(chain, w))
+                pending = [t for t in pending if t.stack != hit]
+                if not pending:
+                    break
+        seconds = time.perf_counter() - started
+        out = []
+        for b in others:
+            r = results[b]
+            r.principals = len(principals)
+            self._finish(r)
+            r.seconds = seconds
+            out.append(r)
+        self.reached[source] = reached
+        return out
+
+    def relevance(self) -> Relevance:
+        if self._relevance is None:
+            self._relevance = Relevance(self.world)
+        return self._relevance
+
+    def _pair_result(self, source: str, target: str) -> PairProof:
         result = PairProof(source, target)
-        targets = tuple(self.world.targets.get(target, []))
-        result.resources = len(targets)
+        result.resources = len(self.world.targets.get(target, []))
         result.flows = [
             f.describe() for f in self.world.flows if f.source == source and f.target == target
         ]
         for stack in (source, target):
             for gap in self.world.gaps.get(stack, []):
                 result.details.append(f"{stack}: {gap}")
-        principals = self.closure(source)
-        result.principals = len(principals)
-        for role, chain in principals:
-            q = Query(
-                role,
-                targets,
-                exemptions=self._exemptions(role, source, target),
-                tags_forgeable=self.forgeable.get(role.arn, False),
-            )
-            try:
-                w = self.ask(q)
-            except ProofError as exc:
-                result.details.append(f"{role.label}: {exc}")
-                continue
-            if w is not None:
-                result.counterexamples.append(Counterexample.of(chain, w))
-        for stack in (source, target):
+        return result
+
+    def _ask_pair(self, result: PairProof, role: Role, chain: tuple[Hop, ...]) -> None:
+        """The question of one principal against one other environment's data (all of it)."""
+        q = Query(
+            role,
+            tuple(self.world.targets.get(result.target, [])),
+            exemptions=self._exemptions(role, result.source, result.target),
+            tags_forgeable=self.forgeable.get(role.arn, False),
+        )
+        try:
+            w = self.ask(q)
+        except ProofError as exc:
+            result.details.append(f"{role.label}: {exc}")
+            return
+        if w is not None:
+            result.counterexamples.append(Counterexample.of(chain, w))
+
+    def _finish(self, result: PairProof) -> None:
+        for stack in (result.source, result.target):
             result.details += [f"{stack}: {e}" for e in self.errors.get(stack, [])]
         if result.details:
             result.status = BROKEN
         elif result.counterexamples:
             result.status = REFUTED
+
+    def pair(self, source: str, target: str) -> PairProof:
+        """The question of every principal of `source` against `target`'s data: one per pair,
+        the way the proof was first run (`environment` is what `prove_iam` runs; tests compare
+        the two)."""
+        started = time.perf_counter()
+        result = self._pair_result(source, target)
+        principals = self.closure(source)
+        result.principals = len(principals)
+        for role, chain in principals:
+            self._ask_pair(result, role, chain)
+        self._finish(result)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -518,24 +594,34 @@ def prove_iam(
     solver: Solver | None = None,
     *,
     pairs: Iterable[tuple[str, str]] | None = None,
+    per_pair: bool = False,
     controls: bool = True,
     encoding_jobs: Iterable[EncodingJob] = (),
 ) -> IamProof:
-    """Prove every ordered pair of environments (or only `pairs`), with the controls (a
-    result without them can only be partial: tests use that to look at one pair)."""
+    """Prove every environment against everything outside it (`Prover.environment`), or
+    only `pairs`, or every pair one by one (`per_pair`: the way the proof first ran, kept
+    to hold the two to agreement), with the controls (a result without them can only be
+    partial: tests use that to look at one pair)."""
     started = time.perf_counter()
     prover = Prover(world, project, solver)
     prover._compute_forgeable()
     prover._compute_edges()
     found = (prover.controls() + prover.encoding_controls(encoding_jobs)) if controls else []
-    wanted = (
-        list(pairs)
-        if pairs is not None
-        else [(a, b) for a in world.stacks for b in world.stacks if a != b]
-    )
-    results = [prover.pair(a, b) for a, b in wanted]
+    if pairs is not None or per_pair:
+        wanted = (
+            list(pairs)
+            if pairs is not None
+            else [(a, b) for a in world.stacks for b in world.stacks if a != b]
+        )
+        results = [prover.pair(a, b) for a, b in wanted]
+    else:
+        results = [r for a in world.stacks for r in prover.environment(a)]
+    failed: dict[str, list[Control]] = {}
+    for c in found:
+        if not c.found:
+            failed.setdefault(c.stack, []).append(c)
     for p in results:
-        broken = [c for c in found if not c.found and c.stack in (p.source, p.target)]
+        broken = failed.get(p.source, []) + failed.get(p.target, [])
         if broken:
             p.status = BROKEN
             p.details += [f"control failed: {c.what} ({c.detail})" for c in broken]

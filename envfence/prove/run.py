@@ -89,8 +89,12 @@ def prove(states: Iterable[StackState], project: Project | None = None) -> Proof
     real = real_controls.checks(by_name, world, root, production, deployers)
     iam_proof = prove_iam(world, project_name, encoding_jobs=encoding_jobs(real, world))
     network = prove_network(by_name)
+    failed: dict[str, list[real_controls.Result]] = {}
+    for r in real:
+        if not r.ok:
+            failed.setdefault(r.stack, []).append(r)
     for p in iam_proof.pairs:
-        broken = [r for r in real if not r.ok and r.stack in (p.source, p.target)]
+        broken = failed.get(p.source, []) + failed.get(p.target, [])
         if broken:
             p.status = BROKEN
             p.details += [f"{r.group} control failed: {r.what} ({r.detail})" for r in broken]

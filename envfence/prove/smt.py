@@ -415,8 +415,6 @@ class Encoder:
         def terms(policy: iam.Policy | None, effect: str, principaled: bool) -> Any:
             return self._policy_terms(policy, effect, fixed, principaled, target)
 
-        deny = [t for pol in limited for t in terms(pol, "Deny", False)[PrincipalMatch.DIRECT]]
-        deny += [t for group in terms(target.policy, "Deny", True).values() for t in group]
         identity = _or(
             [t for pol in p.identity for t in terms(pol, "Allow", False)[PrincipalMatch.DIRECT]]
         )
@@ -437,6 +435,13 @@ class Encoder:
             allow = _or([direct, _and([role, limits]), _and([account, identity, limits])])
         else:
             allow = _or([direct, _and([_or([identity, role, account]), limits])])
+        if allow is False:
+            # Nothing allows a request here: the denies need not be built (across environments
+            # this is most targets: no statement of the caller's names them, and their policies
+            # name none of its principals).
+            return False
+        deny = [t for pol in limited for t in terms(pol, "Deny", False)[PrincipalMatch.DIRECT]]
+        deny += [t for group in terms(target.policy, "Deny", True).values() for t in group]
         return _and([_not(_or(deny)), allow])
 
     def _in_target(self, target: Target) -> Any:
@@ -468,9 +473,11 @@ class Encoder:
         return _or(terms)
 
     def formula(self) -> Any:
-        per_target = [
-            _and([self._in_target(t), self._fits(t), self._allowed(t)]) for t in self.q.targets
-        ]
+        per_target = []
+        for t in self.q.targets:
+            allowed = self._allowed(t)  # first: it is False for most targets of a wide question
+            if allowed is not False:
+                per_target.append(_and([self._in_target(t), self._fits(t), allowed]))
         parts = [_or(per_target), *self.domain]
         if self.q.action is not None:
             # Statements decide a fixed action in Python; the terms that read the action
