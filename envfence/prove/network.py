@@ -1192,6 +1192,7 @@ class _Answer:
     packet: Packet | None = None
     path: tuple[str, ...] = ()
     assumptions: tuple[str, ...] = ()
+    target: int | None = None  # the index of the target site the packet arrives at
 
 
 class _Query:
@@ -1565,7 +1566,7 @@ class _Query:
         assumptions = tuple(why for why, v in self.assume.items() if true(v))
         name = PROTOCOL_NAMES.get(proto, "-1")
         packet = Packet(_ip(src), _ip(dst_out), name, port)
-        return _Answer(status, packet, tuple(path), assumptions)
+        return _Answer(status, packet, tuple(path), assumptions, j)
 
     def _eni(self, site: _Site, groups: set[str]) -> str:
         names = ", ".join(self.t.sgs[g].label for g in sorted(groups))
@@ -1775,20 +1776,185 @@ def _control(topo: _Topology, state: StackState, timeout_ms: int) -> NetworkResu
         return done("broken", detail=f"control: {e}")
 
 
+def _may_be_public(c: _Cidr) -> bool:
+    """Some address of the block is public (it lies in none of the `NOT_PUBLIC` ranges)."""
+    for text in NOT_PUBLIC:
+        block = _cidr(text)
+        assert block is not None
+        if block.length <= c.length and block.contains(c.net):
+            return False
+    return True
+
+
+class _Reach:
+    """Which target sites a packet from `sources` can possibly arrive at, by the routes alone:
+    the question of one environment against everything outside it holds only those, so its
+    size follows what the environment's routes connect to, not the number of environments.
+
+    A site is kept when some route of a source subnet's table carries a packet to the site's
+    VPC directly (local, peering, transit gateway, an assumption: `_Topology.carries`), or
+    through a NAT gateway whose subnet's table does (as `_Query._nat_options` follows it), or
+    over the internet to a VPC with an internet gateway *and* a group the site may carry admits
+    some public source address (a CIDR rule reaching outside the `NOT_PUBLIC` ranges, a prefix
+    list, an assumed rule; a rule naming a group needs the sender's private address, which the
+    internet path does not keep). Every other site has no routing option, or no ingress rule
+    that the internet path can satisfy, in the query: it cannot change the answer."""
+
+    def __init__(self, topo: _Topology, sources: list[_Site]) -> None:
+        self.t = topo
+        self.tables: list[tuple[str, list[_Route]]] = []
+        seen: set[int] = set()
+        for site in sources:
+            sub = topo.subnets[site.subnet]
+            _, routes = topo.routes(sub)
+            if id(routes) not in seen:
+                seen.add(id(routes))
+                self.tables.append((sub.vpc, routes))
+        self._vpcs: dict[str, tuple[bool, bool]] = {}
+
+    def _kinds(self, vpc: str) -> tuple[bool, bool]:
+        """(a direct or NAT path to `vpc`, an internet path to `vpc`)."""
+        if vpc not in self._vpcs:
+            direct = internet = False
+            for src_vpc, routes in self.tables:
+                for route in routes:
+                    for kind, _, _ in self.t.carries(route, src_vpc, vpc):
+                        if kind == "internet":
+                            internet = True
+                        elif kind.startswith("nat:"):
+                            d, i = self._nat(kind[4:], vpc)
+                            direct, internet = direct or d, internet or i
+                        else:
+                            direct = True
+            self._vpcs[vpc] = (direct, internet)
+        return self._vpcs[vpc]
+
+    def _nat(self, nat_id: str, vpc: str) -> tuple[bool, bool]:
+        if nat_id not in self.t.nats or self.t.nats[nat_id][0] not in self.t.subnets:
+            return True, False  # an assumed hop that may lead anywhere
+        nat_subnet, _, private = self.t.nats[nat_id]
+        nsub = self.t.subnets[nat_subnet]
+        _, routes = self.t.routes(nsub)
+        direct = internet = False
+        for route in routes:
+            for kind, _, _ in self.t.carries(route, nsub.vpc, vpc):
+                if kind.startswith("nat:") or (kind == "internet" and private):
+                    continue
+                if kind == "internet":
+                    internet = True
+                else:
+                    direct = True
+        return direct, internet
+
+    def _public_ingress(self, site: _Site) -> bool:
+        for g in site.sgs:
+            sg = self.t.sgs.get(g)
+            if sg is None:
+                return True
+            for rule in sg.ingress:
+                if rule.assumed or rule.any_address:
+                    return True
+                if rule.cidr is not None and _may_be_public(rule.cidr):
+                    return True
+        return False
+
+    def keeps(self, site: _Site) -> bool:
+        direct, internet = self._kinds(self.t.subnets[site.subnet].vpc)
+        return direct or (internet and self._public_ingress(site))
+
+
+def _environment(
+    topo: _Topology, a: str, others: list[str], timeout_ms: int
+) -> dict[str, NetworkResult]:
+    """One proof of `a` against every other environment at once: one query whose targets are
+    every site of every other stack that `a`'s routes can reach (`_Reach`). A packet found
+    names the stack it arrives in: that pair is refuted (or broken, when the path needs an
+    assumption), the stack's sites leave the query, and it is asked again until no packet is
+    found. The result, pair by pair, is what `_pair` finds for each (a test holds the two to
+    agreement on every leak case); an answer that names no pair (`unknown`) is re-asked pair by
+    pair, so it lands where it belongs."""
+    done = _finisher(a, a)
+    out: dict[str, NetworkResult] = {}
+    asked: list[str] = []
+    for b in others:
+        if issues := _issues(topo, a, b):
+            out[b] = done("broken", detail="not known or not modelled: " + "; ".join(issues))
+        elif _ipv6_pair(topo, a, b):
+            out[b] = done(
+                "broken", detail=f"both {a} and {b} have IPv6 addresses: IPv6 is not modelled"
+            )
+        else:
+            asked.append(b)
+    sources = _sites(topo, a, as_target=False)
+    if not sources:
+        for b in asked:
+            out[b] = done("proved", detail=f"no subnets in {a}")
+        return _retarget(out, a)
+    reach = _Reach(topo, sources)
+    targets: list[_Site] = []
+    owners: list[str] = []
+    for b in asked:
+        sites = _sites(topo, b, as_target=True)
+        if not sites:
+            out[b] = done("proved", detail=f"no subnets in {b}")
+            continue
+        for site in sites:
+            if reach.keeps(site):
+                targets.append(site)
+                owners.append(b)
+    while targets:
+        try:
+            answer = _Query(topo, sources, targets).solve([], timeout_ms)
+        except _FailClosed:
+            answer = _Answer("unknown")
+        if answer.status in ("none", "unknown"):
+            break
+        assert answer.target is not None
+        b = owners[answer.target]
+        if answer.status == "found":
+            out[b] = done("refuted", answer, f"a packet can travel from {a} to {b}")
+        else:
+            out[b] = done(
+                "broken",
+                answer,
+                "a path exists only through constructs the model does not follow: "
+                + "; ".join(answer.assumptions),
+            )
+        keep = [k for k, owner in enumerate(owners) if owner != b]
+        targets, owners = [targets[k] for k in keep], [owners[k] for k in keep]
+    else:
+        answer = _Answer("none")
+    for b in asked:
+        if b in out:
+            continue
+        if answer.status == "unknown":
+            out[b] = _pair(topo, a, b, timeout_ms)
+        else:
+            out[b] = done("proved")
+    return _retarget(out, a)
+
+
+def _retarget(results: dict[str, NetworkResult], a: str) -> dict[str, NetworkResult]:
+    """The environment's results, each naming its pair (they were timed as one proof)."""
+    return {b: replace(r, source=a, target=b) for b, r in results.items()}
+
+
 def prove_network(
-    states: Mapping[str, StackState], *, timeout_ms: int = 20000
+    states: Mapping[str, StackState], *, timeout_ms: int = 20000, per_pair: bool = False
 ) -> list[NetworkResult]:
-    """For every ordered pair of stacks, prove no packet travels between their networks; for
-    every stack, a control that must find its application-to-database path."""
+    """For every stack, prove no packet travels from its network to any other stack's (one
+    query per stack against everything outside it; `per_pair`: one per ordered pair, the way
+    the proof first ran, kept to hold the two to agreement); for every stack, a control that
+    must find its application-to-database path. The results are per ordered pair."""
     topo = _Topology(states)
     controls = {a: _control(topo, states[a], timeout_ms) for a in states}
     results: list[NetworkResult] = []
     for a in states:
         results.append(controls[a])
-        for b in states:
-            if a == b:
-                continue
-            r = _pair(topo, a, b, timeout_ms)
+        others = [b for b in states if b != a]
+        found = {} if per_pair else _environment(topo, a, others, timeout_ms)
+        for b in others:
+            r = found[b] if b in found else _pair(topo, a, b, timeout_ms)
             failed = [c for c in (controls[a], controls[b]) if c.status != "proved"]
             if r.status == "proved" and failed:
                 # "No path" means nothing while the same encoding cannot find a path that must
