@@ -141,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
             help="a stack with a Pulumi.NAME.yaml: NAME, org/NAME or org/project/NAME, as Pulumi "
             "takes it (repeatable; default: every stack)" + extra,
         )
+        cmd.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="evaluate every stack, ignoring the cache of evaluated stacks "
+            "(.envfence-cache/, kept per content of infra/, app/, db/, the project and stack "
+            "files and the installed versions; also ENVFENCE_NO_CACHE=1)",
+        )
 
     def state_option(cmd: argparse.ArgumentParser, verb: str) -> None:
         cmd.add_argument(
@@ -452,22 +459,31 @@ def _stack_names(names: Sequence[str] | None, project: Project) -> list[str] | N
 
 
 def _load_stacks(
-    names: Sequence[str] | None, project: Project, progress: Progress | None = None
+    names: Sequence[str] | None,
+    project: Project,
+    progress: Progress | None = None,
+    args: argparse.Namespace | None = None,
 ) -> list[StackState]:
-    from envfence.evaluate import EvaluationError, evaluate
+    from envfence.evaluate import EvaluationError, evaluate_many
 
     progress = progress or Progress("none")
     wanted = list(names) if names else project.stacks()
     if not wanted:
         raise UsageError(f"no Pulumi.<stack>.yaml files in {project.root}")
-    states = []
+    count = 0
+
+    def done(name: str, cached: bool) -> None:
+        nonlocal count
+        count += 1
+        how = "read from the cache" if cached else "evaluated"
+        progress.note(f"{how}: stack {name} ({count}/{len(wanted)})")
+
+    use_cache = not getattr(args, "no_cache", False)
     try:
-        for i, name in enumerate(wanted, 1):
-            with progress.step(f"evaluated stack {name} ({i}/{len(wanted)})"):
-                states.append(evaluate(name, project))
+        with progress.step(f"evaluated {len(wanted)} stack(s)"):
+            return evaluate_many(wanted, project, use_cache=use_cache, done=done)
     except EvaluationError as exc:
         raise UsageError(str(exc)) from None
-    return states
 
 
 def _write(dest: Path | None, text: str) -> None:
@@ -484,7 +500,7 @@ def _write(dest: Path | None, text: str) -> None:
 
 def cmd_plan(args: argparse.Namespace, out: Console, progress: Progress) -> int:
     project = _repository()
-    states = _load_stacks(_stack_names(args.stack, project), project, progress)
+    states = _load_stacks(_stack_names(args.stack, project), project, progress, args)
     progress.close()
     dest = Path(args.output_file) if args.output_file else None
     if args.format == "json":
@@ -558,7 +574,7 @@ def _states(
         raise UsageError("use either --stack (evaluate offline) or --state (real state), not both")
     if not args.state:
         project = _repository()
-        return _load_stacks(_stack_names(args.stack, project), project, progress), {}
+        return _load_stacks(_stack_names(args.stack, project), project, progress, args), {}
     states: list[StackState] = []
     files: dict[str, Path] = {}
     paths: list[str] = []
@@ -659,7 +675,7 @@ def _proof_input(
             f"stack '{stack}' is the only stack of the repository: there is no other "
             f"environment to prove it isolated from{alone}"
         )
-    states = checked + _load_stacks(others, project, progress)
+    states = checked + _load_stacks(others, project, progress, args)
     note = (
         f"stack {stack} is proved against every other stack of the repository, both ways: "
         + ", ".join(others)

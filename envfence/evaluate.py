@@ -20,7 +20,7 @@ import json
 import os
 import runpy
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from envfence.model import STACK_TYPE, Resource, StackState
@@ -617,6 +617,111 @@ def evaluate(stack: str, project: Project | None = None, *, preview: bool = Fals
         outputs=monitor.stack_outputs,
         source="evaluate",
     )
+
+
+def jobs() -> int:
+    """How many stacks to evaluate at once: the CPUs this process may use, or
+    `$ENVFENCE_JOBS` (1 evaluates in this process only)."""
+    raw = os.environ.get("ENVFENCE_JOBS", "")
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise EvaluationError(
+                f"ENVFENCE_JOBS={raw!r}: expected a whole number of parallel evaluations, 1 or more"
+            ) from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _evaluate_in_child(stack: str, project: Project) -> tuple[str, Any]:
+    """Run in a forked worker: the state, or the one-line error (an exception's cause may not
+    cross the process boundary)."""
+    try:
+        return "ok", evaluate(stack, project)
+    except EvaluationError as exc:
+        return "error", str(exc)
+    except Exception as exc:  # reported as the program's failure, like evaluate
+        return "error", f"stack '{stack}': the program failed: {type(exc).__name__}: {exc}"
+
+
+def _worker_context(multiprocessing: Any) -> Any:
+    """How workers start. Forked from this process when it runs no other thread (the fastest:
+    they start with what is imported here). A process with threads (a progress spinner on a
+    terminal, a test runner, whatever embeds envfence) can be forked while another thread
+    holds a lock the child then waits on forever: then they are forked from a fork server,
+    which starts single-threaded."""
+    import threading
+
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["envfence.evaluate"])
+    return context
+
+
+def evaluate_many(
+    names: list[str],
+    project: Project,
+    *,
+    use_cache: bool = True,
+    done: Callable[[str, bool], None] | None = None,
+) -> list[StackState]:
+    """Evaluate `names` (in that order), each once: from the cache (`envfence.cache`) when
+    nothing it depends on changed, else in parallel processes when more than one is missing
+    and more than one CPU is free (Linux: workers forked from a fork server; elsewhere, one
+    after the other).
+    `done(stack, cached)` is called as each stack is ready. The first stack (in `names` order)
+    that fails raises its EvaluationError; nothing half-built is returned."""
+    from envfence import cache
+
+    keys = cache.Keys(project) if use_cache and cache.enabled() else None
+    states: dict[str, StackState] = {}
+    missing: list[str] = []
+    for name in names:
+        hit = cache.load(keys, name) if keys is not None else None
+        if hit is not None:
+            states[name] = hit
+            if done:
+                done(name, True)
+        else:
+            missing.append(name)
+    workers = min(len(missing), jobs())
+    if workers <= 1 or sys.platform != "linux":
+        for name in missing:
+            states[name] = evaluate(name, project)
+            if keys is not None:
+                cache.store(keys, states[name])
+            if done:
+                done(name, False)
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        errors: dict[str, str] = {}
+        context = _worker_context(multiprocessing)
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {pool.submit(_evaluate_in_child, name, project): name for name in missing}
+            for future in concurrent.futures.as_completed(futures):
+                name = futures[future]
+                try:
+                    status, value = future.result()
+                except Exception as exc:  # a worker died: say so, named
+                    status, value = "error", f"stack '{name}': evaluation failed: {exc}"
+                if status == "error":
+                    errors[name] = value
+                    continue
+                states[name] = value
+                if keys is not None:
+                    cache.store(keys, value)
+                if done:
+                    done(name, False)
+        for name in missing:
+            if name in errors:
+                raise EvaluationError(errors[name])
+    return [states[name] for name in names]
 
 
 def evaluate_all(

@@ -53,6 +53,14 @@ class Progress:
             print(f"envfence: {text} ({time.monotonic() - began:.1f} s)", file=self.stream)
             self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """Something done within a step (a stack evaluated): a line in `plain`, the spinner's
+        text on a terminal."""
+        if self.mode == "plain":
+            print(f"envfence: {text}", file=self.stream)
+            self.stream.flush()
+        self._update(text)
+
     def _update(self, text: str) -> None:
         if self.mode != "tty":
             return

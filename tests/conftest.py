@@ -28,6 +28,15 @@ def _no_ci_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_evaluation_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every evaluation in a test evaluates, in its own process (tests that patch the program
+    or the mocks must see their patch; tests/test_cache.py turns the cache and the parallel
+    workers on where it tests them)."""
+    monkeypatch.setenv("ENVFENCE_NO_CACHE", "1")
+    monkeypatch.setenv("ENVFENCE_JOBS", "1")
+
+
 @pytest.fixture(scope="session")
 def project() -> Project:
     return load_project()

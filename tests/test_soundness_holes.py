@@ -718,7 +718,10 @@ def offline(stacks: Stacks, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     asked: list[list[str]] = []
 
     def load(
-        names: list[str] | None, project: Project | None = None, progress: object = None
+        names: list[str] | None,
+        project: Project | None = None,
+        progress: object = None,
+        args: object = None,
     ) -> list[StackState]:
         names = list(dict.fromkeys(names or (project or load_project()).stacks()))
         asked.append(names)

@@ -1061,11 +1061,18 @@ def test_trail_records_every_data_store_into_the_audit_bucket(
     data = [s for s in selectors.values() if s["eventCategory"]["equals"] == ["Data"]]
     assert len(data) == 1
     assert data[0]["resources.type"]["equals"] == ["AWS::S3::Object"]
-    # Its own stores by name; the account's other stacks by prefix (so a new experiment-<id> is
-    # recorded without a change here); never its own audit bucket, which the prefix matches.
-    assert set(data[0]["resources.ARN"]["startsWiths"]) == {
-        f"arn:aws:s3:::{f.bucket(store)}/" for store in f.stores
-    } | {f"arn:aws:s3:::{p}" for p in OTHER_STACK_PREFIXES[state.stack]}
+    # Its own stores and its archive by name (the archive too: a baseline with no short-lived
+    # stacks in its account has no prefix that covers it); the account's other stacks by prefix
+    # (so a new experiment-<id> is recorded without a change here); never its own audit bucket,
+    # which the prefix matches.
+    archives = {f"{arn(b)}/" for b in state.of_type("aws:s3/bucket:Bucket") if b.name == "archive"}
+    assert len(archives) == (0 if state.stack == "prod" else 1)
+    assert (
+        set(data[0]["resources.ARN"]["startsWiths"])
+        == {f"arn:aws:s3:::{f.bucket(store)}/" for store in f.stores}
+        | {f"arn:aws:s3:::{p}" for p in OTHER_STACK_PREFIXES[state.stack]}
+        | archives
+    )
     assert data[0]["resources.ARN"]["notStartsWiths"] == [f"{arn(bucket)}/"]
 
 

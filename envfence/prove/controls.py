@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pulumi_aws as aws
-
 from envfence import iam, naming
 from envfence.model import UNKNOWN, Resource, StackState
 from envfence.project import ProjectFileError, load_project
@@ -52,6 +50,7 @@ from envfence.prove.world import ANY, Target, World
 from envfence.registry import RegistryError
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
+from envfence.rules.providers import aws
 
 _T = classify.token
 WORKER, JOB, SERVICE, DEPLOYER = "worker", "job", "service", "deployer"

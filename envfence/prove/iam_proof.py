@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi_aws as aws
-
 from envfence import iam, naming
 from envfence.prove import classes, smt
 from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
@@ -36,6 +34,7 @@ from envfence.prove.smt import ProofError
 from envfence.prove.world import Role, Target, World, compatible
 from envfence.rules import classify
 from envfence.rules.policies import READ_ACTIONS
+from envfence.rules.providers import aws
 
 PROVED, REFUTED, BROKEN = "proved", "refuted", "broken"
 
@@ -198,7 +197,7 @@ class _Both:
                 f"{'SMT' if by_smt else 'the class method'} found {found.action} on "
                 f"{found.resource}, the other found nothing"
             )
-        return by_smt
+        return by_smt if query.readable else by_classes
 
 
 def _trust_names(role: Role, caller: Role) -> bool:
@@ -432,6 +431,7 @@ class Prover:
                 action=job.action,
                 tags_forgeable=self.forgeable.get(role.arn, False),
                 resource_tags="realistic",
+                readable=False,
             )
             out.append(self._control(job.stack, job.what, q))
         return out
@@ -456,6 +456,7 @@ class Prover:
                         action=action,
                         tags_forgeable=self.forgeable.get(role.arn, False),
                         resource_tags="realistic",
+                        readable=False,
                     )
                     out.append(self._control(stack, what, q))
         for f in self.world.flows:
@@ -477,6 +478,7 @@ class Prover:
                 only_exempt=True,
                 tags_forgeable=self.forgeable.get(role.arn, False),
                 resource_tags="realistic",
+                readable=False,
             )
             out.append(self._control(f.source, what, q))
         return out

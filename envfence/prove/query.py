@@ -62,6 +62,10 @@ class Query:
     # type is read as it most likely is (S3 without ABAC: absent), and a boundary that denies
     # untagged requests is caught.
     resource_tags: str = "either"
+    # A counterexample a person reads (True): the SMT method then asks again for an action the
+    # policies spell out and a resource that reads like one. A control only needs *a* witness
+    # (False): the class method's (built from the policies' own strings) is shown.
+    readable: bool = True
 
     def session(self) -> iam.Principal:
         return self.principal.principal()

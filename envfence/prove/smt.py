@@ -503,6 +503,8 @@ class Encoder:
         if verdict == z.unsat:
             return None
         _require_sat(solver, verdict)
+        if not self.q.readable:
+            return self._witness(solver.model())
         # Prefer an action the policies spell out: a counterexample a person recognises.
         literal = sorted(self._literal_actions())
         if self.q.action is None and literal:

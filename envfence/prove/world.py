@@ -38,12 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi_aws as aws
-
 from envfence.iam import Policy, Principal
 from envfence.model import Resource, StackState, unreadable, why_unreadable
 from envfence.rules import classify
 from envfence.rules.context import provider_account, provider_tags
+from envfence.rules.providers import aws
 from envfence.settings import Flow
 
 # A piece of an ARN language: literal text, or None for "any string".

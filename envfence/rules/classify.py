@@ -1,19 +1,19 @@
 """Which AWS resource types are data, network, identity, key, or known to be neutral.
 
 Type tokens are data taken from the provider's classes (`aws.s3.Bucket.pulumi_type`), never
-hand-typed strings: a misspelled token would make a rule silently never fire. Coverage rule EF901
-reports any AWS type in a stack that none of these classes lists, so a new resource type cannot
-slip past the rules unclassified.
+hand-typed strings: a misspelled token would make a rule silently never fire. They are read
+through `envfence.rules.providers`, which holds them without importing the providers. Coverage
+rule EF901 reports any AWS type in a stack that none of these classes lists, so a new resource
+type cannot slip past the rules unclassified.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any
 
-import pulumi_aws as aws
-import pulumi_docker as docker
+from envfence.rules.providers import aws, docker, is_taggable, resource_class
+
+__all__ = ["aws", "docker", "is_taggable", "resource_class"]
 
 
 def token(cls: Any) -> str:
@@ -210,38 +210,4 @@ def classify(type_: str) -> str | None:
     for name, members in CLASSES.items():
         if type_ in members:
             return name
-    return None
-
-
-# Providers whose type tokens the rules name; `index` is the package's top-level module.
-_PACKAGES: dict[str, Any] = {"aws": aws, "docker": docker}
-
-
-@functools.cache
-def is_taggable(type_: str) -> bool:
-    """Whether the provider's class for `type_` accepts `tags`: read from the class itself."""
-    cls = resource_class(type_)
-    if cls is None:
-        return False
-    try:
-        return "tags" in inspect.signature(cls._internal_init).parameters
-    except (AttributeError, ValueError, TypeError):
-        return False
-
-
-@functools.cache
-def resource_class(type_: str) -> Any:
-    """The provider class of a type token such as `aws:s3/bucket:Bucket`, or None."""
-    try:
-        pkg, mod_path, name = type_.split(":")
-    except ValueError:
-        return None
-    package = _PACKAGES.get(pkg)
-    if package is None:
-        return None
-    module_name = mod_path.split("/")[0]
-    module = package if module_name == "index" else getattr(package, module_name, None)
-    cls = getattr(module, name, None) if module is not None else None
-    if cls is not None and getattr(cls, "pulumi_type", None) == type_:
-        return cls
     return None

@@ -21,13 +21,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pulumi_aws as aws
-
 from envfence.model import Resource, StackState
 from envfence.registry import DEFAULT_QUOTAS
 from envfence.rules import classify as c
 from envfence.rules.context import Context, Env, is_unknown
 from envfence.rules.engine import UNKNOWN_RULE_ID, Finding, rule, undecided
+from envfence.rules.providers import aws
 
 TRAILS = "trails"
 VPCS = "vpcs"

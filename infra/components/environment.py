@@ -83,7 +83,16 @@ class Environment(pulumi.ComponentResource):
                     settings=s,
                     key_arn=key_arn,
                     trail_role_arn=roles[TRAIL_ROLE].arn,
-                    data_bucket_arns=[b.arn for b in self.data.buckets.values()],
+                    # The archive too: an experiment account's baseline keeps concluded
+                    # experiments' results there; no stack prefix may cover its name (a baseline
+                    # with no short-lived stacks in its account has none).
+                    data_bucket_arns=[
+                        b.arn
+                        for b in (
+                            *self.data.buckets.values(),
+                            *([self.data.archive] if self.data.archive is not None else []),
+                        )
+                    ],
                 ),
                 child,
             )
