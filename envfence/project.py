@@ -103,7 +103,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=256)
 def _parse_yaml(name: str, text: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(text)
+        # libyaml's loader where PyYAML has it (several times faster; the same safe subset).
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

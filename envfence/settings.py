@@ -1003,29 +1003,52 @@ def read_peers(project: Project, stack: str) -> dict[str, PeerStack]:
     for name in project.stacks():
         if name == stack:
             continue
-        try:
-            values = _decode(project.stack_config(name))
-        except ProjectFileError:
-            continue
-        network = values.get("network")
-        cidr = None
-        if isinstance(network, Mapping):
-            try:
-                cidr = ipaddress.IPv4Network(str(network.get("cidr")), strict=False)
-            except ValueError:
-                cidr = None
-        accounts = values.get("allowedAccountIds")
-        account = accounts[0] if isinstance(accounts, list) and accounts else None
-        stores = values.get("dataStores")
-        peers[name] = PeerStack(
-            name=name,
-            cidr=cidr,
-            account=str(account) if account is not None else None,
-            data_stores=tuple(stores)
-            if isinstance(stores, list)
-            else ("raw", "curated", "results"),
-        )
+        peer = _peer(project, name)
+        if peer is not None:
+            peers[name] = peer
     return peers
+
+
+# (project defaults, stack file path, its text) -> what a peer is read as. Every stack reads
+# every other stack's file (the rules build each environment this way): with many stacks, the
+# same files are read again and again, and only their text can change what they say.
+_PEERS: dict[tuple[str, str, str], PeerStack | None] = {}
+
+
+def _peer(project: Project, name: str) -> PeerStack | None:
+    path = project.stack_file(name)
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    key = (json.dumps(project.defaults, sort_keys=True), str(path), text)
+    if key in _PEERS:
+        return _PEERS[key]
+    if len(_PEERS) > 4096:
+        _PEERS.clear()
+    try:
+        values = _decode(project.stack_config(name))
+    except ProjectFileError:
+        _PEERS[key] = None
+        return None
+    network = values.get("network")
+    cidr = None
+    if isinstance(network, Mapping):
+        try:
+            cidr = ipaddress.IPv4Network(str(network.get("cidr")), strict=False)
+        except ValueError:
+            cidr = None
+    accounts = values.get("allowedAccountIds")
+    account = accounts[0] if isinstance(accounts, list) and accounts else None
+    stores = values.get("dataStores")
+    peer = PeerStack(
+        name=name,
+        cidr=cidr,
+        account=str(account) if account is not None else None,
+        data_stores=tuple(stores) if isinstance(stores, list) else ("raw", "curated", "results"),
+    )
+    _PEERS[key] = peer
+    return peer
 
 
 def settings_for(project: Project, stack: str, raw: Mapping[str, str]) -> Settings:

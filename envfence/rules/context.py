@@ -130,6 +130,20 @@ def provider_account(state: StackState) -> tuple[str | None, str | None]:
     return None, None
 
 
+# The representative ARNs of an environment depend on these values only: computed once each
+# (the rules ask for them for every statement of every other environment).
+@functools.cache
+def _role_arns(project: str, stack: str, account: str) -> tuple[str, ...]:
+    return tuple(naming.role_arn(project, stack, r, account) for r in (*naming.ROLES, *EXTRA_ROLES))
+
+
+@functools.cache
+def _bucket_arns(
+    project: str, stack: str, account: str, stores: tuple[str, ...]
+) -> tuple[str, ...]:
+    return tuple(naming.bucket_arn(project, stack, s, account) for s in stores)
+
+
 @dataclass
 class Env:
     stack: str
@@ -160,15 +174,12 @@ class Env:
     def role_arns(self) -> list[str]:
         if not self.account:
             return []
-        return [
-            naming.role_arn(self.project, self.stack, r, self.account)
-            for r in (*naming.ROLES, *EXTRA_ROLES)
-        ]
+        return list(_role_arns(self.project, self.stack, self.account))
 
     def bucket_arns(self) -> list[str]:
         if not self.account:
             return []
-        return [naming.bucket_arn(self.project, self.stack, s, self.account) for s in self.stores]
+        return list(_bucket_arns(self.project, self.stack, self.account, self.stores))
 
     def data_arns(self) -> list[str]:
         """ARNs a data action on this environment could target."""
@@ -357,6 +368,8 @@ class Context:
     # Advisory rules (EF504, an expired experiment) fail the run instead of warning: the
     # scheduled CI job sets it (`envfence check --expired fail`); pull requests only warn.
     enforce_advisories: bool = False
+    # Indexes the rules build once per run over every environment (`policies.ArnIndex`).
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def env(self, stack: str) -> Env:
         return self.envs[stack]

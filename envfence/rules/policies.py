@@ -8,6 +8,8 @@ only narrow a statement when they pin it to an environment with a key a caller c
 
 from __future__ import annotations
 
+import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -160,22 +162,74 @@ class Reach:
     actions: tuple[str, ...]
 
 
+class ArnIndex:
+    """Every environment's data and principal ARNs (`Env.data_arns`, `Env.principal_arns`),
+    sorted, so the ARNs a `Resource` pattern can match are found by its literal prefix (what a
+    wildcard match must start with) instead of by trying every ARN of every environment: a
+    check stays linear in the number of environments. Built once per run (`Context.memo`)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.order = {name: i for i, name in enumerate(ctx.envs)}
+        entries: list[tuple[str, int, int, int, Env]] = []  # arn, env order, kind, position
+        for env in ctx.envs.values():
+            for kind, arns in ((0, env.data_arns()), (1, env.principal_arns())):
+                for position, arn in enumerate(arns):
+                    entries.append((arn, self.order[env.stack], kind, position, env))
+        entries.sort(key=lambda e: e[0])
+        self.entries = entries
+        self.arns = [e[0] for e in entries]
+        self.services = sorted({arn_service(e[0]) for e in entries if e[2] == 0})
+
+    @classmethod
+    def of(cls, ctx: Context) -> ArnIndex:
+        index = ctx.memo.get("arn-index")
+        if not isinstance(index, ArnIndex):
+            index = ctx.memo["arn-index"] = cls(ctx)
+        return index
+
+    def candidates(
+        self, stmt: dict[str, Any], services: set[str], roles: bool
+    ) -> list[tuple[str, int, int, int, Env]]:
+        """The entries the statement's `Resource` may match (all of them for `NotResource`, a
+        policy variable, or a pattern that starts with a wildcard) among the data ARNs of
+        `services` and, if `roles`, the principal ARNs, in the order the environments, their
+        data then their principals, list them."""
+        patterns, negated = resource_patterns(stmt)
+        heads = [re.split(r"[*?]|\$\{", p, maxsplit=1)[0] for p in patterns]
+        if negated or any(head == "" for head in heads):
+            found = [
+                e for e in self.entries if (roles if e[2] == 1 else arn_service(e[0]) in services)
+            ]
+        else:
+            found = []
+            for head in dict.fromkeys(heads):
+                lo = bisect.bisect_left(self.arns, head)
+                for entry in self.entries[lo:]:
+                    if not entry[0].startswith(head):
+                        break
+                    found.append(entry)
+            found = list({id(e): e for e in found}.values())
+        return sorted(found, key=lambda e: (e[1], e[2], e[3]))
+
+
 def foreign_reach(stmt: dict[str, Any], env: Env, ctx: Context) -> Iterator[Reach]:
     """ARNs of other environments an Allow statement of an identity policy could act on."""
     if stmt.get("Effect") != "Allow":
         return
     pinned = pinned_environment_tags(stmt)
-    for other in ctx.others(env.stack):
-        if pinned is not None and other.stack not in pinned:
+    index = ArnIndex.of(ctx)
+    # What the statement allows, per service of a data ARN and on roles: decided once.
+    by_service = {svc: actions_for_service(stmt, svc) for svc in index.services}
+    on_roles = [a for a in ("iam:PassRole", "sts:AssumeRole") if action_allowed(stmt, a)]
+    services = {svc for svc, acts in by_service.items() if acts}
+    if not services and not on_roles:
+        return  # e.g. ecr:GetAuthorizationToken on "*": no action that names a resource
+    for arn, _order, kind, _position, other in index.candidates(stmt, services, bool(on_roles)):
+        if other.stack == env.stack or (pinned is not None and other.stack not in pinned):
             continue
-        for arn in other.data_arns():
-            acts = actions_for_service(stmt, arn_service(arn))
-            if acts and statement_reaches(stmt, arn):
-                yield Reach(other=other, arn=arn, actions=tuple(acts))
-        for arn in other.principal_arns():
-            acts = [a for a in ("iam:PassRole", "sts:AssumeRole") if action_allowed(stmt, a)]
-            if acts and statement_reaches(stmt, arn):
-                yield Reach(other=other, arn=arn, actions=tuple(acts))
+        acts = by_service.get(arn_service(arn), []) if kind == 0 else on_roles
+        if acts and statement_reaches(stmt, arn):
+            yield Reach(other=other, arn=arn, actions=tuple(acts))
 
 
 def action_allowed(stmt: dict[str, Any], action: str) -> bool:
