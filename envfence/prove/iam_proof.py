@@ -29,7 +29,7 @@ from typing import Any
 from envfence import iam, naming
 from envfence.prove import classes, smt
 from envfence.prove.query import Exemption, Query, Witness, role_target, shape_text
-from envfence.prove.relevance import Relevance
+from envfence.prove.relevance import ANYONE, Relevance, grantee_keys
 from envfence.prove.smt import ProofError
 from envfence.prove.world import Role, Target, World, compatible
 from envfence.rules import classify
@@ -200,6 +200,21 @@ class _Both:
         return by_smt if query.readable else by_classes
 
 
+def trust_keys(role: Role) -> set[str]:
+    """Index keys of the principals `role`'s trust policy may name (`relevance.grantee_keys`);
+    `*` for anything not read exactly."""
+    if role.trust is None:
+        return set()
+    try:
+        statements = [stmt for _, stmt in iam._statements(role.trust)]
+    except Exception:  # unreadable: anyone, so `_trust_names` meets it
+        return {ANYONE}
+    out: set[str] = set()
+    for stmt in statements:
+        out |= grantee_keys(stmt) or set()
+    return out
+
+
 def _trust_names(role: Role, caller: Role) -> bool:
     if role.trust is None:
         return False
@@ -278,10 +293,44 @@ class Prover:
         self.errors: dict[str, list[str]] = {}  # stack -> errors met while reasoning about it
         self.reached: dict[str, int] = {}  # stack -> data resources its questions held
         self._relevance: Relevance | None = None
+        self._trust_index: dict[str, list[Role]] | None = None
 
     # -- the principal closure ----------------------------------------------------------------
     def _error(self, stack: str, message: str) -> None:
         self.errors.setdefault(stack, []).append(message)
+
+    def _trusting(self) -> dict[str, list[Role]]:
+        """Index key (`relevance.grantee_keys`: `*`, `acct:<id>`, `arn:<ARN>`) -> the roles
+        whose trust policy has an Allow statement that may name principals of that key."""
+        if self._trust_index is None:
+            index: dict[str, list[Role]] = {}
+            for role in self.world.roles.values():
+                for key in trust_keys(role):
+                    index.setdefault(key, []).append(role)
+            self._trust_index = index
+        return self._trust_index
+
+    def _trusted_by(self, caller: Role) -> list[Role]:
+        """Roles whose trust policy may name `caller` (a superset; `_trust_names` decides), in
+        the world's order."""
+        index = self._trusting()
+        found = {
+            r.arn: r
+            for key in (ANYONE, f"acct:{caller.account}", f"arn:{caller.arn}")
+            for r in index.get(key, [])
+        }
+        return [r for r in self.world.roles.values() if r.arn in found]
+
+    def _callers_of(self, target: Role) -> list[Role]:
+        """Roles `target`'s trust policy may name (a superset), in the world's order."""
+        keys = trust_keys(target)
+        if ANYONE in keys:
+            return list(self.world.roles.values())
+        return [
+            r
+            for r in self.world.roles.values()
+            if f"acct:{r.account}" in keys or f"arn:{r.arn}" in keys
+        ]
 
     def _compute_forgeable(self) -> None:
         roles = list(self.world.roles.values())
@@ -293,7 +342,7 @@ class Prover:
             for target in roles:
                 if self.forgeable[target.arn]:
                     continue
-                for caller in roles:
+                for caller in self._callers_of(target):
                     if caller.arn == target.arn or not _trust_names(target, caller):
                         continue
                     q = Query(
@@ -311,10 +360,17 @@ class Prover:
 
     def _compute_edges(self) -> None:
         roles = list(self.world.roles.values())
+        by_account: dict[str, list[Role]] = {}
+        for role in roles:
+            by_account.setdefault(role.account, []).append(role)
         for caller in roles:
             out: list[tuple[Role, str, tuple[str, ...]]] = []
+            # Only roles that may trust the caller (sts:AssumeRole) or that the caller may pass
+            # (iam:PassRole: its own account's roles) can be an edge.
+            near = {r.arn for r in self._trusted_by(caller)}
+            near |= {r.arn for r in by_account.get(caller.account, [])}
             for target in roles:
-                if target.arn == caller.arn:
+                if target.arn == caller.arn or target.arn not in near:
                     continue
                 questions: list[tuple[str, Target]] = []
                 if _trust_names(target, caller):

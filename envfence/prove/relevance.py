@@ -41,7 +41,7 @@ from envfence.rules.policies import RESOURCELESS_ACTIONS
 ANYONE = "*"
 
 
-def _grantees(stmt: object) -> set[str] | None:
+def grantee_keys(stmt: object) -> set[str] | None:
     """Index keys for the principals an Allow statement of a resource policy can name: `*`,
     `acct:<account>`, `arn:<exact value>`; None for a statement that is not an Allow (a Deny
     never grants). Anything not read exactly here is `*`."""
@@ -119,7 +119,7 @@ class Relevance:
             except Exception:  # unreadable: relevant to everyone
                 statements = [None]
             for stmt in statements:
-                for key in _grantees(stmt) or ():
+                for key in grantee_keys(stmt) or ():
                     self._granted.setdefault(key, set()).add(i)
         self._by_pattern: dict[str, frozenset[int]] = {}
 

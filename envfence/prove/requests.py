@@ -66,11 +66,10 @@ class UnknownTarget(LookupError):
 
 
 def target_of(world: World, resource: str) -> Target:
-    for targets in world.targets.values():
-        for t in targets:
-            if t.matches(resource):
-                return t
-    raise UnknownTarget(f"no data resource of the world is named by {resource}")
+    target = world.target_named(resource)
+    if target is None:
+        raise UnknownTarget(f"no data resource of the world is named by {resource}")
+    return target
 
 
 def _principal(world: World, arn: str) -> tuple[iam.Principal, iam.PolicySet]:

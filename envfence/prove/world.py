@@ -194,8 +194,33 @@ class World:
     flows: tuple[Flow, ...]  # declared by both sides
     gaps: dict[str, list[str]] = field(default_factory=dict)  # stack -> what could not be read
 
+    _index: Any = field(default=None, repr=False, compare=False)
+
     def roles_of(self, stack: str) -> list[Role]:
         return [r for r in self.roles.values() if r.stack == stack]
+
+    def target_named(self, arn: str) -> Target | None:
+        """The first data resource (in stack order) one of whose shapes matches `arn`. Found
+        through the shapes' literal starts (a target can match only if its start is a prefix
+        of the ARN), not by trying every target of every stack."""
+        key = tuple((stack, len(ts)) for stack, ts in self.targets.items())
+        if self._index is None or self._index[0] != key:
+            starts: dict[str, list[tuple[int, Target]]] = {}
+            order = 0
+            for targets in self.targets.values():
+                for t in targets:
+                    for shape in t.shapes:
+                        starts.setdefault(_shape_ends(shape)[0], []).append((order, t))
+                    order += 1
+            self._index = (key, starts)
+        starts = self._index[1]
+        found = [
+            (order, t)
+            for k in range(len(arn) + 1)
+            for order, t in starts.get(arn[:k], ())
+            if t.matches(arn)
+        ]
+        return min(found, key=lambda e: e[0])[1] if found else None
 
     def keys_of(self, stack: str) -> list[Target]:
         return [t for t in self.targets.get(stack, []) if t.kind == "kms"]
