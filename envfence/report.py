@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 Section = Callable[[], None]
 
+DETAILED_UP_TO = 4  # stacks; beyond, clean pairs are counted rather than listed
+
 
 def pair_of(v: Violation) -> tuple[str, str]:
     return (v.stack, v.other or v.stack)
@@ -40,15 +42,24 @@ def text(
             f"envfence check: {len(result.stacks)} stack(s): {', '.join(result.stacks)}; "
             f"{len(result.rules)} rules"
         )
-        for stack in result.stacks:
-            out.print(f"  {stack}: {result.checked.get(stack, 0)} resources checked")
+        if len(result.stacks) > DETAILED_UP_TO:
+            total = sum(result.checked.get(stack, 0) for stack in result.stacks)
+            out.print(f"  {total} resources checked")
+        else:
+            for stack in result.stacks:
+                out.print(f"  {stack}: {result.checked.get(stack, 0)} resources checked")
     groups: dict[tuple[str, str], list[Violation]] = defaultdict(list)
     for v in result.violations:
         groups[pair_of(v)].append(v)
     pairs = sorted({(a, b) for a in result.stacks for b in result.stacks} | set(groups))
+    # Beyond a few stacks, clean pairs are counted, not listed (the JSON lists every finding).
+    many = len(result.stacks) > DETAILED_UP_TO
+    if many and not quiet:
+        clean = sum(1 for pair in pairs if not groups.get(pair))
+        out.print(f"\n[bold]{clean}/{len(pairs)} stacks and pairs[/bold]: [green]clean[/green]")
     for a, b in pairs:
         vs = groups.get((a, b), [])
-        if quiet and not vs:
+        if (quiet or many) and not vs:
             continue
         label = f"{a}" if a == b else f"{a} -> {b}"
         status = "[green]clean[/green]" if not vs else f"[red]{len(vs)} violation(s)[/red]"

@@ -295,6 +295,12 @@ class Prover:
         self._relevance: Relevance | None = None
         self._trust_index: dict[str, list[Role]] | None = None
 
+    def setup(self) -> None:
+        """What every environment's proof reads: which roles' sessions can carry forged tags,
+        and which roles can become which (`closure`)."""
+        self._compute_forgeable()
+        self._compute_edges()
+
     # -- the principal closure ----------------------------------------------------------------
     def _error(self, stack: str, message: str) -> None:
         self.errors.setdefault(stack, []).append(message)
@@ -492,9 +498,12 @@ class Prover:
             out.append(self._control(job.stack, job.what, q))
         return out
 
-    def controls(self) -> list[Control]:
+    def controls(self, stacks: Iterable[str] | None = None) -> list[Control]:
+        """The job controls of `stacks` (default: all), then the flow controls of the flows
+        they are the source of."""
+        wanted = list(self.world.stacks if stacks is None else stacks)
         out = []
-        for stack in self.world.stacks:
+        for stack in wanted:
             for kind, jobs in JOBS.items():
                 name = naming.role_name(self.project, stack, kind)
                 role = next((r for r in self.world.roles_of(stack) if r.name == name), None)
@@ -516,6 +525,8 @@ class Prover:
                     )
                     out.append(self._control(stack, what, q))
         for f in self.world.flows:
+            if f.source not in wanted:
+                continue
             name = naming.role_name(self.project, f.source, f.role)
             role = next((r for r in self.world.roles_of(f.source) if r.name == name), None)
             what = f"declared flow {f.describe()} is usable"
@@ -662,8 +673,7 @@ def prove_iam(
     partial: tests use that to look at one pair)."""
     started = time.perf_counter()
     prover = Prover(world, project, solver)
-    prover._compute_forgeable()
-    prover._compute_edges()
+    prover.setup()
     found = (prover.controls() + prover.encoding_controls(encoding_jobs)) if controls else []
     if pairs is not None or per_pair:
         wanted = (
@@ -674,6 +684,14 @@ def prove_iam(
         results = [prover.pair(a, b) for a, b in wanted]
     else:
         results = [r for a in world.stacks for r in prover.environment(a)]
+    return finish(world, results, found, time.perf_counter() - started)
+
+
+def finish(
+    world: World, results: list[PairProof], found: list[Control], seconds: float
+) -> IamProof:
+    """The proof of every pair, each broken while a control of either of its environments
+    fails (an encoding that misses what must be allowed proves nothing by finding nothing)."""
     failed: dict[str, list[Control]] = {}
     for c in found:
         if not c.found:
@@ -684,7 +702,7 @@ def prove_iam(
             p.status = BROKEN
             p.details += [f"control failed: {c.what} ({c.detail})" for c in broken]
     notes = [f"{r.label}: {n}" for r in world.roles.values() for n in r.notes]
-    return IamProof(results, found, time.perf_counter() - started, notes)
+    return IamProof(results, found, seconds, notes)
 
 
 def describe_shapes(target: Target) -> str:

@@ -1946,15 +1946,45 @@ def prove_network(
     query per stack against everything outside it; `per_pair`: one per ordered pair, the way
     the proof first ran, kept to hold the two to agreement); for every stack, a control that
     must find its application-to-database path. The results are per ordered pair."""
-    topo = _Topology(states)
-    controls = {a: _control(topo, states[a], timeout_ms) for a in states}
+    topo = topology(states)
+    parts = {a: environment(topo, states, a, timeout_ms, per_pair=per_pair) for a in states}
+    return finish(list(states), parts)
+
+
+def topology(states: Mapping[str, StackState]) -> Any:
+    """The networks of every stack, read once (what `environment` reads)."""
+    return _Topology(states)
+
+
+def environment(
+    topo: Any,
+    states: Mapping[str, StackState],
+    a: str,
+    timeout_ms: int = 20000,
+    *,
+    per_pair: bool = False,
+) -> tuple[NetworkResult, dict[str, NetworkResult]]:
+    """Stack `a`'s control, and its results against every other stack (one query for all of
+    them; `per_pair`: one per pair)."""
+    control = _control(topo, states[a], timeout_ms)
+    others = [b for b in states if b != a]
+    found = {} if per_pair else _environment(topo, a, others, timeout_ms)
+    return control, {b: found[b] if b in found else _pair(topo, a, b, timeout_ms) for b in others}
+
+
+def finish(
+    stacks: list[str], parts: Mapping[str, tuple[NetworkResult, dict[str, NetworkResult]]]
+) -> list[NetworkResult]:
+    """Every stack's control, then its pairs in stack order; a pair that would be proved is
+    broken while the control of either of its stacks fails."""
+    controls = {a: parts[a][0] for a in stacks}
     results: list[NetworkResult] = []
-    for a in states:
+    for a in stacks:
         results.append(controls[a])
-        others = [b for b in states if b != a]
-        found = {} if per_pair else _environment(topo, a, others, timeout_ms)
-        for b in others:
-            r = found[b] if b in found else _pair(topo, a, b, timeout_ms)
+        for b in stacks:
+            if a == b:
+                continue
+            r = parts[a][1][b]
             failed = [c for c in (controls[a], controls[b]) if c.status != "proved"]
             if r.status == "proved" and failed:
                 # "No path" means nothing while the same encoding cannot find a path that must

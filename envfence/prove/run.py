@@ -9,6 +9,7 @@ every control found the access it must find.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,13 +21,25 @@ from rich.console import Console
 from envfence.model import StackState
 from envfence.project import Project
 from envfence.prove import controls as real_controls
-from envfence.prove.iam_proof import BROKEN, PROVED, REFUTED, EncodingJob, IamProof, prove_iam
-from envfence.prove.network import NetworkResult, prove_network
+from envfence.prove import network as network_proof
+from envfence.prove.iam_proof import (
+    BROKEN,
+    PROVED,
+    REFUTED,
+    Control,
+    EncodingJob,
+    IamProof,
+    PairProof,
+    Prover,
+)
+from envfence.prove.iam_proof import finish as finish_iam
+from envfence.prove.network import NetworkResult
 from envfence.prove.world import World, build_world
 from envfence.rules import repository_project
 from envfence.rules.context import build_context
 
 STYLE = {PROVED: "green", REFUTED: "red", BROKEN: "yellow"}
+DETAILED_UP_TO = 4  # stacks; beyond, the text report summarizes what holds (see `text`)
 
 
 @dataclass
@@ -74,7 +87,91 @@ class ProofReport:
         return out
 
 
-def prove(states: Iterable[StackState], project: Project | None = None) -> ProofReport:
+@dataclass
+class _Part:
+    """What the proofs find for one stack: its real-request controls, its IAM controls (job,
+    flow, encoding), its IAM pairs as a source, its network control and pairs."""
+
+    real: list[real_controls.Result]
+    jobs: list[Control]
+    flows: list[Control]
+    encoding: list[Control]
+    pairs: list[PairProof]
+    network: tuple[NetworkResult, dict[str, NetworkResult]]
+
+
+@dataclass
+class _Setup:
+    """Everything the parts read, built once before them (and inherited by forked workers)."""
+
+    by_name: dict[str, StackState]
+    world: World
+    prover: Prover
+    topology: Any
+    root: Path
+    production: dict[str, bool]
+    deployers: dict[str, str | None]
+    owners: dict[str, bool]
+
+    def part(self, stack: str) -> _Part:
+        real = real_controls.checks(
+            {stack: self.by_name[stack]},
+            self.world,
+            self.root,
+            self.production,
+            self.deployers,
+            owns_trail=self.owners,
+        )
+        jobs_and_flows = self.prover.controls([stack])
+        flows = [c for c in jobs_and_flows if c.what.startswith("declared flow ")]
+        jobs = [c for c in jobs_and_flows if not c.what.startswith("declared flow ")]
+        encoding = self.prover.encoding_controls(encoding_jobs(real, self.world))
+        pairs = self.prover.environment(stack)
+        network = network_proof.environment(self.topology, self.by_name, stack)
+        return _Part(real, jobs, flows, encoding, pairs, network)
+
+
+_SETUP: _Setup | None = None  # for forked workers: set before the fork, read in the child
+
+
+def _parts_in_child(stacks: list[str]) -> dict[str, _Part]:
+    assert _SETUP is not None
+    return {stack: _SETUP.part(stack) for stack in stacks}
+
+
+def _parts(setup: _Setup, stacks: list[str], jobs: int) -> dict[str, _Part]:
+    """Every stack's part: in forked workers when it pays (several stacks, several CPUs, a
+    process with no other thread to be caught mid-lock by the fork, Linux), else here. The
+    parts depend only on the setup, so where they run changes nothing in what they find."""
+    import threading
+
+    workers = min(jobs, len(stacks))
+    if workers <= 1 or threading.active_count() > 1 or sys.platform != "linux":
+        return {stack: setup.part(stack) for stack in stacks}
+    import concurrent.futures
+    import multiprocessing
+
+    global _SETUP
+    _SETUP = setup
+    try:
+        chunks = [stacks[i::workers] for i in range(workers)]
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            found: dict[str, _Part] = {}
+            for result in pool.map(_parts_in_child, chunks):
+                found.update(result)
+        return found
+    finally:
+        _SETUP = None
+
+
+def prove(
+    states: Iterable[StackState], project: Project | None = None, *, jobs: int | None = None
+) -> ProofReport:
+    """Every proof over `states`: per stack, its controls and its proof against everything
+    outside it (in `jobs` processes; default: `envfence.evaluate.jobs()`)."""
+    from envfence.evaluate import jobs as default_jobs
+
     states = list(states)
     project = repository_project(project)
     started = time.perf_counter()
@@ -82,13 +179,29 @@ def prove(states: Iterable[StackState], project: Project | None = None) -> Proof
     by_name = {s.stack: s for s in states}
     world = build_world(by_name, {name: env.flows for name, env in ctx.envs.items()})
     project_name = states[0].project if states else "envfence"
-    production = {name: env.tier == "production" for name, env in ctx.envs.items()}
-    deployers = {name: env.deployer for name, env in ctx.envs.items()}
     # Outside a checkout there is no worker contract: its controls fail closed, naming it.
     root = project.root if project is not None else Path.cwd()
-    real = real_controls.checks(by_name, world, root, production, deployers)
-    iam_proof = prove_iam(world, project_name, encoding_jobs=encoding_jobs(real, world))
-    network = prove_network(by_name)
+    prover = Prover(world, project_name)
+    prover.setup()
+    setup = _Setup(
+        by_name=by_name,
+        world=world,
+        prover=prover,
+        topology=network_proof.topology(by_name),
+        root=root,
+        production={name: env.tier == "production" for name, env in ctx.envs.items()},
+        deployers={name: env.deployer for name, env in ctx.envs.items()},
+        owners=real_controls.trail_owners(by_name, root),
+    )
+    names = list(by_name)
+    parts = _parts(setup, names, default_jobs() if jobs is None else jobs)
+    real = [r for name in names for r in parts[name].real]
+    found = [c for name in names for c in parts[name].jobs]
+    found += [c for name in names for c in parts[name].flows]
+    found += [c for name in names for c in parts[name].encoding]
+    pairs = [p for name in names for p in parts[name].pairs]
+    iam_proof = finish_iam(world, pairs, found, time.perf_counter() - started)
+    network = network_proof.finish(names, {name: parts[name].network for name in names})
     failed: dict[str, list[real_controls.Result]] = {}
     for r in real:
         if not r.ok:
@@ -98,7 +211,7 @@ def prove(states: Iterable[StackState], project: Project | None = None) -> Proof
         if broken:
             p.status = BROKEN
             p.details += [f"{r.group} control failed: {r.what} ({r.detail})" for r in broken]
-    return ProofReport(list(by_name), iam_proof, network, time.perf_counter() - started, real)
+    return ProofReport(names, iam_proof, network, time.perf_counter() - started, real)
 
 
 def encoding_jobs(results: Iterable[real_controls.Result], world: World) -> list[EncodingJob]:
@@ -197,14 +310,22 @@ def text(report: ProofReport, out: Console, *, quiet: bool = False) -> None:
     if quiet:
         _text_failures(report, out)
         return
+    # Beyond a few stacks the text lists what holds per stack and environment, and only what
+    # does not hold one by one (JSON and SARIF keep every pair and every control).
+    many = len(report.stacks) > DETAILED_UP_TO
     out.print(
         f"envfence prove: {len(report.stacks)} stack(s): {', '.join(report.stacks)}; "
         f"{report.seconds:.2f} s"
     )
     out.print("\n[bold]controls (must find access)[/bold]")
     for c in report.iam.controls:
+        if many and c.found:
+            continue
         mark = "[green]found[/green]" if c.found else "[yellow]NOT FOUND[/yellow]"
         out.print(f"  iam     {c.what}: {mark} ({c.detail})")
+    if many:
+        found = sum(c.found for c in report.iam.controls)
+        out.print(f"  iam     {found}/{len(report.iam.controls)} controls find their access")
     for stack in report.stacks:
         mine = [r for r in report.real if r.stack == stack]
         for group in real_controls.GROUPS:
@@ -217,19 +338,32 @@ def text(report: ProofReport, out: Console, *, quiet: bool = False) -> None:
                 + ("[green]hold[/green]" if good == len(of_group) else "[yellow]BROKEN[/yellow]")
             )
             for r in of_group:
+                if many and r.ok:
+                    continue
                 mark = "[green]ok[/green]" if r.ok else "[yellow]BROKEN[/yellow]"
                 detail = r.detail
                 if r.ok and len(r.check.requests) > 3 and not r.check.denied:
                     detail = f"{len(r.check.requests)} requests allowed"
                 out.print(f"    {mark} {r.what.split(': ', 1)[-1]} ({detail})")
     for n in report.network_controls():
+        if many and n.status != BROKEN:
+            continue
         mark = "[green]found[/green]" if n.status != BROKEN else "[yellow]NOT FOUND[/yellow]"
         packet = _packet(n)
         out.print(f"  network {n.source} reaches its own database: {mark} {packet}")
+    if many:
+        held = sum(n.status != BROKEN for n in report.network_controls())
+        out.print(
+            f"  network {held}/{len(report.network_controls())} stacks reach their own database"
+        )
     out.print("\n[bold]environment pairs[/bold]")
     network = {(n.source, n.target): n for n in report.network_pairs()}
+    if many:
+        _summarize_sources(report, network, out)
     for p in report.iam.pairs:
         net = network.get((p.source, p.target))
+        if many and p.status == PROVED and (net is None or net.status == PROVED):
+            continue
         line = (
             f"  {p.source} -> {p.target}: iam {_status(p.status)} ({p.seconds:.2f} s, "
             f"{p.principals} principals, {p.resources} data resources)"
@@ -250,6 +384,26 @@ def text(report: ProofReport, out: Console, *, quiet: bool = False) -> None:
     for note in report.iam.notes:
         out.print(f"  note: {note}")
     out.print(f"\n{summary(report)}")
+
+
+def _summarize_sources(
+    report: ProofReport, network: dict[tuple[str, str], NetworkResult], out: Console
+) -> None:
+    """One line per environment: how many of its pairs (it as the source) are proved."""
+    by_source: dict[str, list[PairProof]] = {}
+    for p in report.iam.pairs:
+        by_source.setdefault(p.source, []).append(p)
+    for source, pairs in by_source.items():
+        iam_ok = sum(p.status == PROVED for p in pairs)
+        nets = [network[(p.source, p.target)] for p in pairs if (p.source, p.target) in network]
+        net_ok = sum(n.status == PROVED for n in nets)
+        seconds = max((p.seconds for p in pairs), default=0.0)
+        style = "green" if iam_ok == len(pairs) and net_ok == len(nets) else "red"
+        out.print(
+            f"  {source} -> {len(pairs)} other environment(s): [{style}]iam {iam_ok}/"
+            f"{len(pairs)}, network {net_ok}/{len(nets)} proved[/{style}] ({seconds:.2f} s, "
+            f"{pairs[0].principals} principals)"
+        )
 
 
 def _text_failures(report: ProofReport, out: Console) -> None:
