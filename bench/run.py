@@ -1,28 +1,35 @@
-"""envfence benchmark: how long the proofs take, and how that grows. `make bench` runs it.
+"""envfence benchmark: `make bench` prints figures next to their targets (issue 12).
 
-Prints figures, asserts nothing (timed tests would be flaky on a shared 2-core machine):
+Prints figures and asserts nothing (timed tests would be flaky on a shared 2-core machine):
 
-1. the repository's stacks: evaluation, rules, IAM proof and network proof, best of 3;
-2. statements per policy: one role's identity policy grown to 10 ... 1,000 statements (each
-   naming its own environment's resources, so the proof must show that none of them reaches
-   the other environment), time per environment pair;
-3. roles per environment: 6 ... 96 roles;
-4. environments: 2 ... 10 stacks (clones of the experiment stack, each with its own account,
-   names and CIDR), time per pair: flat means total time linear in the number of pairs.
+1. `envfence check` of the repository's stacks, as a user runs it (a new process each time):
+   cold (an empty cache: evaluation, rules, proofs) and cached (nothing changed since), median of
+   3 runs, wall time and peak memory;
+2. the scale series: prod, experiment and generated experiment stacks (bench/generate.py: each
+   in an account of its own, with its own CIDR and names, evaluated for real once, then read
+   from the cache), `envfence check` of the first 2, 11, 26 and 51 stacks: wall time, rules,
+   proofs, peak memory and time per environment (flat: linear in the number of environments);
+3. one environment against everything outside it versus one question per pair (the IAM proof
+   of 11 stacks both ways: the first grows with the environments, the second with their square);
+4. statements per policy: one role's identity policy grown to 10, 100 and 1,000 statements
+   (each naming its own environment's resources), time per environment;
+5. roles per environment: 6 ... 96 roles.
 
-Targets (issue 5): both stacks proved in under 2 s; a 1,000-statement policy in under 1 s per
-pair; growth no worse than linear in the number of environment pairs.
+Peak memory is the largest resident set of the process tree (`wait4`): evaluation and proof
+workers are forked processes, each counted on its own, not added up.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import json
+import os
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,18 +37,165 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from envfence.evaluate import _EC2_IDS, evaluate  # noqa: E402
+from generate import generate  # noqa: E402
+
 from envfence.model import StackState  # noqa: E402
 from envfence.project import Project, load_project  # noqa: E402
 from envfence.prove.iam_proof import prove_iam  # noqa: E402
-from envfence.prove.network import prove_network  # noqa: E402
-from envfence.prove.run import prove as prove_all  # noqa: E402
 from envfence.prove.world import build_world  # noqa: E402
-from envfence.rules import run_all  # noqa: E402
 from envfence.rules.context import build_context  # noqa: E402
 
 Stacks = dict[str, StackState]
+ENVFENCE = str(Path(sys.executable).parent / "envfence")
+SERIES = (2, 11, 26, 51)
+
+
+# -- measuring a process -------------------------------------------------------------------
+
+
+def measure(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str, int]:
+    """Wall seconds, peak RSS in MiB (largest process of the tree), stderr, exit code."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=False
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode()
+    return wall, usage.ru_maxrss / 1024, stderr, proc.returncode
+
+
+def step(stderr: str, what: str) -> float | None:
+    """The seconds of a `--progress plain` step line ("envfence: checked ... (0.8 s)")."""
+    m = re.search(rf"envfence: {what}[^\n]*\(([\d.]+) s\)", stderr)
+    return float(m[1]) if m else None
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ENVFENCE_NO_CACHE", "CI")}
+    env.update(extra)
+    return env
+
+
+def row(*cells: object, widths: tuple[int, ...]) -> None:
+    print(
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        )
+    )
+
+
+def verdict(value: float, target: float) -> str:
+    return "meets" if value < target else "MISSES"
+
+
+# -- 1. the repository's check, cold and cached -----------------------------------------------
+
+
+def repository_check() -> None:
+    print("1. envfence check of the repository's stacks (rules and proofs; median of 3 runs)")
+    cold, cached, peaks = [], [], []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as cache:
+            env = environment(ENVFENCE_CACHE_DIR=cache)
+            wall, peak, err, code = measure([ENVFENCE, "check"], ROOT, env)
+            assert code == 0, err
+            cold.append(wall)
+            peaks.append(peak)
+            wall, peak, err, code = measure([ENVFENCE, "check"], ROOT, env)
+            assert code == 0, err
+            cached.append(wall)
+            peaks.append(peak)
+    widths = (34, 10, 10, 10)
+    row("", "seconds", "target", "", widths=widths)
+    c, w = statistics.median(cold), statistics.median(cached)
+    row("cold (empty cache: evaluates)", f"{c:.2f}", "< 2", verdict(c, 2), widths=widths)
+    row("cached (nothing changed)", f"{w:.2f}", "< 1", verdict(w, 1), widths=widths)
+    print(f"  peak memory: {max(peaks):.0f} MiB\n")
+
+
+# -- 2. the scale series ------------------------------------------------------------------------
+
+
+def scale_series(project_dir: Path, cache: Path) -> None:
+    print("2. scale series: envfence check of prod, experiment and generated experiment stacks")
+    names = generate(project_dir, max(SERIES) - 2)
+    env = environment(ENVFENCE_CACHE_DIR=str(cache))
+    started = time.perf_counter()
+    _, _, err, code = measure([ENVFENCE, "plan", "--format", "json"], project_dir, env)
+    assert code == 0, err
+    print(
+        f"  (setup, not measured: {len(names)} stacks evaluated for real in "
+        f"{time.perf_counter() - started:.1f} s, then read from the cache)"
+    )
+    widths = (7, 8, 7, 7, 9, 9, 9, 10)
+    row("stacks", "wall s", "rules", "proofs", "peak MiB", "s / env", "target", "", widths=widths)
+    for n in SERIES:
+        argv = [ENVFENCE, "check", "--progress", "plain"]
+        for name in names[:n]:
+            argv += ["--stack", name]
+        wall, peak, err, code = measure(argv, project_dir, env)
+        assert code == 0, err
+        rules = step(err, "checked")
+        proofs = step(err, "proved isolation")
+        target = "< 10 s" if n == max(SERIES) else ""
+        mark = (
+            f"{verdict(wall, 10)}, {verdict(peak, 400)} 400 MiB" if n == max(SERIES) else ""
+        )
+        row(
+            n,
+            f"{wall:.2f}",
+            f"{rules:.2f}" if rules is not None else "?",
+            f"{proofs:.2f}" if proofs is not None else "?",
+            f"{peak:.0f}",
+            f"{wall / n:.3f}",
+            target,
+            mark,
+            widths=widths,
+        )
+    print("  (s / env flat from 11 stacks on: linear in the number of environments)\n")
+
+
+def generated_states(project_dir: Path, cache: Path, count: int) -> tuple[Stacks, Project]:
+    from envfence.evaluate import evaluate_many
+
+    os.environ["ENVFENCE_CACHE_DIR"] = str(cache)
+    project = load_project(project_dir)
+    names = ["prod", "experiment", *[s for s in project.stacks() if s.startswith("exp-")]]
+    states = evaluate_many(names[:count], project)
+    return {s.stack: s for s in states}, project
+
+
+# -- 3. per environment versus per pair ---------------------------------------------------------
+
+
+def iam(stacks: Stacks, project: Project, **kwargs: Any) -> Any:
+    ctx = build_context(stacks.values(), project)
+    world = build_world(stacks, {name: env.flows for name, env in ctx.envs.items()})
+    return prove_iam(world, project.name, **kwargs)
+
+
+def per_environment_versus_per_pair(stacks: Stacks, project: Project) -> None:
+    print(f"3. the IAM proof of {len(stacks)} stacks, without controls (one process)")
+    widths = (40, 9, 10, 10)
+    row("", "seconds", "questions", "verdicts", widths=widths)
+    for label, kwargs in (
+        ("one per environment, everything outside", {}),
+        ("one per ordered pair", {"per_pair": True}),
+    ):
+        t, result = best(lambda kwargs=kwargs: iam(stacks, project, controls=False, **kwargs), 1)
+        statuses = ",".join(sorted({p.status for p in result.pairs}))
+        row(label, f"{t:.2f}", len(result.pairs), statuses, widths=widths)
+    print()
+
+
+# -- 4. and 5. policy and role growth ------------------------------------------------------------
 
 
 def best(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
@@ -52,79 +206,6 @@ def best(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
         result = fn()
         times.append(time.perf_counter() - started)
     return min(times), result
-
-
-def iam(stacks: Stacks, project: Project) -> Any:
-    ctx = build_context(stacks.values(), project)
-    world = build_world(stacks, {name: env.flows for name, env in ctx.envs.items()})
-    return prove_iam(world, project.name)
-
-
-def row(*cells: object, widths: tuple[int, ...] = (28, 12, 12, 12, 14)) -> None:
-    print(
-        "  ".join(
-            str(c).rjust(w) if i else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
-        )
-    )
-
-
-# -- generated environments -------------------------------------------------------------------
-
-
-def replace_everywhere(state: StackState, pairs: list[tuple[str, str]]) -> StackState:
-    doc = json.dumps(state.to_document())
-    for old, new in pairs:
-        doc = doc.replace(old, new)
-    data = json.loads(doc)
-    from envfence.state import load_document
-
-    clone = load_document(data, f"bench:{pairs[0][1]}")
-    return clone
-
-
-def clone_experiment(state: StackState, index: int) -> StackState:
-    """An independent experiment environment: own stack name, account, names and CIDR."""
-    name = f"exp{index:02d}"
-    return replace_everywhere(
-        state,
-        [
-            ("urn:pulumi:experiment::", f"urn:pulumi:{name}::"),
-            ("envfence-experiment", f"envfence-{name}"),
-            ("/envfence/experiment/", f"/envfence/{name}/"),
-            ('"experiment-id": "', f'"experiment-id": "{name}-'),
-            ('"environment": "experiment"', f'"environment": "{name}"'),
-            ('"stack": "experiment"', f'"stack": "{name}"'),
-            ("210987654321", f"3{index:011d}"),
-            ("10.20.", f"10.{40 + index}."),
-        ],
-    )
-
-
-# An EC2 id as the offline evaluation makes them: a prefix and 17 characters (hex, or "d"/"m"
-# marking a VPC's default group or main route table).
-EC2_PREFIXES = "|".join(sorted(map(re.escape, set(_EC2_IDS.values())), key=len, reverse=True))
-EC2_ID = re.compile(rf"\b({EC2_PREFIXES})-([0-9a-z]{{17}})\b")
-
-
-def own_network_ids(state: StackState) -> StackState:
-    """The clone with EC2 ids of its own (VPC, subnets, groups, route tables, NAT, endpoints...).
-
-    `clone_experiment` copies the experiment stack's physical ids, so every clone declares the
-    *same* VPC, subnets and security groups as the experiment stack: for the network proof that
-    is one shared network (the clones are rightly refuted against each other) whose VPC gains a
-    CIDR, and its tables and groups a copy of every route and rule, per clone. The evaluation of
-    a real new stack gives it its own ids (they are hashed from the stack name), as this does.
-    """
-
-    def fresh(m: re.Match[str]) -> str:
-        digest = hashlib.sha256(f"{state.stack}/{m[2]}".encode()).hexdigest()
-        return f"{m[1]}-{m[2][0]}{digest[:16]}"  # keeps the "d"/"m" marker
-
-    doc = EC2_ID.sub(fresh, json.dumps(state.to_document()))
-    from envfence.state import load_document
-
-    return load_document(json.loads(doc), f"bench:{state.stack}")
 
 
 def grow_policy(stacks: Stacks, statements: int) -> Stacks:
@@ -169,76 +250,48 @@ def grow_roles(stacks: Stacks, roles: int) -> Stacks:
     return out
 
 
-def main() -> None:
-    project = load_project()
-    print("envfence benchmark (best of 3; seconds)\n")
-
-    started = time.perf_counter()
-    stacks = {name: evaluate(name, project) for name in project.stacks()}
-    print(f"evaluate {len(stacks)} stacks offline (cold): {time.perf_counter() - started:.2f}")
-    t_eval, _ = best(lambda: {name: evaluate(name, project) for name in project.stacks()})
-    t_rules, _ = best(lambda: run_all(stacks.values(), project))
-    t_iam, proof = best(lambda: iam(stacks, project))
-    t_net, _ = best(lambda: prove_network(stacks))
-    t_all, report = best(lambda: prove_all(stacks.values(), project))
-    print(f"evaluate (warm):            {t_eval:.3f}")
-    print(f"rules, all stacks:          {t_rules:.3f}")
-    print(f"IAM proof, both stacks:     {t_iam:.3f}  (controls included; target < 2 s)")
-    print(f"network proof, both stacks: {t_net:.3f}")
-    print(
-        f"envfence prove, both stacks: {t_all:.3f}  (IAM + network + {len(report.real)} "
-        "real-request controls + worker encoding controls; target < 2 s)"
-    )
-    print(f"statuses: {[(p.source, p.target, p.status) for p in proof.pairs]}")
-
-    print("\nstatements in one identity policy (per pair; target: 1,000 in < 1 s)")
-    row("statements", "iam total", "per pair", "status")
+def growth(stacks: Stacks, project: Project) -> None:
+    two = {k: stacks[k] for k in ("prod", "experiment")}
+    print("4. statements in one identity policy (IAM proof with controls; target: 1,000 in < 1 s")
+    print("   per environment)")
+    widths = (12, 10, 12, 10, 9)
+    row("statements", "iam total", "per env", "target", "verdicts", widths=widths)
     for n in (10, 100, 1000):
-        grown = grow_policy(stacks, n)
+        grown = grow_policy(two, n)
         t, result = best(lambda grown=grown: iam(grown, project), repeat=1)
-        per_pair = statistics.mean(p.seconds for p in result.pairs)
-        max_pair = max(p.seconds for p in result.pairs)
-        row(n, f"{t:.3f}", f"{max_pair:.3f}", ",".join(sorted({p.status for p in result.pairs})))
-        del per_pair
-
-    print("\nroles in one environment")
-    row("roles", "iam total", "per pair", "status")
-    for n in (6, 24, 96):
-        grown = grow_roles(stacks, n)
-        t, result = best(lambda grown=grown: iam(grown, project), repeat=1)
+        per_env = t / len(two)
         row(
             n,
             f"{t:.3f}",
-            f"{max(p.seconds for p in result.pairs):.3f}",
+            f"{per_env:.3f}",
+            f"< 1 s {verdict(per_env, 1)}" if n == 1000 else "",
             ",".join(sorted({p.status for p in result.pairs})),
-        )
-
-    print("\nenvironments (experiment clones): per-pair time flat = linear in pairs")
-    widths = (8, 6, 10, 9, 10, 9, 10, 10)
-    row("stacks", "pairs", "iam total", "per pair", "network", "per pair", "iam", "network",
-        widths=widths)  # fmt: skip
-    for n in (2, 4, 6, 10):
-        many = dict(stacks)
-        for i in range(n - 2):
-            c = clone_experiment(stacks["experiment"], i)
-            many[c.stack] = c
-        t, result = best(lambda many=many: iam(many, project), repeat=1)
-        # The network proof reads physical ids: each clone gets its own (see own_network_ids).
-        net = {k: v if k in stacks else own_network_ids(v) for k, v in many.items()}
-        t_n, net_results = best(lambda net=net: prove_network(net), repeat=1)
-        pairs = len(result.pairs)
-        net_pairs = [r for r in net_results if r.source != r.target]
-        row(
-            n,
-            pairs,
-            f"{t:.3f}",
-            f"{t / pairs:.3f}",
-            f"{t_n:.3f}",
-            f"{t_n / len(net_pairs):.3f}",
-            ",".join(sorted({p.status for p in result.pairs})),
-            ",".join(sorted({r.status for r in net_results})),
             widths=widths,
         )
+    print("\n5. roles in one environment (IAM proof with controls)")
+    row("roles", "iam total", "per env", "", "verdicts", widths=widths)
+    for n in (6, 24, 96):
+        grown = grow_roles(two, n)
+        t, result = best(lambda grown=grown: iam(grown, project), repeat=1)
+        row(
+            n,
+            f"{t:.3f}",
+            f"{t / len(two):.3f}",
+            "",
+            ",".join(sorted({p.status for p in result.pairs})),
+            widths=widths,
+        )
+
+
+def main() -> None:
+    print(f"envfence benchmark ({os.cpu_count()} CPUs)\n")
+    repository_check()
+    with tempfile.TemporaryDirectory() as tmp:
+        project_dir, cache = Path(tmp) / "project", Path(tmp) / "cache"
+        scale_series(project_dir, cache)
+        states, project = generated_states(project_dir, cache, 11)
+        per_environment_versus_per_pair(states, project)
+        growth(states, project)
 
 
 if __name__ == "__main__":
