@@ -497,7 +497,17 @@ class Encoder:
             raise ProofError(str(exc)) from None
         if goal is False:
             return None
-        solver = _new_solver(self.timeout_ms)
+        solver, shared = _solver(self.timeout_ms)
+        if not shared:
+            return self._decide(solver, goal)
+        solver.push()  # this question's own scope: nothing of it outlives it
+        try:
+            return self._decide(solver, goal)
+        finally:
+            while solver.num_scopes() > 0:
+                solver.pop()
+
+    def _decide(self, solver: Any, goal: Any) -> Witness | None:
         solver.add(_term(goal))
         verdict = solver.check()
         if verdict == z.unsat:
@@ -604,6 +614,23 @@ def _new_solver(timeout_ms: int) -> Any:
     solver = z.SolverFor("QF_SLIA")
     solver.set("tlimit-per", timeout_ms)
     return solver
+
+
+_CVC5_SOLVER = _new_solver
+_SHARED: dict[int, Any] = {}
+
+
+def _solver(timeout_ms: int) -> tuple[Any, bool]:
+    """The solver for a question, and whether it is shared. One cvc5 solver per process and
+    time limit serves every question, each in its own scope (`push` ... `pop` back to none):
+    creating and destroying a solver cost as much as deciding a small question. A replaced
+    `_new_solver` (a test's stand-in) gets a new solver per question, as it always did."""
+    if _new_solver is not _CVC5_SOLVER:
+        return _new_solver(timeout_ms), False
+    solver = _SHARED.get(timeout_ms)
+    if solver is None:
+        solver = _SHARED[timeout_ms] = _new_solver(timeout_ms)
+    return solver, True
 
 
 def _require_sat(solver: Any, verdict: Any) -> None:
