@@ -479,9 +479,17 @@ def _load_stacks(
         progress.note(f"{how}: stack {name} ({count}/{len(wanted)})")
 
     use_cache = not getattr(args, "no_cache", False)
+
+    def meanwhile() -> None:
+        # The checker's own modules (rules, proofs, cvc5) load while workers evaluate.
+        import envfence.prove.run
+        import envfence.rules  # noqa: F401
+
     try:
         with progress.step(f"evaluated {len(wanted)} stack(s)"):
-            return evaluate_many(wanted, project, use_cache=use_cache, done=done)
+            return evaluate_many(
+                wanted, project, use_cache=use_cache, done=done, meanwhile=meanwhile
+            )
     except EvaluationError as exc:
         raise UsageError(str(exc)) from None
 

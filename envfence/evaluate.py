@@ -668,12 +668,14 @@ def evaluate_many(
     *,
     use_cache: bool = True,
     done: Callable[[str, bool], None] | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[StackState]:
     """Evaluate `names` (in that order), each once: from the cache (`envfence.cache`) when
     nothing it depends on changed, else in parallel processes when more than one is missing
     and more than one CPU is free (Linux: workers forked from a fork server; elsewhere, one
     after the other).
-    `done(stack, cached)` is called as each stack is ready. The first stack (in `names` order)
+    `done(stack, cached)` is called as each stack is ready; `meanwhile()` while workers
+    evaluate (the caller's own preparation). The first stack (in `names` order)
     that fails raises its EvaluationError; nothing half-built is returned."""
     from envfence import cache
 
@@ -704,6 +706,8 @@ def evaluate_many(
         context = _worker_context(multiprocessing)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = {pool.submit(_evaluate_in_child, name, project): name for name in missing}
+            if meanwhile is not None:
+                meanwhile()  # the workers evaluate; this process prepares what comes next
             for future in concurrent.futures.as_completed(futures):
                 name = futures[future]
                 try:

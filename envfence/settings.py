@@ -17,6 +17,7 @@ import difflib
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,15 @@ from envfence import naming
 from envfence.project import NAMESPACE, Project, ProjectFileError, load_project
 from envfence.registry import Registry, RegistryError
 
-try:  # A clean one-line stop under the CLI; plain Exception when Pulumi is absent.
+# Under the Pulumi CLI a config error must stop the program with one line, not a traceback:
+# Pulumi prints a `pulumi.RunError` as its message alone. The program (infra/__main__.py)
+# imports pulumi before this module, so there the base is RunError. The checker does not import
+# this module's base for nothing: importing pulumi costs a quarter of a second, more than a
+# cached `envfence check` spends on its rules, so where pulumi is not loaded yet the base is
+# Exception (the checker catches ConfigError itself; tests/test_settings.py holds both).
+if "pulumi" in sys.modules:
     from pulumi import RunError as _Base
-except ImportError:  # pragma: no cover - pulumi is a dependency
+else:
     _Base = Exception  # type: ignore[misc,assignment]
 
 

@@ -607,3 +607,42 @@ def test_a_stack_that_is_not_its_accounts_baseline_has_no_audit_settings(
         return
     msg = refused("experiment", raw, peers={}, as_stack="experiment-ab12")
     assert_message(msg, "experiment-ab12", f"envfence:audit.{key}", ["a@example.com"], "baseline")
+
+
+def test_a_config_error_is_pulumis_clean_stop_in_the_program_only() -> None:
+    """Under the Pulumi CLI a ConfigError must print as one line (a `pulumi.RunError`): the
+    program imports pulumi before envfence.settings. The checker does not pay for importing
+    pulumi when it reads no program (a cached check): there the base is Exception."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    program = (root / "infra" / "__main__.py").read_text()
+    assert program.index("\nimport pulumi\n") < program.index("from envfence.settings import")
+    in_program = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import pulumi\nfrom envfence.settings import ConfigError\n"
+            "print(issubclass(ConfigError, pulumi.RunError))",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert in_program.stdout.split() == ["True"]
+    alone = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom envfence.settings import ConfigError\n"
+            "print('pulumi' in sys.modules, issubclass(ConfigError, Exception))",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert alone.stdout.split() == ["False", "True"]
