@@ -23,8 +23,10 @@ import test_prove_network as net_cases
 
 from envfence.model import StackState
 from envfence.project import Project
-from envfence.prove.iam_proof import PROVED, REFUTED, IamProof
+from envfence.prove.iam_proof import PROVED, REFUTED, IamProof, prove_iam
 from envfence.prove.network import prove_network
+from envfence.prove.world import build_world
+from envfence.rules.context import build_context
 
 Stacks = dict[str, StackState]
 X = net_cases.X
@@ -61,25 +63,34 @@ def iam_verdicts(
 
 
 def assert_iam_agree(s: Stacks, project: Project, *, expect_refuted: bool) -> None:
-    per_env = iam_cases.prove(s, project, controls=False)
-    per_pair = iam_cases.prove(s, project, per_pair=True, controls=False)
+    ctx = build_context(s.values(), iam_cases.one_account_allowed(project))
+    world = build_world(s, {name: env.flows for name, env in ctx.envs.items()})
+    per_env = prove_iam(world, project.name, controls=False)
+    per_pair = prove_iam(world, project.name, per_pair=True, controls=False)
     got, want = iam_verdicts(per_env), iam_verdicts(per_pair)
     assert set(got) == {(a, b) for a in s for b in s if a != b}
     assert got == want
     assert any(v[0] == REFUTED for v in got.values()) == expect_refuted, got
 
 
-IAM_CASES = [(leak.name, leak.apply, leak.shared, True) for leak in iam_cases.LEAKS] + [
-    (f"near miss {f.__name__} ({base})", f, base == "one-account", False)
+# Every leak and near miss with the third environment as a bystander; every leak also with the
+# third environment copying the leaky experiment stack (a near miss copied stays one).
+IAM_CASES = [
+    (leak.name, leak.apply, leak.shared, True, third)
+    for leak in iam_cases.LEAKS
+    for third in ("bystander", "copies the leak")
+] + [
+    (f"near miss {f.__name__} ({base})", f, base == "one-account", False, "bystander")
     for f in iam_cases.NEAR_MISSES
     for base in ("two-accounts", "one-account")
 ]
 
 
 @pytest.mark.parametrize(
-    ("name", "apply", "one_account", "leaks"), IAM_CASES, ids=[c[0] for c in IAM_CASES]
+    ("name", "apply", "one_account", "leaks", "third"),
+    IAM_CASES,
+    ids=[f"{c[4]}-{c[0]}" for c in IAM_CASES],
 )
-@pytest.mark.parametrize("third", ["bystander", "copies the leak"])
 def test_iam_per_environment_and_per_pair_agree(
     name: str,
     apply: Callable[[Stacks], None],
