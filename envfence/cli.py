@@ -787,8 +787,25 @@ def _check(args: argparse.Namespace, progress: Progress) -> _Outcome:
         except baseline.BaselineError as exc:
             raise UsageError(str(exc)) from None
     states, files = _states(args, progress)
-    with progress.step(f"checked {len(states)} stack(s) against {len(rule_ids)} rules"):
-        result = run_all(states, enforce_advisories=args.expired == "fail")
+    found: list[Any] = []
+
+    def rules() -> None:
+        with progress.step(f"checked {len(states)} stack(s) against {len(rule_ids)} rules"):
+            found.append(run_all(states, enforce_advisories=args.expired == "fail"))
+
+    proof = None
+    note = ""
+    if not args.no_prove and not args.create_baseline:
+        from envfence.prove import run as proofs
+
+        given = _proof_input(args, states, rules_too=True, progress=progress)
+        with progress.step(f"proved isolation of {len(given.states)} environments"):
+            # The rules run here while the proofs' workers run (else before the proofs).
+            proof = _focused(proofs.prove(given.states, meanwhile=rules), given.focus)
+        note = given.note
+    if not found:
+        rules()
+    result = found[0]
     if skipped:
         result = dataclasses.replace(
             result,
@@ -799,15 +816,6 @@ def _check(args: argparse.Namespace, progress: Progress) -> _Outcome:
     if entries:
         applied = baseline.apply(result.violations, entries)
         result = dataclasses.replace(result, violations=applied.violations)
-    proof = None
-    note = ""
-    if not args.no_prove and not args.create_baseline:
-        from envfence.prove import run as proofs
-
-        given = _proof_input(args, states, rules_too=True, progress=progress)
-        with progress.step(f"proved isolation of {len(given.states)} environments"):
-            proof = _focused(proofs.prove(given.states), given.focus)
-        note = given.note
     failed = bool(result.violations) or (proof is not None and not proof.ok)
     return _Outcome(result, proof, note, skipped, applied, failed, files)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,9 @@ def _parts_in_child(stacks: list[str]) -> dict[str, _Part]:
     return {stack: _SETUP.part(stack) for stack in stacks}
 
 
-def _parts(setup: _Setup, stacks: list[str], jobs: int) -> dict[str, _Part]:
+def _parts(
+    setup: _Setup, stacks: list[str], jobs: int, meanwhile: Callable[[], None] | None = None
+) -> dict[str, _Part]:
     """Every stack's part: in forked workers when it pays (several stacks, several CPUs, a
     process with no other thread to be caught mid-lock by the fork, Linux), else here. The
     parts depend only on the setup, so where they run changes nothing in what they find."""
@@ -147,6 +149,8 @@ def _parts(setup: _Setup, stacks: list[str], jobs: int) -> dict[str, _Part]:
 
     workers = min(jobs, len(stacks))
     if workers <= 1 or threading.active_count() > 1 or sys.platform != "linux":
+        if meanwhile is not None:
+            meanwhile()
         return {stack: setup.part(stack) for stack in stacks}
     import concurrent.futures
     import multiprocessing
@@ -157,8 +161,11 @@ def _parts(setup: _Setup, stacks: list[str], jobs: int) -> dict[str, _Part]:
         chunks = [stacks[i::workers] for i in range(workers)]
         context = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            results = pool.map(_parts_in_child, chunks)  # submitted; the workers start
+            if meanwhile is not None:
+                meanwhile()  # the caller's own work (the rules) while they run
             found: dict[str, _Part] = {}
-            for result in pool.map(_parts_in_child, chunks):
+            for result in results:
                 found.update(result)
         return found
     finally:
@@ -166,10 +173,15 @@ def _parts(setup: _Setup, stacks: list[str], jobs: int) -> dict[str, _Part]:
 
 
 def prove(
-    states: Iterable[StackState], project: Project | None = None, *, jobs: int | None = None
+    states: Iterable[StackState],
+    project: Project | None = None,
+    *,
+    jobs: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ProofReport:
     """Every proof over `states`: per stack, its controls and its proof against everything
-    outside it (in `jobs` processes; default: `envfence.evaluate.jobs()`)."""
+    outside it (in `jobs` processes; default: `envfence.evaluate.jobs()`). `meanwhile()` is
+    the caller's work, run while the workers run (or before the parts, in one process)."""
     from envfence.evaluate import jobs as default_jobs
 
     states = list(states)
@@ -194,7 +206,7 @@ def prove(
         owners=real_controls.trail_owners(by_name, root),
     )
     names = list(by_name)
-    parts = _parts(setup, names, default_jobs() if jobs is None else jobs)
+    parts = _parts(setup, names, default_jobs() if jobs is None else jobs, meanwhile)
     real = [r for name in names for r in parts[name].real]
     found = [c for name in names for c in parts[name].jobs]
     found += [c for name in names for c in parts[name].flows]
