@@ -294,12 +294,22 @@ class Prover:
         self.reached: dict[str, int] = {}  # stack -> data resources its questions held
         self._relevance: Relevance | None = None
         self._trust_index: dict[str, list[Role]] | None = None
+        self._by_account: dict[str, list[Role]] | None = None
 
-    def setup(self) -> None:
+    def setup(self, edges: bool = True) -> None:
         """What every environment's proof reads: which roles' sessions can carry forged tags,
-        and which roles can become which (`closure`)."""
+        and (unless `edges` is False: each environment then asks its own, `own_edges`)
+        which roles can become which (`closure`)."""
         self._compute_forgeable()
-        self._compute_edges()
+        if edges:
+            self._compute_edges()
+
+    def own_edges(self, stack: str) -> list[str]:
+        """Ask the edges of every role of `stack`; the errors met (the stack's own, to be
+        joined to every pair of the stack: `finalize`)."""
+        for role in self.world.roles_of(stack):
+            self._edges_of(role)
+        return list(self.errors.get(stack, []))
 
     # -- the principal closure ----------------------------------------------------------------
     def _error(self, stack: str, message: str) -> None:
@@ -365,46 +375,55 @@ class Prover:
                         self._error(caller.stack, f"sts:TagSession on {target.label}: {exc}")
 
     def _compute_edges(self) -> None:
-        roles = list(self.world.roles.values())
-        by_account: dict[str, list[Role]] = {}
-        for role in roles:
-            by_account.setdefault(role.account, []).append(role)
-        for caller in roles:
-            out: list[tuple[Role, str, tuple[str, ...]]] = []
-            # Only roles that may trust the caller (sts:AssumeRole) or that the caller may pass
-            # (iam:PassRole: its own account's roles) can be an edge.
-            near = {r.arn for r in self._trusted_by(caller)}
-            near |= {r.arn for r in by_account.get(caller.account, [])}
-            for target in roles:
-                if target.arn == caller.arn or target.arn not in near:
+        for caller in self.world.roles.values():
+            self._edges_of(caller)
+
+    def _edges_of(self, caller: Role) -> list[tuple[Role, str, tuple[str, ...]]]:
+        """The roles `caller` can become (sts:AssumeRole) or hand to a service (iam:PassRole),
+        asked once (errors go to the caller's stack)."""
+        known = self.edges.get(caller.arn)
+        if known is not None:
+            return known
+        if self._by_account is None:
+            self._by_account = {}
+            for role in self.world.roles.values():
+                self._by_account.setdefault(role.account, []).append(role)
+        out: list[tuple[Role, str, tuple[str, ...]]] = []
+        # Only roles that may trust the caller (sts:AssumeRole) or that the caller may pass
+        # (iam:PassRole: its own account's roles) can be an edge.
+        near = {r.arn for r in self._trusted_by(caller)}
+        near |= {r.arn for r in self._by_account.get(caller.account, [])}
+        for target in self.world.roles.values():
+            if target.arn == caller.arn or target.arn not in near:
+                continue
+            questions: list[tuple[str, Target]] = []
+            if _trust_names(target, caller):
+                questions.append(("sts:AssumeRole", role_target(target)))
+            if (
+                target.account == caller.account
+                and _trusts_a_service(target)
+                and _may_allow(caller, "iam:PassRole", target.arn)
+            ):
+                # iam:PassRole has no resource policy: the trust policy is not asked.
+                passed = dataclasses.replace(role_target(target), policy=None, kind="generic")
+                questions.append(("iam:PassRole", passed))
+            for action, resource in questions:
+                q = Query(
+                    caller,
+                    (resource,),
+                    action=action,
+                    tags_forgeable=self.forgeable.get(caller.arn, False),
+                )
+                try:
+                    w = self.ask(q)
+                except ProofError as exc:
+                    self._error(caller.stack, f"{action} on {target.label}: {exc}")
                     continue
-                questions: list[tuple[str, Target]] = []
-                if _trust_names(target, caller):
-                    questions.append(("sts:AssumeRole", role_target(target)))
-                if (
-                    target.account == caller.account
-                    and _trusts_a_service(target)
-                    and _may_allow(caller, "iam:PassRole", target.arn)
-                ):
-                    # iam:PassRole has no resource policy: the trust policy is not asked.
-                    passed = dataclasses.replace(role_target(target), policy=None, kind="generic")
-                    questions.append(("iam:PassRole", passed))
-                for action, resource in questions:
-                    q = Query(
-                        caller,
-                        (resource,),
-                        action=action,
-                        tags_forgeable=self.forgeable.get(caller.arn, False),
-                    )
-                    try:
-                        w = self.ask(q)
-                    except ProofError as exc:
-                        self._error(caller.stack, f"{action} on {target.label}: {exc}")
-                        continue
-                    if w is not None:
-                        out.append((target, action, tuple(w.statements())))
-                        break
-            self.edges[caller.arn] = out
+                if w is not None:
+                    out.append((target, action, tuple(w.statements())))
+                    break
+        self.edges[caller.arn] = out
+        return out
 
     def closure(self, stack: str) -> list[tuple[Role, tuple[Hop, ...]]]:
         """Every role a principal of `stack` can act as, with the shortest chain to it."""
@@ -417,7 +436,7 @@ class Prover:
         while frontier:
             nxt: list[tuple[Role, tuple[Hop, ...]]] = []
             for role, chain in frontier:
-                for target, via, stmts in self.edges.get(role.arn, []):
+                for target, via, stmts in self._edges_of(role):
                     if target.arn not in seen:
                         entry = (target, (*chain, Hop(target.label, via, stmts)))
                         seen[target.arn] = entry
@@ -550,7 +569,7 @@ class Prover:
             out.append(self._control(f.source, what, q))
         return out
 
-    def environment(self, source: str) -> list[PairProof]:
+    def environment(self, source: str, *, finish: bool = True) -> list[PairProof]:
         """One proof of `source` against everything outside it: per principal of its closure,
         one question over every other environment's data that an Allow statement could reach
         (`relevance.Relevance`). A witness names the environment it reaches; that
@@ -596,7 +615,8 @@ class Prover:
         for b in others:
             r = results[b]
             r.principals = len(principals)
-            self._finish(r)
+            if finish:
+                self._finish(r)
             r.seconds = seconds
             out.append(r)
         self.reached[source] = reached
@@ -635,12 +655,7 @@ class Prover:
             result.counterexamples.append(Counterexample.of(chain, w))
 
     def _finish(self, result: PairProof) -> None:
-        for stack in (result.source, result.target):
-            result.details += [f"{stack}: {e}" for e in self.errors.get(stack, [])]
-        if result.details:
-            result.status = BROKEN
-        elif result.counterexamples:
-            result.status = REFUTED
+        finalize(result, self.errors)
 
     def pair(self, source: str, target: str) -> PairProof:
         """The question of every principal of `source` against `target`'s data: one per pair,
@@ -655,6 +670,18 @@ class Prover:
         self._finish(result)
         result.seconds = time.perf_counter() - started
         return result
+
+
+def finalize(result: PairProof, errors: Mapping[str, list[str]]) -> None:
+    """A pair's verdict: broken by what could not be read or asked about either of its
+    environments (its details, the errors met asking their roles' edges), else refuted by a
+    counterexample, else proved."""
+    for stack in (result.source, result.target):
+        result.details += [f"{stack}: {e}" for e in errors.get(stack, [])]
+    if result.details:
+        result.status = BROKEN
+    elif result.counterexamples:
+        result.status = REFUTED
 
 
 def prove_iam(

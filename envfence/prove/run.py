@@ -31,6 +31,7 @@ from envfence.prove.iam_proof import (
     IamProof,
     PairProof,
     Prover,
+    finalize,
 )
 from envfence.prove.iam_proof import finish as finish_iam
 from envfence.prove.network import NetworkResult
@@ -93,6 +94,7 @@ class _Part:
     flow, encoding), its IAM pairs as a source, its network control and pairs."""
 
     real: list[real_controls.Result]
+    errors: list[str]  # met asking the edges of the stack's roles (`Prover.own_edges`)
     jobs: list[Control]
     flows: list[Control]
     encoding: list[Control]
@@ -126,9 +128,10 @@ class _Setup:
         flows = [c for c in jobs_and_flows if c.what.startswith("declared flow ")]
         jobs = [c for c in jobs_and_flows if not c.what.startswith("declared flow ")]
         encoding = self.prover.encoding_controls(encoding_jobs(real, self.world))
-        pairs = self.prover.environment(stack)
+        errors = self.prover.own_edges(stack)
+        pairs = self.prover.environment(stack, finish=False)  # finalized with every stack's
         network = network_proof.environment(self.topology, self.by_name, stack)
-        return _Part(real, jobs, flows, encoding, pairs, network)
+        return _Part(real, errors, jobs, flows, encoding, pairs, network)
 
 
 _SETUP: _Setup | None = None  # for forked workers: set before the fork, read in the child
@@ -194,7 +197,7 @@ def prove(
     # Outside a checkout there is no worker contract: its controls fail closed, naming it.
     root = project.root if project is not None else Path.cwd()
     prover = Prover(world, project_name)
-    prover.setup()
+    prover.setup(edges=False)  # each stack's part asks its own roles' edges
     setup = _Setup(
         by_name=by_name,
         world=world,
@@ -211,7 +214,10 @@ def prove(
     found = [c for name in names for c in parts[name].jobs]
     found += [c for name in names for c in parts[name].flows]
     found += [c for name in names for c in parts[name].encoding]
+    errors = {name: parts[name].errors for name in names}
     pairs = [p for name in names for p in parts[name].pairs]
+    for p in pairs:
+        finalize(p, errors)
     iam_proof = finish_iam(world, pairs, found, time.perf_counter() - started)
     network = network_proof.finish(names, {name: parts[name].network for name in names})
     failed: dict[str, list[real_controls.Result]] = {}
