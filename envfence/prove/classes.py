@@ -347,7 +347,7 @@ class Search:
                 for action in actions:
                     if not action_fits(action, target):
                         continue
-                    exempt = self.q.exempt(action, resource) is not None
+                    exempt = self.q.exempt(action, resource, target.stack) is not None
                     if exempt != self.q.only_exempt:
                         continue
                     if not any(iam._action_part(s, action) for s in matching):

@@ -463,6 +463,7 @@ class Prover:
                     flow=f.describe(),
                     actions=frozenset(a.lower() for a in READ_ACTIONS),
                     targets=tuple(stores + keys),
+                    stack=target,
                 )
             )
         return tuple(out)

@@ -45,6 +45,13 @@ class Exemption:
     flow: str
     actions: frozenset[str]  # lower-case
     targets: tuple[Target, ...]
+    # The stack whose data the flow reads: the exemption applies only to that stack's targets
+    # (a question over every other environment must not exempt another stack's resource whose
+    # ARN happens to fall inside the flow's store). None: any target.
+    stack: str | None = None
+
+    def covers(self, stack: str | None) -> bool:
+        return self.stack is None or stack is None or self.stack == stack
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,11 @@ class Query:
         """Keys the caller cannot choose, as explicit request context."""
         return {"aws:ResourceAccount": target.account, "kms:CallerAccount": self.principal.account}
 
-    def exempt(self, action: str, resource: str) -> str | None:
+    def exempt(self, action: str, resource: str, stack: str | None = None) -> str | None:
+        """The flow that exempts `action` on `resource` (of a target of `stack`), if any."""
         for e in self.exemptions:
+            if not e.covers(stack):
+                continue
             if action.lower() in e.actions and any(t.matches(resource) for t in e.targets):
                 return e.flow
         return None

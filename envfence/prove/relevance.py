@@ -30,15 +30,32 @@ and names their Allow statements grant to.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envfence import iam
+from envfence.iam import Policy
+from envfence.prove import smt
 from envfence.prove.query import services_for
 from envfence.prove.world import Role, Target, World, _pattern_ends, _shape_ends, compatible
 from envfence.rules.policies import RESOURCELESS_ACTIONS
 
 ANYONE = "*"
+ACCOUNT = re.compile(r"\d{12}")
+
+
+def readable(policy: Policy, principaled: bool) -> bool:
+    """The policy passes what every question checks of a policy it holds: its statements and
+    version (`smt._parsed`) and its condition operators (`smt.Encoder._scan`). One that does
+    not must meet a question (which fails closed on it), so it is never pruned."""
+    try:
+        for stmt in smt._parsed(policy, principaled)[1]:
+            for op_name in stmt.get("Condition") or {}:
+                iam.parse_condition_operator(op_name)
+    except Exception:  # any failure: the question meets it
+        return False
+    return True
 
 
 def grantee_keys(stmt: object) -> set[str] | None:
@@ -63,9 +80,11 @@ def grantee_keys(stmt: object) -> set[str] | None:
                 return {ANYONE}
             if key == "AWS":
                 parts = value.split(":")
-                if value.isdigit():
+                if "*" in value or "?" in value:
+                    return {ANYONE}  # a wildcard (refused by `iam._aws_value_match`: met)
+                if ACCOUNT.fullmatch(value):
                     out.add(f"acct:{value}")
-                elif value.startswith("arn:") and len(parts) >= 6 and parts[4].isdigit():
+                elif value.startswith("arn:") and len(parts) >= 6 and ACCOUNT.fullmatch(parts[4]):
                     # A role, a session, a user or the account root: every one of them names
                     # principals of that account only (`iam._aws_value_match`).
                     out.add(f"acct:{parts[4]}")
@@ -118,6 +137,8 @@ class Relevance:
                 statements = [stmt for _, stmt in iam._statements(t.policy)]
             except Exception:  # unreadable: relevant to everyone
                 statements = [None]
+            if not readable(t.policy, True):
+                statements = [None]  # relevant to everyone: every question meets it
             for stmt in statements:
                 for key in grantee_keys(stmt) or ():
                     self._granted.setdefault(key, set()).add(i)
@@ -151,6 +172,9 @@ class Relevance:
 
     def _identity(self, role: Role) -> set[int]:
         everything = set(range(len(self.targets)))
+        limits = [*role.identity, *([role.boundary] if role.boundary is not None else [])]
+        if not all(readable(policy, False) for policy in limits):
+            return everything  # a malformed identity policy or boundary: every question meets it
         out: set[int] = set()
         for policy in role.identity:
             try:

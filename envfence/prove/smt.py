@@ -465,26 +465,33 @@ class Encoder:
         ]
         return _and([prefixes, *resourceless])
 
-    def _exempt(self) -> Any:
+    def _exempt(self, stack: str | None = None) -> Any:
+        """The request is one a declared flow exempts (on a target of `stack`)."""
         terms = []
         for e in self.q.exemptions:
+            if not e.covers(stack):
+                continue
             actions = [self.action == z.StringVal(a) for a in sorted(e.actions)]
             terms.append(_and([_or(actions), _or([self._in_target(t) for t in e.targets])]))
         return _or(terms)
 
     def formula(self) -> Any:
         per_target = []
+        gates: dict[str, Any] = {}
         for t in self.q.targets:
             allowed = self._allowed(t)  # first: it is False for most targets of a wide question
-            if allowed is not False:
-                per_target.append(_and([self._in_target(t), self._fits(t), allowed]))
+            if allowed is False:
+                continue
+            # A flow exempts requests on its own target stack's resources only.
+            if t.stack not in gates:
+                exempt = self._exempt(t.stack)
+                gates[t.stack] = exempt if self.q.only_exempt else _not(exempt)
+            per_target.append(_and([self._in_target(t), self._fits(t), allowed, gates[t.stack]]))
         parts = [_or(per_target), *self.domain]
         if self.q.action is not None:
             # Statements decide a fixed action in Python; the terms that read the action
             # variable (exemptions, resource tags of creating actions) must see that action.
             parts.append(self.action == z.StringVal(self.q.action.lower()))
-        exempt = self._exempt()
-        parts.append(exempt if self.q.only_exempt else _not(exempt))
         return _and(parts)
 
     # -- solving ------------------------------------------------------------------------------
