@@ -139,7 +139,9 @@ def test_a_resource_policy_the_question_would_refuse_is_kept(statement: dict[str
     w = world([worker], [target])
     assert Relevance(w).outside(worker, "a") == [target]
     [pair] = Prover(w, "envfence").environment("a")
+    # Broken by the question itself, which names the principal and what it could not read.
     assert pair.status == BROKEN, pair
+    assert pair.details and all(d.startswith("a/a-worker: ") for d in pair.details), pair.details
 
 
 def test_a_readable_resource_policy_of_another_account_is_left_out() -> None:

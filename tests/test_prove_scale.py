@@ -112,3 +112,25 @@ def test_what_does_not_hold_is_still_listed_one_by_one(
     assert "prod -> experiment: iam refuted" in out
     assert "LeakDeleteExperimentResults" in out
     assert "experiment -> prod: iam proved" not in out
+
+
+def test_the_report_holds_every_control_the_iam_proof_runs(
+    stacks: Stacks, project: Project
+) -> None:
+    """`prove` runs the controls stack by stack (in workers); it must hold exactly what the IAM
+    proof over every stack runs, in the same order: jobs, flows, then the worker's requests."""
+    from envfence.prove.iam_proof import prove_iam
+    from envfence.prove.world import build_world
+    from envfence.rules.context import build_context
+
+    report = proofs.prove(stacks.values(), project, jobs=1)
+    ctx = build_context(stacks.values(), project)
+    world = build_world(stacks, {name: env.flows for name, env in ctx.envs.items()})
+    whole = prove_iam(world, project.name, encoding_jobs=proofs.encoding_jobs(report.real, world))
+    got = [(c.stack, c.what, c.found) for c in report.iam.controls]
+    assert got == [(c.stack, c.what, c.found) for c in whole.controls]
+    assert (
+        "prod",
+        "declared flow prod/pipeline may read experiment/results is usable",
+        True,
+    ) in got

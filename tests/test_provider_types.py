@@ -94,7 +94,7 @@ def test_every_type_the_stacks_declare_is_in_the_taggability_table(
     assert sorted(declared - set(table.TAGGABLE)) == [], "run scripts/update-provider-types.py"
 
 
-def test_the_table_serves_names_without_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_table_serves_names_without_importing() -> None:
     bucket = providers.aws.s3.Bucket
     assert isinstance(bucket, providers.Known)
     assert bucket.pulumi_type == "aws:s3/bucket:Bucket"

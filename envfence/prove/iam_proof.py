@@ -291,7 +291,6 @@ class Prover:
         self.forgeable: dict[str, bool] = {}
         self.edges: dict[str, list[tuple[Role, str, tuple[str, ...]]]] = {}
         self.errors: dict[str, list[str]] = {}  # stack -> errors met while reasoning about it
-        self.reached: dict[str, int] = {}  # stack -> data resources its questions held
         self._relevance: Relevance | None = None
         self._trust_index: dict[str, list[Role]] | None = None
         self._by_account: dict[str, list[Role]] | None = None
@@ -522,6 +521,11 @@ class Prover:
         """The job controls of `stacks` (default: all), then the flow controls of the flows
         they are the source of."""
         wanted = list(self.world.stacks if stacks is None else stacks)
+        return self.job_controls(wanted) + self.flow_controls(wanted)
+
+    def job_controls(self, stacks: Iterable[str]) -> list[Control]:
+        """Each environment's `pipeline` and `analyst` roles can do their jobs (`JOBS`)."""
+        wanted = list(stacks)
         out = []
         for stack in wanted:
             for kind, jobs in JOBS.items():
@@ -544,6 +548,12 @@ class Prover:
                         readable=False,
                     )
                     out.append(self._control(stack, what, q))
+        return out
+
+    def flow_controls(self, stacks: Iterable[str]) -> list[Control]:
+        """Each declared flow whose source is one of `stacks` is usable by its role."""
+        wanted = set(stacks)
+        out = []
         for f in self.world.flows:
             if f.source not in wanted:
                 continue
@@ -582,11 +592,9 @@ class Prover:
         results = {b: self._pair_result(source, b) for b in others}
         principals = self.closure(source)
         relevance = self.relevance()
-        reached = 0
         for role, chain in principals:
             exemptions = tuple(e for b in others for e in self._exemptions(role, source, b))
             pending = relevance.outside(role, source)
-            reached += len(pending)
             while True:
                 q = Query(
                     role,
@@ -620,7 +628,6 @@ class Prover:
                 self._finish(r)
             r.seconds = seconds
             out.append(r)
-        self.reached[source] = reached
         return out
 
     def relevance(self) -> Relevance:

@@ -124,9 +124,8 @@ class _Setup:
             self.deployers,
             owns_trail=self.owners,
         )
-        jobs_and_flows = self.prover.controls([stack])
-        flows = [c for c in jobs_and_flows if c.what.startswith("declared flow ")]
-        jobs = [c for c in jobs_and_flows if not c.what.startswith("declared flow ")]
+        jobs = self.prover.job_controls([stack])
+        flows = self.prover.flow_controls([stack])
         encoding = self.prover.encoding_controls(encoding_jobs(real, self.world))
         errors = self.prover.own_edges(stack)
         pairs = self.prover.environment(stack, finish=False)  # finalized with every stack's
