@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
@@ -193,12 +194,75 @@ class ContainerSettings:
     desired_count: int
 
 
+# Context attributes a variant may target, each the name of the key the rule reads from a
+# record's context ($group, $region, $userId); see README "Feature flags and live experiments".
+FLAG_ATTRIBUTES = ("group", "region", "percent")
+VARIANT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+ATTRIBUTE_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.:/@+=-]{1,128}$")
+# The implicit last variant of a flag with variants: everyone no rule targets.
+DEFAULT_VARIANT = "default"
+MAX_VARIANTS = 31  # AppConfig's schema allows 32 entries in `_variants`, the default included
+
+
+@dataclass(frozen=True)
+class Targeting:
+    """One condition of a variant: every attribute given must hold (AND). `percent` takes the
+    slice [low, high) of the flag's stable split of user ids (hundredths of a percent)."""
+
+    groups: tuple[str, ...] | None = None
+    regions: tuple[str, ...] | None = None
+    split: tuple[int, int] | None = None  # (low, high) in hundredths of a percent
+
+    @property
+    def sample_only(self) -> bool:
+        """A percentage of whoever is left, without group or region."""
+        return self.split is not None and self.groups is None and self.regions is None
+
+    def overlaps(self, later: Targeting) -> bool:
+        """Whether this condition takes records a later variant's condition also claims (the
+        first match wins, so the later one would lose them unnoticed). Splits take disjoint
+        slices of one hash, so two never overlap; a later percentage without group or region
+        samples whoever no earlier rule took (the usual "the internal team, plus 10 % of
+        everyone else"), so it overlaps nothing. An earlier one does take from a later group."""
+        if self.split is not None and later.split is not None:
+            return False
+        if later.sample_only:
+            return False
+        if self.split is not None and self.split[0] == self.split[1]:
+            return False  # 0 %: takes nothing
+
+        def meet(a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> bool:
+            return a is None or b is None or bool(set(a) & set(b))
+
+        return meet(self.groups, later.groups) and meet(self.regions, later.regions)
+
+
+@dataclass(frozen=True)
+class FlagVariant:
+    name: str
+    enabled: bool
+    match: tuple[Targeting, ...]  # OR of conditions; never empty
+
+
 @dataclass(frozen=True)
 class FeatureFlag:
     name: str
     description: str
     experimental: bool
-    enabled: bool  # resolved for this stack
+    enabled: bool  # resolved for this stack: the default variant (everyone no variant targets)
+    variants: tuple[FlagVariant, ...] = ()
+    owner: str | None = None
+    ends_on: dt.date | None = None
+
+    @property
+    def targeted(self) -> bool:
+        """Some enabled variant targets a subset of records (the default variant is off)."""
+        return any(v.enabled for v in self.variants)
+
+    @property
+    def live(self) -> bool:
+        """On for at least some records of this stack."""
+        return self.enabled or self.targeted
 
 
 @dataclass(frozen=True)
@@ -785,20 +849,123 @@ def _parse_container(
     )
 
 
+FLAG_SHAPE = "an object {description, experimental, enabled, owner, endsOn, variants}"
+
+
+def _percent(v: Any) -> int:
+    """A percentage from 0 to 100 with at most two decimals, in hundredths of a percent."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError
+    value = Decimal(str(v).strip())
+    hundredths = value * 100
+    if not value.is_finite() or not 0 <= value <= 100 or hundredths != hundredths.to_integral():
+        raise ValueError
+    return int(hundredths)
+
+
+def _parse_targeting(r: _Reader, start: int) -> tuple[Targeting, int]:
+    """One condition of a variant; `start` is where the flag's split has got to."""
+    r.reject_unknown(FLAG_ATTRIBUTES)
+    if not r.values:
+        raise config_error(r.stack, r.path, {}, f"at least one of {', '.join(FLAG_ATTRIBUTES)}")
+    names = _list_of(_matching(ATTRIBUTE_VALUE_RE))
+    groups = r.get("group", names, "a list of group names (1-128 tag-safe characters)")
+    regions = r.get("region", _list_of(_matching(REGION_RE)), "a list of AWS regions")
+    for key, values in (("group", groups), ("region", regions)):
+        if values is not None and not values:
+            raise r.fail(key, [], "a non-empty list (leave the key out to match any)")
+    pct = r.get("percent", _percent, "a number from 0 to 100, at most two decimals")
+    split = None
+    if pct is not None:
+        split = (start, start + pct)
+        start += pct
+    return Targeting(groups=groups, regions=regions, split=split), start
+
+
+def _parse_variants(r: _Reader, flag: str) -> tuple[FlagVariant, ...]:
+    raw = r.values.get("variants")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise r.fail("variants", raw, "a non-empty list of {name, enabled, match}")
+    if len(raw) > MAX_VARIANTS:
+        raise r.fail(
+            "variants", f"{len(raw)} variants", f"at most {MAX_VARIANTS} (AppConfig's limit)"
+        )
+    variants: list[FlagVariant] = []
+    start = 0  # the percentage splits of one flag take consecutive slices of one hash
+    for i, spec in enumerate(raw):
+        vr = _Reader(r.stack, f"{r.path}.variants[{i}]", spec if isinstance(spec, Mapping) else {})
+        if not isinstance(spec, Mapping):
+            raise r.fail(f"variants[{i}]", spec, "an object {name, enabled, match}")
+        vr.reject_unknown(("name", "enabled", "match"))
+        name = vr.get(
+            "name",
+            _matching(VARIANT_NAME_RE),
+            "a variant name of a-z, 0-9, '_' and '-', starting with a letter, up to 64",
+            required=True,
+        )
+        if name == DEFAULT_VARIANT or any(v.name == name for v in variants):
+            raise vr.fail(
+                "name",
+                name,
+                f"a name no other variant of {flag} has, and not {DEFAULT_VARIANT!r} (the "
+                "variant of everyone no rule targets)",
+            )
+        enabled = vr.get("enabled", _bool, "true | false", default=True)
+        match_raw = vr.values.get("match")
+        conditions = match_raw if isinstance(match_raw, list) else [match_raw]
+        if (
+            match_raw is None
+            or not conditions
+            or not all(isinstance(c, Mapping) for c in conditions)
+        ):
+            raise vr.fail(
+                "match",
+                match_raw,
+                "a targeting rule {group, region, percent} or a list of them (any may match)",
+            )
+        match: list[Targeting] = []
+        for j, cond in enumerate(conditions):
+            path = f"{vr.path}.match[{j}]" if isinstance(match_raw, list) else f"{vr.path}.match"
+            targeting, start = _parse_targeting(_Reader(r.stack, path, cond), start)
+            match.append(targeting)
+        if start > 10000:
+            raise vr.fail(
+                "match",
+                match_raw,
+                f"percentages of {flag}'s variants that add up to at most 100 (now "
+                f"{Decimal(start) / 100})",
+            )
+        for earlier in variants:
+            for a in earlier.match:
+                for b in match:
+                    if a.overlaps(b):
+                        raise vr.fail(
+                            "match",
+                            match_raw,
+                            f"a rule that no record can meet together with variant "
+                            f"{earlier.name!r} (a record meeting both would get only the first: "
+                            "give them different groups or regions, or both a percentage)",
+                        )
+        variants.append(FlagVariant(name=name, enabled=enabled, match=tuple(match)))
+    return tuple(variants)
+
+
 def _parse_flags(top: _Reader, production: bool) -> tuple[FeatureFlag, ...]:
     raw = top.values.get("flags")
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
-        raise top.fail("flags", raw, "an object {flagName: {description, experimental, enabled}}")
+        raise top.fail("flags", raw, f"an object {{flagName: {FLAG_SHAPE}}}")
     flags = []
     for name, spec in raw.items():
         if not FLAG_NAME_RE.match(str(name)):
             raise top.fail(f"flags.{name}", spec, "a flag name of a-z, 0-9 and _, up to 64")
         if not isinstance(spec, Mapping):
-            raise top.fail(f"flags.{name}", spec, "an object {description, experimental, enabled}")
+            raise top.fail(f"flags.{name}", spec, FLAG_SHAPE)
         r = _Reader(top.stack, f"{NAMESPACE}:flags.{name}", spec)
-        r.reject_unknown(("description", "experimental", "enabled"))
+        r.reject_unknown(("description", "experimental", "enabled", "owner", "endsOn", "variants"))
         experimental = r.get("experimental", _bool, "true | false", default=False)
         # Experimental features are on only in experiment stacks unless config says otherwise.
         enabled = r.get("enabled", _bool, "true | false", default=experimental and not production)
@@ -808,11 +975,36 @@ def _parse_flags(top: _Reader, production: bool) -> tuple[FeatureFlag, ...]:
             "text of up to 256 characters",
             default="",
         )
-        flags.append(
-            FeatureFlag(
-                name=str(name), description=description, experimental=experimental, enabled=enabled
-            )
+        owner = r.get("owner", _matching(OWNER_RE), "a team or e-mail, 1-128 tag-safe characters")
+        ends_on = r.get("endsOn", _date, "a date YYYY-MM-DD")
+        flag = FeatureFlag(
+            name=str(name),
+            description=description,
+            experimental=experimental,
+            enabled=enabled,
+            variants=_parse_variants(r, str(name)),
+            owner=owner,
+            ends_on=ends_on,
         )
+        if production and experimental and flag.live:
+            # Strategy 3: an experiment in production reaches a subset of users, on purpose,
+            # for a while, with someone answerable for it.
+            if flag.enabled:
+                raise r.fail(
+                    "enabled",
+                    True,
+                    "false: an experimental flag is never on for everyone in production; "
+                    "target users with `variants`",
+                )
+            for key, value in (("owner", owner), ("endsOn", ends_on)):
+                if value is None:
+                    raise r.fail(
+                        key,
+                        None,
+                        "required for an experimental flag with an enabled variant in production "
+                        "(owner: a team or e-mail; endsOn: YYYY-MM-DD)",
+                    )
+        flags.append(flag)
     return tuple(flags)
 
 

@@ -1566,3 +1566,68 @@ def elastic_ips_over_quota(stacks: Stacks, at: str = EXPERIMENT, extra: int = 5)
             },
         )
     return added
+
+
+# -- EF505: feature flags of live experiments --------------------------------------------------
+
+HOSTED_FLAGS = "aws:appconfig/hostedConfigurationVersion:HostedConfigurationVersion"
+
+
+def _flag_set(r: Resource) -> dict[str, Any]:
+    env = {e["name"]: e["value"] for e in containers(r)[0]["environment"]}
+    return dict(json.loads(env["FLAG_SET"]))
+
+
+def _deploy_flag_set(stacks: Stacks, at: str, document: dict[str, Any]) -> Resource:
+    """Deploy `document` consistently: the worker's copy, its label, and AppConfig's version."""
+    r = _task(stacks, at)
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    label = "fs-" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    defs = containers(r)
+    for e in defs[0]["environment"]:
+        if e["name"] == "FLAG_SET":
+            e["value"] = text
+        elif e["name"] == "FLAG_SET_VERSION":
+            e["value"] = label
+    r.set("containerDefinitions", json.dumps(defs))
+    stacks[at].named("flags-version", HOSTED_FLAGS).set("versionLabel", label)
+    return r
+
+
+@leak
+def experiment_rolled_out_to_everyone(stacks: Stacks, at: str = PROD) -> Resource:
+    """An experimental flag's default variant is switched on in production: a 100 % rollout
+    of an experiment (EF505)."""
+    doc = _flag_set(_task(stacks, at))
+    default = doc["values"]["curate_v2"]["_variants"][-1]
+    default["enabled"] = True
+    default["attributeValues"]["experimental"] = True
+    return _deploy_flag_set(stacks, at, doc)
+
+
+@leak
+def experiment_without_owner(stacks: Stacks, at: str = PROD) -> Resource:
+    """A live experimental flag in production names no owner and no end date (EF505)."""
+    doc = _flag_set(_task(stacks, at))
+    for v in doc["values"]["curate_v2"]["_variants"]:
+        v["attributeValues"].pop("owner", None)
+    doc["flags"]["curate_v2"].pop("_deprecation", None)
+    return _deploy_flag_set(stacks, at, doc)
+
+
+@leak
+def flag_set_not_deployed(stacks: Stacks, at: str = PROD) -> Resource:
+    """The worker evaluates another flag set than the one AppConfig serves (EF505)."""
+    r = _task(stacks, at)
+    stacks[at].named("flags-version", HOSTED_FLAGS).set("versionLabel", "fs-0123456789abcdef0123")
+    return r
+
+
+@near_miss
+def experiment_rolled_out_in_experiment_stack(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
+    """Near miss: in an experiment stack an experimental flag is on for everyone (allowed)."""
+    doc = _flag_set(_task(stacks, at))
+    value = doc["values"]["curate_v2"]
+    value["enabled"] = True
+    value["experimental"] = True
+    return _deploy_flag_set(stacks, at, doc)

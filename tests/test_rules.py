@@ -377,6 +377,15 @@ CASES = [
         "experiment bucket store-raw has no enabled expiration rule",
     ),
     Case("experiment_expired", "EF504", E, "stack 'experiment' expired on 2020-01-31"),
+    Case(
+        "experiment_rolled_out_to_everyone",
+        "EF505",
+        P,
+        "experimental flag curate_v2 is on for everyone in production (variant default",
+    ),
+    Case("experiment_without_owner", "EF505", P, "curate_v2 is live in production without an owner"),
+    Case("experiment_without_owner", "EF505", P, "without an end date (_deprecation.date)"),
+    Case("flag_set_not_deployed", "EF505", P, "but AppConfig serves fs-0123456789abcdef0123"),
     # EF601-EF603 compute
     Case("task_privileged", "EF601", P, "container worker is privileged"),
     Case("task_runs_as_root", "EF601", P, "container worker runs as root"),

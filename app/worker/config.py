@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .flagset import FlagSet, FlagSetError
 from .pipeline import Identity
 
 # The same rules as envfence/settings.py: the image does not ship the Pulumi program.
@@ -37,6 +38,8 @@ REQUIRED = (
     "APPCONFIG_APPLICATION",
     "APPCONFIG_ENVIRONMENT",
     "APPCONFIG_PROFILE",
+    "FLAG_SET",
+    "FLAG_SET_VERSION",
 )
 
 
@@ -64,6 +67,9 @@ class Config:
     appconfig_application: str
     appconfig_environment: str
     appconfig_profile: str
+    # The flag set the worker evaluates per record (flagset.py): the AppConfig document the stack
+    # deploys, checked against its version label.
+    flag_set: FlagSet = field(compare=False)
     wait_seconds: int = 20
     max_messages: int = 10
     flags_poll_seconds: int = 60
@@ -85,6 +91,7 @@ class Config:
             "APPCONFIG_APPLICATION": self.appconfig_application,
             "APPCONFIG_ENVIRONMENT": self.appconfig_environment,
             "APPCONFIG_PROFILE": self.appconfig_profile,
+            "FLAG_SET_VERSION": self.flag_set.version,
         }
 
 
@@ -152,6 +159,12 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if log_level not in LOG_LEVELS:
         raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
+    version = get("FLAG_SET_VERSION") or ""
+    try:
+        flag_set = FlagSet.load(get("FLAG_SET") or "", version)
+    except FlagSetError as exc:
+        raise ConfigError("FLAG_SET", f"is not a usable flag set: {exc}") from None
+
     return Config(
         identity=Identity(environment, tier, experiment_id),
         queue_url=matching("QUEUE_URL", QUEUE_URL_RE, "an SQS queue URL (https://sqs.<region>...)"),
@@ -173,6 +186,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         appconfig_profile=matching(
             "APPCONFIG_PROFILE", APPCONFIG_ID_RE, "an AppConfig configuration profile name or id"
         ),
+        flag_set=flag_set,
         wait_seconds=integer("POLL_WAIT_SECONDS", 20, 0, 20),
         max_messages=integer("MAX_MESSAGES", 10, 1, 10),
         flags_poll_seconds=integer("FLAGS_POLL_SECONDS", 60, 15, 86400),

@@ -1,5 +1,9 @@
 """Feature flags from AWS AppConfig, through the AppConfig Data API, cached per poll interval.
 
+The worker evaluates its flag set itself, per record (flagset.py: AppConfig's SDK calls return no
+variant data); it polls AppConfig to learn which version AppConfig has deployed (`version`, the
+hosted version's label) and says when that is not the one it evaluates (loop.Worker).
+
 `Flags.current()` returns the last known flags and asks AppConfig again only once the poll
 interval has passed (the larger of ours and the `NextPollIntervalInSeconds` AppConfig returns).
 An empty `Configuration` in the answer means "unchanged". If AppConfig cannot be reached the last
@@ -99,8 +103,14 @@ class Flags:
         body = resp.get("Configuration")
         content = body.read() if hasattr(body, "read") else (body or b"")
         if content:  # empty: unchanged since the last answer
-            flags = parse_flags(content)
-            self._flags = {**self._defaults, **flags}
             self.version = resp.get("VersionLabel")
+            try:
+                flags = parse_flags(content)
+            except FlagDocumentError as exc:
+                # AWS does not document what the Data API returns for a flag with variants;
+                # the version label is what the worker needs from it.
+                log.info("AppConfig version %s is not a simplified document: %s", self.version, exc)
+                return int(resp.get("NextPollIntervalInSeconds") or 0)
+            self._flags = {**self._defaults, **flags}
             log.info("feature flags now %s (version %s)", self._flags, self.version)
         return int(resp.get("NextPollIntervalInSeconds") or 0)

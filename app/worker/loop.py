@@ -56,6 +56,7 @@ class Worker:
         self._connect = connect
         self._now = now
         self._conn: psycopg.Connection | None = None
+        self._drift: str | None = None
 
     # -- database connection, opened lazily and reopened after a failure ----------------------
 
@@ -69,6 +70,25 @@ class Worker:
             self._conn.close()
             self._conn = None
 
+    # -- the flag set ---------------------------------------------------------------------------
+
+    def check_flag_set(self) -> None:
+        """Poll AppConfig (cached per poll interval) and say once when the version it has
+        deployed is not the one this worker evaluates: someone changed the flags outside
+        `pulumi up`, or a deployment is under way. The worker keeps evaluating, and stamping,
+        its own version: rows always name the flags that really produced them."""
+        self.flags.current()
+        deployed = self.flags.version
+        if deployed and deployed != self.config.flag_set.version and deployed != self._drift:
+            log.warning(
+                "AppConfig serves flag set %s, this worker evaluates %s (its task definition's); "
+                "rows are stamped with %s",
+                deployed,
+                self.config.flag_set.version,
+                self.config.flag_set.version,
+            )
+        self._drift = deployed
+
     # -- one message ----------------------------------------------------------------------------
 
     def handle(self, message: dict[str, Any]) -> bool:
@@ -76,7 +96,8 @@ class Worker:
         message_id = message.get("MessageId", "?")
         try:
             record = record_from_message(message, self._now)
-            ctx = pipeline.Context(self.config.identity, self.flags.current())
+            self.check_flag_set()
+            ctx = pipeline.Context(self.config.identity, self.config.flag_set)
             plan = pipeline.process(record, ctx)
             conn = self.connection()  # first: only write when the database is ours and up
             self.raw.put(plan)

@@ -2,14 +2,17 @@
 
 `process(record, ctx)` returns a `WritePlan`: the raw object for the `raw` bucket and the event and
 curated rows for PostgreSQL, each stamped with the environment's provenance (`source`,
-`experiment_id`, `environment`). A record that can never be processed raises `InvalidRecord`; the
+`experiment_id`, `environment`) and with the flag variants that produced it (`flag_set_version`,
+`variants`, `experimental`: the environment's flag set evaluated on the record's attributes,
+`flagset.FlagSet.assign`). A record that can never be processed raises `InvalidRecord`; the
 worker leaves such a message on the queue so that it ends in the dead-letter queue.
 
 Curation turns the numbers in an event's JSON object into (key, value) rows:
 
 * v1 (default): the top-level numeric fields, keys as written.
-* v2 (feature flag `curate_v2`): nested objects are flattened into dotted keys (`cpu.user`) and
-  keys are lower-cased; two fields that end up with one key make the record invalid.
+* v2 (feature flag `curate_v2`, enabled in the record's variant): nested objects are flattened
+  into dotted keys (`cpu.user`) and keys are lower-cased; two fields that end up with one key
+  make the record invalid.
 
 Booleans are not numbers; numbers keep their exact decimal value.
 """
@@ -20,9 +23,11 @@ import datetime as dt
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from .flagset import Assignment, FlagSet, record_context
 
 SOURCE_BY_TIER = {"production": "production", "experiment": "experiment"}
 MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,128}$")
@@ -70,10 +75,27 @@ class Record:
 @dataclass(frozen=True)
 class Context:
     identity: Identity
-    flags: Mapping[str, bool] = field(default_factory=dict)
+    flag_set: FlagSet
 
-    def flag(self, name: str) -> bool:
-        return bool(self.flags.get(name, False))
+
+@dataclass(frozen=True)
+class Stamp:
+    """Which flags produced a row: the flag set's version and each flag's variant."""
+
+    flag_set_version: str
+    variants: Mapping[str, Assignment]
+
+    @property
+    def experimental(self) -> bool:
+        """Some variant that produced the row is experimental: the row must be marked."""
+        return any(a.experimental for a in self.variants.values())
+
+    def variants_json(self) -> str:
+        return json.dumps({k: a.stamp() for k, a in sorted(self.variants.items())})
+
+    def enabled(self, flag: str) -> bool:
+        a = self.variants.get(flag)
+        return a is not None and a.enabled
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class EventRow:
     source: str
     experiment_id: str | None
     environment: str
+    stamp: Stamp
 
 
 @dataclass(frozen=True)
@@ -101,6 +124,7 @@ class CuratedRow:
     source: str
     experiment_id: str | None
     environment: str
+    stamp: Stamp
 
 
 @dataclass(frozen=True)
@@ -119,7 +143,8 @@ def process(record: Record, ctx: Context) -> WritePlan:
         raise InvalidRecord("sent_at must be timezone-aware")
     payload = parse_payload(record.body)
     ident = ctx.identity
-    v2 = ctx.flag(FLAG_CURATE_V2)
+    stamp = Stamp(ctx.flag_set.version, ctx.flag_set.assign(record_context(payload)))
+    v2 = stamp.enabled(FLAG_CURATE_V2)
     values = curate_v2(payload) if v2 else curate_v1(payload)
 
     day = record.sent_at.astimezone(dt.UTC)
@@ -138,9 +163,10 @@ def process(record: Record, ctx: Context) -> WritePlan:
             source=ident.source,
             experiment_id=ident.experiment_id,
             environment=ident.environment,
+            stamp=stamp,
         ),
         curated=tuple(
-            CuratedRow(key, value, ident.source, ident.experiment_id, ident.environment)
+            CuratedRow(key, value, ident.source, ident.experiment_id, ident.environment, stamp)
             for key, value in sorted(values.items())
         ),
         curation="v2" if v2 else "v1",

@@ -50,15 +50,17 @@ class RawStore:
 
 
 INSERT_EVENT = """
-INSERT INTO envfence.events (message_id, payload, source, experiment_id, environment)
-VALUES (%s, %s::jsonb, %s, %s, %s)
+INSERT INTO envfence.events (message_id, payload, source, experiment_id, environment,
+                             flag_set_version, variants, experimental)
+VALUES (%s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s)
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id
 """
 
 INSERT_CURATED = """
-INSERT INTO envfence.curated (event_id, key, value, source, experiment_id, environment)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO envfence.curated (event_id, key, value, source, experiment_id, environment,
+                              flag_set_version, variants, experimental)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)
 """
 
 
@@ -70,8 +72,19 @@ def write_rows(conn: psycopg.Connection, plan: WritePlan) -> int | None:
     """
     ev = plan.event
     with conn.transaction():
+        st = ev.stamp
         row = conn.execute(
-            INSERT_EVENT, (ev.message_id, ev.payload, ev.source, ev.experiment_id, ev.environment)
+            INSERT_EVENT,
+            (
+                ev.message_id,
+                ev.payload,
+                ev.source,
+                ev.experiment_id,
+                ev.environment,
+                st.flag_set_version,
+                st.variants_json(),
+                st.experimental,
+            ),
         ).fetchone()
         if row is None:
             return None
@@ -81,7 +94,17 @@ def write_rows(conn: psycopg.Connection, plan: WritePlan) -> int | None:
                 cur.executemany(
                     INSERT_CURATED,
                     [
-                        (event_id, c.key, c.value, c.source, c.experiment_id, c.environment)
+                        (
+                            event_id,
+                            c.key,
+                            c.value,
+                            c.source,
+                            c.experiment_id,
+                            c.environment,
+                            c.stamp.flag_set_version,
+                            c.stamp.variants_json(),
+                            c.stamp.experimental,
+                        )
                         for c in plan.curated
                     ],
                 )

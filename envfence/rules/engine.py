@@ -140,6 +140,7 @@ def all_rules() -> list[Rule]:
         compute,
         coverage,
         data,
+        flags,
         identity,
         keys,
         network,

@@ -109,6 +109,10 @@ class Environment(pulumi.ComponentResource):
             "APPCONFIG_APPLICATION": self.flags.application.id,
             "APPCONFIG_ENVIRONMENT": self.flags.environment.environment_id,
             "APPCONFIG_PROFILE": self.flags.profile.configuration_profile_id,
+            # The flag set the worker evaluates per record (AppConfig's SDK returns no variant
+            # data): the hosted version's content, and its label (infra/components/flags.py).
+            "FLAG_SET": self.flags.document,
+            "FLAG_SET_VERSION": self.flags.version_label,
         }
         if s.experiment_id:
             worker_env["ENVFENCE_EXPERIMENT_ID"] = s.experiment_id

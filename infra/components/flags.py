@@ -1,32 +1,141 @@
-"""The environment's feature flags in AWS AppConfig.
+"""The environment's feature flags in AWS AppConfig: multi-variant flags with targeting rules.
 
 Each environment has its own application, so a flag flipped for an experiment can never switch a
 feature on in production. Flags marked `experimental` are on only in experiment stacks unless
-the stack's config says otherwise; the worker reads them through AppConfig Data with the service
-role, which may read this environment's configuration profile and nothing else.
+the stack's config says otherwise; in production an experimental flag reaches only the records
+its variants target (settings.py refuses a 100 % rollout and wants an owner and an end date).
+
+The document is AppConfig's AWS.AppConfig.FeatureFlags type: flags under `flags`, their values
+and `_variants` under `values`, the default variant last and without a rule
+(https://docs.aws.amazon.com/appconfig/latest/userguide/appconfig-type-reference-feature-flags.html,
+https://docs.aws.amazon.com/appconfig/latest/userguide/appconfig-creating-multi-variant-feature-flags-procedures.html).
+Each variant's rule is written in AppConfig's rule language
+(https://docs.aws.amazon.com/appconfig/latest/userguide/appconfig-creating-multi-variant-feature-flags-rules-operators.html):
+`(in $group [...])`, `(in $region [...])`, and a percentage as a slice of one stable split of
+`$userId` seeded with the flag's name (`split` thresholds with one seed nest, so the slice
+[lo, hi) is `(and (split pct::hi) (not (split pct::lo)))`). Every variant carries the attribute
+`experimental` (rows it produces must be marked) and, when declared, `owner`; an end date is
+the flag's `_deprecation` date.
+
+AppConfig's SDK calls return no variant data (only its Agent evaluates rules), so the worker
+evaluates this same document itself: the task definition hands it over in `FLAG_SET`, with
+`FLAG_SET_VERSION` the label of this hosted configuration version (`flag_set_version`). The
+provider stores the content as a secret; the label, a hash of it, is not, and `envfence check`
+(EF505) holds the task definition's copy to it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 
 import pulumi
 import pulumi_aws as aws
 
 from envfence import naming
-from envfence.settings import FeatureFlag, Settings
+from envfence.settings import DEFAULT_VARIANT, FeatureFlag, Settings, Targeting
+
+EXPERIMENTAL_ATTRIBUTE = "experimental"
+OWNER_ATTRIBUTE = "owner"
+
+
+def flag_set_version(document: str) -> str:
+    """The hosted configuration version's label: `fs-` and the start of the SHA-256 (at least
+    one non-digit, at most 64 characters, as AppConfig's VersionLabel requires). The worker
+    computes the same (app/worker/flagset.py) and refuses a document that does not match."""
+    return "fs-" + hashlib.sha256(document.encode("utf-8")).hexdigest()[:20]
+
+
+def _pct(hundredths: int) -> str:
+    return str(Decimal(hundredths) / 100)
+
+
+def _in(key: str, values: tuple[str, ...]) -> str:
+    return f"(in ${key} [{', '.join(json.dumps(v) for v in values)}])"
+
+
+def _split(flag: str, hundredths: int) -> str:
+    return f"(split by::$userId pct::{_pct(hundredths)} seed::{json.dumps(flag)})"
+
+
+def targeting_rule(flag: str, t: Targeting) -> str:
+    """One condition as an AppConfig rule expression (every given attribute must hold)."""
+    parts = []
+    if t.groups is not None:
+        parts.append(_in("group", t.groups))
+    if t.regions is not None:
+        parts.append(_in("region", t.regions))
+    if t.split is not None:
+        low, high = t.split
+        if low == 0:
+            parts.append(_split(flag, high))
+        else:
+            parts.append(f"(and {_split(flag, high)} (not {_split(flag, low)}))")
+    return parts[0] if len(parts) == 1 else f"(and {' '.join(parts)})"
+
+
+def variant_rule(flag: str, match: tuple[Targeting, ...]) -> str:
+    rules = [targeting_rule(flag, t) for t in match]
+    return rules[0] if len(rules) == 1 else f"(or {' '.join(rules)})"
+
+
+def _attributes(f: FeatureFlag, enabled: bool) -> dict[str, object]:
+    values: dict[str, object] = {EXPERIMENTAL_ATTRIBUTE: f.experimental and enabled}
+    if f.owner is not None:
+        values[OWNER_ATTRIBUTE] = f.owner
+    return values
 
 
 def feature_flags_document(flags: tuple[FeatureFlag, ...]) -> str:
     """The AWS.AppConfig.FeatureFlags content: flag definitions and this stack's values."""
+    definitions: dict[str, object] = {}
+    values: dict[str, object] = {}
+    for f in flags:
+        attributes: dict[str, object] = {
+            EXPERIMENTAL_ATTRIBUTE: {
+                "description": "rows produced with this variant are experimental data",
+                "constraints": {"type": "boolean"},
+            }
+        }
+        if f.owner is not None:
+            attributes[OWNER_ATTRIBUTE] = {
+                "description": "who answers for this flag",
+                "constraints": {"type": "string"},
+            }
+        definition: dict[str, object] = {
+            "name": f.name,
+            "description": f.description,
+            "attributes": attributes,
+        }
+        if f.ends_on is not None:
+            definition["_deprecation"] = {"status": "planned", "date": f.ends_on.isoformat()}
+        definitions[f.name] = definition
+        if not f.variants:
+            values[f.name] = {"enabled": f.enabled, **_attributes(f, f.enabled)}
+            continue
+        variants: list[dict[str, object]] = [
+            {
+                "name": v.name,
+                "enabled": v.enabled,
+                "rule": variant_rule(f.name, v.match),
+                "attributeValues": _attributes(f, v.enabled),
+            }
+            for v in f.variants
+        ]
+        variants.append(
+            {
+                "name": DEFAULT_VARIANT,
+                "enabled": f.enabled,
+                "attributeValues": _attributes(f, f.enabled),
+            }
+        )
+        values[f.name] = {"_variants": variants}
     return json.dumps(
-        {
-            "version": "1",
-            "flags": {f.name: {"name": f.name, "description": f.description} for f in flags},
-            "values": {f.name: {"enabled": f.enabled} for f in flags},
-        },
+        {"version": "1", "flags": definitions, "values": values},
         sort_keys=True,
+        separators=(",", ":"),
     )
 
 
@@ -40,6 +149,8 @@ class Flags(pulumi.ComponentResource):
     environment: aws.appconfig.Environment
     profile: aws.appconfig.ConfigurationProfile
     configuration_arn: pulumi.Output[str]
+    document: str  # the flag set this stack deploys (the worker's FLAG_SET)
+    version_label: str  # its hosted configuration version's label (FLAG_SET_VERSION)
 
     def __init__(self, name: str, args: FlagsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Flags", name, None, opts)
@@ -66,12 +177,16 @@ class Flags(pulumi.ComponentResource):
             type="AWS.AppConfig.FeatureFlags",
             opts=child,
         )
+        self.document = feature_flags_document(s.flags)
+        self.version_label = flag_set_version(self.document)
         version = aws.appconfig.HostedConfigurationVersion(
             "flags-version",
             application_id=self.application.id,
             configuration_profile_id=self.profile.configuration_profile_id,
             content_type="application/json",
-            content=feature_flags_document(s.flags),
+            content=self.document,
+            # The worker's FLAG_SET_VERSION: it stamps every row with it.
+            version_label=self.version_label,
             description=f"flags of {s.stack}",
             opts=child,
         )
