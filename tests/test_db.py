@@ -15,6 +15,7 @@ from psycopg import errors, sql
 from app.worker import pipeline
 from app.worker.store import write_rows
 from db.migrate import MIGRATIONS_DIR, Identity, IdentityMismatch, MigrationError, main, migrate
+from tests.flagsets import CURATE_OFF, flag_set
 
 if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would skip rewriting
     from tests.pg import Database
@@ -26,9 +27,12 @@ MakeDb = Callable[..., "Database"]
 PROD = {"environment": "prod", "tier": "production", "experiment_id": None}
 EXP = {"environment": "experiment-ab12", "tier": "experiment", "experiment_id": "ab12"}
 
+# Every row carries the flag variants that produced it (0005): here a flag set without flags.
+STAMP_COLUMNS = ", flag_set_version, variants"
+STAMP_VALUES = ", 'fs-test', '{}'"
 INSERT_EVENT = (
-    "INSERT INTO envfence.events (payload, source, experiment_id, environment)"
-    " VALUES ('{\"n\": 1}', %s, %s, %s) RETURNING id"
+    f"INSERT INTO envfence.events (payload, source, experiment_id, environment{STAMP_COLUMNS})"
+    f" VALUES ('{{\"n\": 1}}', %s, %s, %s{STAMP_VALUES}) RETURNING id"
 )
 
 
@@ -51,6 +55,7 @@ def test_migrations_apply_in_order_and_are_idempotent(pg: Database) -> None:
             "0002_provenance_fence",
             "0003_roles",
             "0004_retention",
+            "0005_flag_variants",
         ]
         assert migrate(conn, **PROD) == []
         rows = conn.execute(
@@ -61,6 +66,7 @@ def test_migrations_apply_in_order_and_are_idempotent(pg: Database) -> None:
             ("0002", "provenance_fence"),
             ("0003", "roles"),
             ("0004", "retention"),
+            ("0005", "flag_variants"),
         ]
         identity = conn.execute(
             "SELECT environment, tier, experiment_id FROM envfence.environment_identity"
@@ -98,7 +104,8 @@ def test_command_line(pg: Database, capsys: pytest.CaptureFixture[str]) -> None:
     args += ["--experiment-id", "shared"]
     assert main(args) == 0
     assert capsys.readouterr().out == (
-        "db.migrate: applied 0001_schema, 0002_provenance_fence, 0003_roles, 0004_retention\n"
+        "db.migrate: applied 0001_schema, 0002_provenance_fence, 0003_roles, 0004_retention, "
+        "0005_flag_variants\n"
     )
     assert main(args) == 0
     assert capsys.readouterr().out == "db.migrate: up to date\n"
@@ -178,8 +185,8 @@ def test_curated_rows_are_fenced_too(envfence_db: MakeDb) -> None:
         ).fetchone()
         insert = (
             "INSERT INTO envfence.curated"
-            " (event_id, key, value, source, experiment_id, environment)"
-            " VALUES (%s, 'n', 1, %s, %s, %s)"
+            f" (event_id, key, value, source, experiment_id, environment{STAMP_COLUMNS})"
+            f" VALUES (%s, 'n', 1, %s, %s, %s{STAMP_VALUES})"
         )
         with pytest.raises(errors.CheckViolation, match="source must be 'experiment'"):
             conn.execute(insert, (event_id, "production", None, "prod"))
@@ -284,7 +291,7 @@ def test_rows_written_by_the_worker_carry_provenance(
     envfence_db: MakeDb, identity: dict[str, str | None]
 ) -> None:
     db = envfence_db(**identity)
-    ctx = pipeline.Context(pipeline.Identity(**identity))  # type: ignore[arg-type]
+    ctx = pipeline.Context(pipeline.Identity(**identity), flag_set(CURATE_OFF))  # type: ignore[arg-type]
     record = pipeline.Record(
         message_id="0f8e8a2c-1111-4d2e-9f00-000000000001",
         body='{"temperature": 21.5, "count": 3, "label": "x", "nested": {"a": 1}}',

@@ -47,8 +47,8 @@ def add_event(
 ) -> int:
     """An event (and its curated rows) as the worker writes them, then aged by the superuser."""
     row = conn.execute(
-        "INSERT INTO envfence.events (payload, source, experiment_id, environment)"
-        " VALUES ('{}', %s, %s, %s) RETURNING id",
+        "INSERT INTO envfence.events (payload, source, experiment_id, environment,"
+        " flag_set_version, variants) VALUES ('{}', %s, %s, %s, 'fs-test', '{}') RETURNING id",
         provenance(identity),
     ).fetchone()
     assert row is not None
@@ -70,8 +70,9 @@ def add_curated(
 ) -> None:
     conn.execute(
         "INSERT INTO envfence.curated"
-        " (event_id, key, value, source, experiment_id, environment, created_at)"
-        " VALUES (%s, %s, 1, %s, %s, %s, now() - make_interval(days => %s))",
+        " (event_id, key, value, source, experiment_id, environment, created_at,"
+        " flag_set_version, variants)"
+        " VALUES (%s, %s, 1, %s, %s, %s, now() - make_interval(days => %s), 'fs-test', '{}')",
         (event_id, key, *provenance(identity), age_days),
     )
 

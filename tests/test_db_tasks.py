@@ -110,9 +110,9 @@ def test_the_retention_schedule_runs_the_retention_job(
     with master_db.connect() as conn:
         conn.execute(
             "INSERT INTO envfence.events (message_id, payload, source, experiment_id, environment,"
-            " received_at) VALUES ('old', '{}', 'experiment', 'shared', 'experiment',"
-            " now() - interval '40 days'), ('new', '{}', 'experiment', 'shared', 'experiment',"
-            " now())"
+            " received_at, flag_set_version, variants) VALUES ('old', '{}', 'experiment',"
+            " 'shared', 'experiment', now() - interval '40 days', 'fs-test', '{}'),"
+            " ('new', '{}', 'experiment', 'shared', 'experiment', now(), 'fs-test', '{}')"
         )
     done = run_in_image(container, override["command"], env)
     assert done.returncode == 0, done.stderr

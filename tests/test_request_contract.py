@@ -28,6 +28,9 @@ from app.worker.flags import Flags
 from app.worker.loop import Worker
 from envfence.prove import contract, translate
 from envfence.prove.contract import Contract, Recorder
+from tests.flagsets import CURATE_OFF, document
+
+FLAG_SET, FLAG_SET_VERSION = document(CURATE_OFF)
 
 if TYPE_CHECKING:
     from tests.pg import Database
@@ -68,6 +71,8 @@ def record(identity: pipeline.Identity, database: Database) -> tuple[list[transl
         "APPCONFIG_APPLICATION": "app0001",
         "APPCONFIG_ENVIRONMENT": "env0001",
         "APPCONFIG_PROFILE": "prf0001",
+        "FLAG_SET": FLAG_SET,
+        "FLAG_SET_VERSION": FLAG_SET_VERSION,
     }
     if identity.experiment_id:
         environ["ENVFENCE_EXPERIMENT_ID"] = identity.experiment_id

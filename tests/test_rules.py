@@ -383,7 +383,7 @@ CASES = [
         P,
         "experimental flag curate_v2 is on for everyone in production (variant default",
     ),
-    Case("experiment_without_owner", "EF505", P, "curate_v2 is live in production without an owner"),
+    Case("experiment_without_owner", "EF505", P, "is live in production without an owner"),
     Case("experiment_without_owner", "EF505", P, "without an end date (_deprecation.date)"),
     Case("flag_set_not_deployed", "EF505", P, "but AppConfig serves fs-0123456789abcdef0123"),
     # EF601-EF603 compute

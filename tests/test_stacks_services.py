@@ -60,6 +60,7 @@ from test_stacks import (
 import envfence.evaluate as evaluate_module
 from envfence.cli import main
 from envfence.evaluate import evaluate
+from envfence.flagset import flag_set_version
 from envfence.model import Resource, StackState
 from envfence.project import Project
 
@@ -240,7 +241,8 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 def override_config(stack: str) -> dict[str, str]:
     """The stack file's config with a prebuilt image of the stack's own repository, one more
-    task, every experimental flag of the file set against its tier's default, three new flags,
+    task, every experimental flag of the file switched off (in production: its variants), three
+    new flags,
     other alert e-mails and (experiments only) an expiry date."""
     config = dict(PROJECT.stack_config(stack))
     production = registered_tier(stack) == "production"
@@ -255,7 +257,11 @@ def override_config(stack: str) -> dict[str, str]:
     flags = _value(config, "envfence:flags", {})
     for spec in flags.values():
         if spec.get("experimental"):
-            spec["enabled"] = production
+            if production:  # never on for everyone there: the live experiment is stopped
+                for variant in spec.get("variants", []):
+                    variant["enabled"] = False
+            else:
+                spec["enabled"] = False
     flags["fresh_experimental"] = {"description": "new, no value", "experimental": True}
     flags["stable"] = {"description": "not experimental, no value"}
     flags["forced_on"] = {"description": "not experimental, on", "enabled": True}
@@ -958,6 +964,12 @@ def test_retention_schedule_runs_the_database_task_in_experiments_only(
 # -- feature flags -----------------------------------------------------------------------------
 
 
+def default_status(value: dict[str, Any]) -> bool:
+    """A flag's status for records no variant targets: the last variant's, else its own."""
+    variants = value.get("_variants")
+    return bool(variants[-1]["enabled"] if variants else value["enabled"])
+
+
 def check_flags(state: StackState, expect: Expect) -> None:
     """Application, environment, profile, hosted version from `flags`, and its deployment."""
     app, env, profile = appconfig_of(state)
@@ -981,7 +993,16 @@ def check_flags(state: StackState, expect: Expect) -> None:
     assert {name: spec.get("description", "") for name, spec in content["flags"].items()} == (
         expect.flag_descriptions
     )
-    assert {name: value["enabled"] for name, value in content["values"].items()} == expect.flags
+    assert {name: default_status(value) for name, value in content["values"].items()} == (
+        expect.flags
+    )
+    # The worker evaluates exactly this document, and stamps rows with its label.
+    assert version.inputs["versionLabel"] == flag_set_version(version.inputs["content"])
+    task = state.named("worker-task", TASK)
+    (worker,) = json.loads(task.inputs["containerDefinitions"])
+    variables = {e["name"]: e["value"] for e in worker["environment"]}
+    assert variables["FLAG_SET"] == version.inputs["content"]
+    assert variables["FLAG_SET_VERSION"] == version.inputs["versionLabel"]
 
     strategy = only(state.of_type(STRATEGY), "deployment strategy")
     assert owner_of(strategy.inputs["name"], expect.facts.project) == expect.facts.stack
@@ -1006,7 +1027,7 @@ def test_experimental_flags_are_on_only_in_experiment_stacks(
     assert unset, "the stack file has an experimental flag without a value"
     content = json.loads(only(state.of_type(VERSION), "hosted version").inputs["content"])
     for name in unset:
-        assert content["values"][name]["enabled"] is (not expect.facts.production), name
+        assert default_status(content["values"][name]) is (not expect.facts.production), name
 
 
 def test_only_the_service_role_reads_flags_and_only_its_own(
@@ -1436,8 +1457,12 @@ def test_flag_values_follow_the_config(overridden: StackState) -> None:
     experimental = [name for name, spec in file_flags.items() if spec.get("experimental")]
     assert experimental
     content = json.loads(only(overridden.of_type(VERSION), "hosted version").inputs["content"])
-    values = {name: value["enabled"] for name, value in content["values"].items()}
-    assert {name: values[name] for name in experimental} == dict.fromkeys(experimental, production)
+    values = {name: default_status(value) for name, value in content["values"].items()}
+    assert {name: values[name] for name in experimental} == dict.fromkeys(experimental, False)
+    for name in experimental:  # a stopped experiment: no variant is on
+        variants = content["values"][name].get("_variants", [])
+        assert not any(v["enabled"] for v in variants), name
+    assert any(content["values"][n].get("_variants") for n in experimental) is production
     assert {k: values[k] for k in ("fresh_experimental", "stable", "forced_on")} == {
         "fresh_experimental": not production,
         "stable": False,

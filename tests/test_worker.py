@@ -32,6 +32,7 @@ from app.worker.__main__ import main
 from app.worker.config import ConfigError, load_config
 from app.worker.flags import FlagDocumentError, Flags, parse_flags
 from app.worker.loop import Worker
+from tests.flagsets import CURATE_OFF, CURATE_ON, document, flag_set, live_experiment
 
 if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would skip rewriting
     from tests.pg import Database
@@ -47,6 +48,8 @@ SENT_MS = "1709640000000"  # 2024-03-05T12:00:00Z
 SENT = dt.datetime(2024, 3, 5, 12, 0, tzinfo=dt.UTC)
 MID = "5fea7756-0ea4-451a-a703-a558b933e274"
 BODY = '{"temperature": 21.50, "count": 3, "ok": true, "Cpu": {"User": 0.25, "sys": 1}}'
+
+OFF = flag_set(CURATE_OFF)
 
 # -- fakes ----------------------------------------------------------------------------------------
 
@@ -166,6 +169,8 @@ def environ(identity: pipeline.Identity = EXP, **override: str | None) -> dict[s
         "APPCONFIG_APPLICATION": "envfence",
         "APPCONFIG_ENVIRONMENT": identity.environment,
         "APPCONFIG_PROFILE": "flags",
+        "FLAG_SET": document(CURATE_OFF)[0],
+        "FLAG_SET_VERSION": document(CURATE_OFF)[1],
         **override,
     }
     return {k: v for k, v in env.items() if v is not None}
@@ -175,11 +180,17 @@ def environ(identity: pipeline.Identity = EXP, **override: str | None) -> dict[s
 
 
 def test_production_record_becomes_a_production_plan() -> None:
-    plan = pipeline.process(pipeline.Record(MID, BODY, SENT), pipeline.Context(PROD))
+    plan = pipeline.process(pipeline.Record(MID, BODY, SENT), pipeline.Context(PROD, OFF))
     assert plan.raw.key == f"raw/prod/2024/03/05/{MID}.json"
     assert plan.raw.body == BODY.encode()
     assert plan.raw.tags == plan.raw.metadata == {"environment": "prod"}
-    assert plan.event == pipeline.EventRow(MID, BODY, "production", None, "prod")
+    stamp = pipeline.Stamp(OFF.version, OFF.assign({}))
+    assert plan.event == pipeline.EventRow(MID, BODY, "production", None, "prod", stamp)
+    assert stamp.variants_json() == (
+        '{"curate_v2": {"variant": "default", "enabled": false, "default": true, '
+        '"experimental": false}}'
+    )
+    assert not stamp.experimental
     assert plan.curation == "v1"
     assert [(c.key, c.value) for c in plan.curated] == [
         ("count", Decimal(3)),
@@ -192,7 +203,7 @@ def test_production_record_becomes_a_production_plan() -> None:
 
 def test_experiment_record_carries_the_experiment_id() -> None:
     late = dt.datetime(2024, 3, 5, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
-    plan = pipeline.process(pipeline.Record(MID, BODY, late), pipeline.Context(EXP))
+    plan = pipeline.process(pipeline.Record(MID, BODY, late), pipeline.Context(EXP, OFF))
     assert plan.raw.key == f"raw/experiment-ab12/2024/03/06/{MID}.json"  # the UTC day
     assert plan.raw.tags == {"environment": "experiment-ab12", "experiment-id": "ab12"}
     assert plan.event.source == "experiment"
@@ -203,7 +214,7 @@ def test_experiment_record_carries_the_experiment_id() -> None:
 
 
 def test_curate_v2_flattens_and_lowercases() -> None:
-    ctx = pipeline.Context(EXP, {"curate_v2": True})
+    ctx = pipeline.Context(EXP, flag_set(CURATE_ON))
     plan = pipeline.process(pipeline.Record(MID, BODY, SENT), ctx)
     assert plan.curation == "v2"
     assert [(c.key, str(c.value)) for c in plan.curated] == [
@@ -217,9 +228,8 @@ def test_curate_v2_flattens_and_lowercases() -> None:
 
 
 def test_process_is_pure() -> None:
-    record, ctx = pipeline.Record(MID, BODY, SENT), pipeline.Context(EXP, {"curate_v2": False})
+    record, ctx = pipeline.Record(MID, BODY, SENT), pipeline.Context(EXP, OFF)
     assert pipeline.process(record, ctx) == pipeline.process(record, ctx)
-    assert ctx.flags == {"curate_v2": False}
 
 
 @pytest.mark.parametrize(
@@ -235,7 +245,7 @@ def test_process_is_pure() -> None:
 )
 def test_invalid_records_are_refused(message_id: str, body: str, problem: str) -> None:
     with pytest.raises(pipeline.InvalidRecord, match=problem):
-        pipeline.process(pipeline.Record(message_id, body, SENT), pipeline.Context(PROD))
+        pipeline.process(pipeline.Record(message_id, body, SENT), pipeline.Context(PROD, OFF))
 
 
 # -- feature flags --------------------------------------------------------------------------------
@@ -398,10 +408,13 @@ def make_worker(
     appconfig: FakeAppConfig | None = None,
     rds: Any = None,
     port: int | None = None,
+    flags: tuple[str, str] | None = None,
 ) -> Worker:
+    flag_env = {} if flags is None else {"FLAG_SET": flags[0], "FLAG_SET_VERSION": flags[1]}
     config = load_config(
         environ(
             identity,
+            **flag_env,
             DB_HOST=database.host,
             DB_PORT=str(port or database.port),
             DB_NAME=database.name,
@@ -466,20 +479,38 @@ def test_message_is_written_to_s3_and_postgres_then_deleted(envfence_db: MakeDb)
     ]
 
 
-def test_production_worker_with_curate_v2(envfence_db: MakeDb) -> None:
+def test_production_worker_runs_a_live_experiment(envfence_db: MakeDb) -> None:
+    """Production's `curate_v2` experiment: the internal group gets v2, everyone else v1; the
+    rows say which variant produced them, and the internal group's are marked experimental."""
     database = envfence_db("prod", "production")
-    sqs, s3 = FakeSQS([BODY, '{"a": {"b": 2}}']), FakeS3()
-    appconfig = FakeAppConfig(b'{"curate_v2": {"enabled": true}}')
-    worker = make_worker(database, sqs, s3, identity=PROD, appconfig=appconfig)
+    internal = '{"user_id": "u-1", "group": "internal", "n": 1, "a": {"b": 2}}'
+    outside = '{"user_id": "u-2", "group": "customers", "n": 1, "a": {"b": 2}}'
+    sqs, s3 = FakeSQS([BODY, internal, outside]), FakeS3()
+    flags = document(live_experiment(percent=0))
+    appconfig = FakeAppConfig(b'{"curate_v2": {"enabled": false}}')
+    worker = make_worker(database, sqs, s3, identity=PROD, appconfig=appconfig, flags=flags)
     try:
-        assert worker.poll_once() == (2, 2)
+        assert worker.poll_once() == (3, 3)
     finally:
         worker.close()
     assert appconfig.fetches == 1  # cached across the batch
     events, curated = stored(database)
     assert {e[2:] for e in events} == {("production", None, "prod")}
-    assert [c[1] for c in curated] == ["count", "cpu.sys", "cpu.user", "temperature", "a.b"]
     assert {c[3:] for c in curated} == {("production", None, "prod")}
+    with database.connect() as conn:
+        rows = conn.execute(
+            "SELECT e.message_id, c.key, c.flag_set_version, c.variants -> 'curate_v2' ->> "
+            "'variant', c.experimental FROM envfence.curated c JOIN envfence.events e "
+            "ON e.id = c.event_id ORDER BY e.id, c.key"
+        ).fetchall()
+    version = flags[1]
+    assert rows == [
+        (f"{MID[:-1]}0", "count", version, "default", False),
+        (f"{MID[:-1]}0", "temperature", version, "default", False),
+        (f"{MID[:-1]}1", "a.b", version, "internal", True),  # v2 curation: flattened
+        (f"{MID[:-1]}1", "n", version, "internal", True),
+        (f"{MID[:-1]}2", "n", version, "default", False),  # v1: top-level numbers only
+    ]
     assert {tuple(parse_qsl(o["Tagging"])) for o in s3.objects.values()} == {
         (("environment", "prod"),)
     }

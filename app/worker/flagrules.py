@@ -345,7 +345,7 @@ def _parse(rule: str) -> Expr:
     # Expr is immutable, so the same rule text may share one parsed form
     if len(rule) > MAX_RULE_LENGTH:
         raise RuleError(f"a rule is at most {MAX_RULE_LENGTH} characters, got {len(rule)}")
-    parser = _Parser([t for t in _tokens(rule)])
+    parser = _Parser(list(_tokens(rule)))
     first = parser.peek()
     if first is None:
         raise RuleError('empty rule: expected an expression such as (eq $key "value")')
@@ -455,10 +455,6 @@ def _describe(arg: _Arg) -> str:
     return repr(arg.text)
 
 
-def _pos(arg: _Arg) -> int:
-    return arg.pos
-
-
 def _build(op: _Token, positional: list[_Arg], named: dict[str, _Arg]) -> Expr:
     name = op.text
     if name in _NAMED_ARGS:
@@ -467,14 +463,14 @@ def _build(op: _Token, positional: list[_Arg], named: dict[str, _Arg]) -> Expr:
             raise _error(
                 f"'{name}' takes only named arguments ({', '.join(sorted(required | optional))}), "
                 f"got {_describe(positional[0])}",
-                _pos(positional[0]),
+                positional[0].pos,
             )
         for arg_name in named:
             if arg_name not in required | optional:
                 raise _error(
                     f"'{name}' has no argument '{arg_name}::' "
                     f"(it takes {', '.join(sorted(required | optional))})",
-                    _pos(named[arg_name]),
+                    named[arg_name].pos,
                 )
         missing = sorted(required - named.keys())
         if missing:
@@ -487,9 +483,7 @@ def _build(op: _Token, positional: list[_Arg], named: dict[str, _Arg]) -> Expr:
 
     if named:
         arg_name = next(iter(named))
-        raise _error(
-            f"'{name}' takes no named arguments, got '{arg_name}::'", _pos(named[arg_name])
-        )
+        raise _error(f"'{name}' takes no named arguments, got '{arg_name}::'", named[arg_name].pos)
     if name in ("and", "or"):
         if not positional:
             raise _error(f"'{name}' takes at least 1 operand, got 0", op.pos)
@@ -505,7 +499,7 @@ def _build(op: _Token, positional: list[_Arg], named: dict[str, _Arg]) -> Expr:
         if not isinstance(second, _Token) or second.kind not in _CONSTANT_KINDS:
             raise _error(
                 f"the second operand of '{name}' must be a constant, got {_describe(second)}",
-                _pos(second),
+                second.pos,
             )
         if name != "eq" and second.kind == "bool":
             raise _error(f"'{name}' cannot order booleans: {second.text}", second.pos)
@@ -515,7 +509,7 @@ def _build(op: _Token, positional: list[_Arg], named: dict[str, _Arg]) -> Expr:
     # in
     if not isinstance(second, _ListArg):
         raise _error(
-            f"the second operand of 'in' must be a list, got {_describe(second)}", _pos(second)
+            f"the second operand of 'in' must be a list, got {_describe(second)}", second.pos
         )
     if not second.values:
         raise _error("the list of 'in' is empty", second.pos)
@@ -535,23 +529,21 @@ def _want_expr(arg: _Arg, op: str) -> Expr:
     if not isinstance(arg, _ExprArg):
         raise _error(
             f"the operands of '{op}' must be expressions '(operator ...)', got {_describe(arg)}",
-            _pos(arg),
+            arg.pos,
         )
     return arg.expr
 
 
 def _want_context(arg: _Arg, what: str) -> str:
     if not isinstance(arg, _Token) or arg.kind != "context":
-        raise _error(
-            f"{what} must be a context value such as $key, got {_describe(arg)}", _pos(arg)
-        )
+        raise _error(f"{what} must be a context value such as $key, got {_describe(arg)}", arg.pos)
     key: str = arg.value
     return key
 
 
 def _want_string(arg: _Arg, what: str) -> str:
     if not isinstance(arg, _Token) or arg.kind != "string":
-        raise _error(f"{what} must be a string, got {_describe(arg)}", _pos(arg))
+        raise _error(f"{what} must be a string, got {_describe(arg)}", arg.pos)
     text: str = arg.value
     return text
 
@@ -570,7 +562,7 @@ def _matches(named: dict[str, _Arg]) -> Matches:
     try:
         pattern = re.compile(source)
     except re.error as exc:
-        raise _error(f"invalid regex {source!r}: {exc}", _pos(named["pattern"])) from None
+        raise _error(f"invalid regex {source!r}: {exc}", named["pattern"].pos) from None
     return Matches(key, pattern)
 
 
@@ -578,7 +570,7 @@ def _split(named: dict[str, _Arg]) -> Split:
     key = _want_context(named["by"], "by::")
     pct = named["pct"]
     if not isinstance(pct, _Token) or pct.kind not in ("int", "float"):
-        raise _error(f"pct:: must be a number from 0 to 100, got {_describe(pct)}", _pos(pct))
+        raise _error(f"pct:: must be a number from 0 to 100, got {_describe(pct)}", pct.pos)
     try:
         hundredths = Decimal(pct.text) * 100
         exact = hundredths == hundredths.to_integral_value()
@@ -625,31 +617,65 @@ def evaluate(expr: Expr, context: Context, *, flag: str) -> bool:
 
 
 def _eval(expr: Expr, context: Context, flag: str) -> bool:
-    if isinstance(expr, And):
-        return all([_eval(e, context, flag) for e in expr.operands])  # no short-circuit
-    if isinstance(expr, Or):
-        return any([_eval(e, context, flag) for e in expr.operands])
-    if isinstance(expr, Not):
-        return not _eval(expr.operand, context, flag)
-    if isinstance(expr, Exists):
-        return expr.key in context
-    actual = _lookup(context, expr.key)
-    if isinstance(expr, Compare):
-        return _ORDER[expr.op](_coerce(actual, expr.value), expr.value)
-    if isinstance(expr, StringTest):
-        return _STRING_OPS[expr.op](_coerce(actual, expr.text), expr.text)
-    if isinstance(expr, In):
-        value = _coerce(actual, expr.values[0])
-        return any(value == v for v in expr.values)
-    if isinstance(expr, Matches):
-        return expr.pattern.search(_coerce(actual, "")) is not None
-    return split_bucket(_split_text(actual), flag=flag, seed=expr.seed) < expr.threshold
+    result: bool = _EVALUATORS[type(expr)](expr, context, flag)
+    return result
 
 
 def _lookup(context: Context, key: str) -> object:
     if key not in context:
         raise _NoMatch
     return context[key]
+
+
+def _eval_and(expr: And, context: Context, flag: str) -> bool:
+    return all([_eval(e, context, flag) for e in expr.operands])  # no short-circuit
+
+
+def _eval_or(expr: Or, context: Context, flag: str) -> bool:
+    return any([_eval(e, context, flag) for e in expr.operands])  # no short-circuit
+
+
+def _eval_not(expr: Not, context: Context, flag: str) -> bool:
+    return not _eval(expr.operand, context, flag)
+
+
+def _eval_exists(expr: Exists, context: Context, flag: str) -> bool:
+    return expr.key in context
+
+
+def _eval_compare(expr: Compare, context: Context, flag: str) -> bool:
+    return _ORDER[expr.op](_coerce(_lookup(context, expr.key), expr.value), expr.value)
+
+
+def _eval_string_test(expr: StringTest, context: Context, flag: str) -> bool:
+    return _STRING_OPS[expr.op](_coerce(_lookup(context, expr.key), expr.text), expr.text)
+
+
+def _eval_in(expr: In, context: Context, flag: str) -> bool:
+    value = _coerce(_lookup(context, expr.key), expr.values[0])
+    return any(value == v for v in expr.values)
+
+
+def _eval_matches(expr: Matches, context: Context, flag: str) -> bool:
+    return expr.pattern.search(_coerce(_lookup(context, expr.key), "")) is not None
+
+
+def _eval_split(expr: Split, context: Context, flag: str) -> bool:
+    value = _split_text(_lookup(context, expr.key))
+    return split_bucket(value, flag=flag, seed=expr.seed) < expr.threshold
+
+
+_EVALUATORS: Mapping[type, Callable[[Any, Context, str], bool]] = {
+    And: _eval_and,
+    Or: _eval_or,
+    Not: _eval_not,
+    Exists: _eval_exists,
+    Compare: _eval_compare,
+    StringTest: _eval_string_test,
+    In: _eval_in,
+    Matches: _eval_matches,
+    Split: _eval_split,
+}
 
 
 def _coerce(actual: object, like: Constant) -> Any:
@@ -712,23 +738,38 @@ def select_variant(variants: Sequence[Mapping[str, Any]], context: Context, *, f
     The whole list is checked first, whatever the context: RuleError if it is empty, if the last
     variant has a `rule`, if another has none, or if a rule does not parse.
     """
-    if not variants:
-        raise RuleError(f"flag {flag!r}: no variants (the default variant is required)")
-    last = len(variants) - 1
-    rules: list[Expr] = []
-    for index, variant in enumerate(variants):
-        label = f"flag {flag!r}, variant {index} ({variant.get('name', '?')!r})"
-        if index == last:
-            if "rule" in variant:
-                raise RuleError(f"{label}: the last variant is the default and cannot have a rule")
-            break
-        if "rule" not in variant:
-            raise RuleError(f"{label}: has no rule; only the last variant, the default, has none")
-        try:
-            rules.append(parse(variant["rule"]))
-        except RuleError as exc:
-            raise RuleError(f"{label}: {exc}") from None
+    rules = _variant_rules(variants, flag)
     for index, expr in enumerate(rules):
         if evaluate(expr, context, flag=flag):
             return index
-    return last
+    return len(rules)  # the default
+
+
+def _variant_rules(variants: Sequence[Mapping[str, Any]], flag: str) -> list[Expr]:
+    """The parsed rules of every variant but the last, the default, which must have none."""
+    if not variants:
+        raise RuleError(f"flag {flag!r}: no variants (the default variant is required)")
+    last = len(variants) - 1
+    if "rule" in variants[last]:
+        raise _variant_error(
+            variants, last, flag, "the last variant is the default and cannot have a rule"
+        )
+    rules: list[Expr] = []
+    for index in range(last):
+        variant = variants[index]
+        if "rule" not in variant:
+            raise _variant_error(
+                variants, index, flag, "has no rule, but only the default, last, has none"
+            )
+        try:
+            rules.append(parse(variant["rule"]))
+        except RuleError as exc:
+            raise _variant_error(variants, index, flag, exc) from None
+    return rules
+
+
+def _variant_error(
+    variants: Sequence[Mapping[str, Any]], index: int, flag: str, problem: object
+) -> RuleError:
+    name = variants[index].get("name", "?")
+    return RuleError(f"flag {flag!r}, variant {index} ({name!r}): {problem}")

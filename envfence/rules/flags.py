@@ -21,11 +21,11 @@ the rows it produces must be marked, so the rule fails closed on it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
+from envfence.flagset import flag_set_version
 from envfence.model import Resource, StackState
 from envfence.rules import classify as c
 from envfence.rules.compute import _containers
@@ -37,11 +37,6 @@ HOSTED_VERSIONS = c.tokens(aws.appconfig.HostedConfigurationVersion)
 FLAG_SET = "FLAG_SET"
 FLAG_SET_VERSION = "FLAG_SET_VERSION"
 RULE_ID = "EF505"
-
-
-def flag_set_version(document: str) -> str:
-    """The label of a flag set document (the same as infra/components/flags.py computes)."""
-    return "fs-" + hashlib.sha256(document.encode("utf-8")).hexdigest()[:20]
 
 
 def _worker_flag_sets(state: StackState) -> list[tuple[Resource, Any, Any]]:
@@ -164,9 +159,7 @@ def experimental_flag_targeted(state: StackState, ctx: Context) -> Iterator[Find
             yield undecided(task.urn, RULE_ID, f"{task.name} {FLAG_SET}", document)
             continue
         if not isinstance(document, str) or not isinstance(version, str):
-            yield Finding(
-                task.urn, f"task {task.name} has no {FLAG_SET} or no {FLAG_SET_VERSION}"
-            )
+            yield Finding(task.urn, f"task {task.name} has no {FLAG_SET} or no {FLAG_SET_VERSION}")
             continue
         if flag_set_version(document) != version:
             yield Finding(

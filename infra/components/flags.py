@@ -26,117 +26,14 @@ provider stores the content as a secret; the label, a hash of it, is not, and `e
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from decimal import Decimal
 
 import pulumi
 import pulumi_aws as aws
 
 from envfence import naming
-from envfence.settings import DEFAULT_VARIANT, FeatureFlag, Settings, Targeting
-
-EXPERIMENTAL_ATTRIBUTE = "experimental"
-OWNER_ATTRIBUTE = "owner"
-
-
-def flag_set_version(document: str) -> str:
-    """The hosted configuration version's label: `fs-` and the start of the SHA-256 (at least
-    one non-digit, at most 64 characters, as AppConfig's VersionLabel requires). The worker
-    computes the same (app/worker/flagset.py) and refuses a document that does not match."""
-    return "fs-" + hashlib.sha256(document.encode("utf-8")).hexdigest()[:20]
-
-
-def _pct(hundredths: int) -> str:
-    return str(Decimal(hundredths) / 100)
-
-
-def _in(key: str, values: tuple[str, ...]) -> str:
-    return f"(in ${key} [{', '.join(json.dumps(v) for v in values)}])"
-
-
-def _split(flag: str, hundredths: int) -> str:
-    return f"(split by::$userId pct::{_pct(hundredths)} seed::{json.dumps(flag)})"
-
-
-def targeting_rule(flag: str, t: Targeting) -> str:
-    """One condition as an AppConfig rule expression (every given attribute must hold)."""
-    parts = []
-    if t.groups is not None:
-        parts.append(_in("group", t.groups))
-    if t.regions is not None:
-        parts.append(_in("region", t.regions))
-    if t.split is not None:
-        low, high = t.split
-        if low == 0:
-            parts.append(_split(flag, high))
-        else:
-            parts.append(f"(and {_split(flag, high)} (not {_split(flag, low)}))")
-    return parts[0] if len(parts) == 1 else f"(and {' '.join(parts)})"
-
-
-def variant_rule(flag: str, match: tuple[Targeting, ...]) -> str:
-    rules = [targeting_rule(flag, t) for t in match]
-    return rules[0] if len(rules) == 1 else f"(or {' '.join(rules)})"
-
-
-def _attributes(f: FeatureFlag, enabled: bool) -> dict[str, object]:
-    values: dict[str, object] = {EXPERIMENTAL_ATTRIBUTE: f.experimental and enabled}
-    if f.owner is not None:
-        values[OWNER_ATTRIBUTE] = f.owner
-    return values
-
-
-def feature_flags_document(flags: tuple[FeatureFlag, ...]) -> str:
-    """The AWS.AppConfig.FeatureFlags content: flag definitions and this stack's values."""
-    definitions: dict[str, object] = {}
-    values: dict[str, object] = {}
-    for f in flags:
-        attributes: dict[str, object] = {
-            EXPERIMENTAL_ATTRIBUTE: {
-                "description": "rows produced with this variant are experimental data",
-                "constraints": {"type": "boolean"},
-            }
-        }
-        if f.owner is not None:
-            attributes[OWNER_ATTRIBUTE] = {
-                "description": "who answers for this flag",
-                "constraints": {"type": "string"},
-            }
-        definition: dict[str, object] = {
-            "name": f.name,
-            "description": f.description,
-            "attributes": attributes,
-        }
-        if f.ends_on is not None:
-            definition["_deprecation"] = {"status": "planned", "date": f.ends_on.isoformat()}
-        definitions[f.name] = definition
-        if not f.variants:
-            values[f.name] = {"enabled": f.enabled, **_attributes(f, f.enabled)}
-            continue
-        variants: list[dict[str, object]] = [
-            {
-                "name": v.name,
-                "enabled": v.enabled,
-                "rule": variant_rule(f.name, v.match),
-                "attributeValues": _attributes(f, v.enabled),
-            }
-            for v in f.variants
-        ]
-        variants.append(
-            {
-                "name": DEFAULT_VARIANT,
-                "enabled": f.enabled,
-                "attributeValues": _attributes(f, f.enabled),
-            }
-        )
-        values[f.name] = {"_variants": variants}
-    return json.dumps(
-        {"version": "1", "flags": definitions, "values": values},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+from envfence.flagset import feature_flags_document, flag_set_version
+from envfence.settings import Settings
 
 
 @dataclass
