@@ -504,13 +504,16 @@ def test_production_worker_runs_a_live_experiment(envfence_db: MakeDb) -> None:
             "ON e.id = c.event_id ORDER BY e.id, c.key"
         ).fetchall()
     version = flags[1]
-    assert rows == [
-        (f"{MID[:-1]}0", "count", version, "default", False),
-        (f"{MID[:-1]}0", "temperature", version, "default", False),
-        (f"{MID[:-1]}1", "a.b", version, "internal", True),  # v2 curation: flattened
-        (f"{MID[:-1]}1", "n", version, "internal", True),
-        (f"{MID[:-1]}2", "n", version, "default", False),  # v1: top-level numbers only
-    ]
+    assert (
+        rows
+        == [
+            (f"{MID[:-1]}0", "count", version, "default", False),
+            (f"{MID[:-1]}0", "temperature", version, "default", False),
+            (f"{MID[:-1]}1", "a.b", version, "internal", True),  # v2 curation: flattened
+            (f"{MID[:-1]}1", "n", version, "internal", True),
+            (f"{MID[:-1]}2", "n", version, "default", False),  # v1: top-level numbers only
+        ]
+    )
     assert {tuple(parse_qsl(o["Tagging"])) for o in s3.objects.values()} == {
         (("environment", "prod"),)
     }
