@@ -1617,17 +1617,22 @@ def experiment_without_owner(stacks: Stacks, at: str = PROD) -> Resource:
 
 @leak
 def flag_set_not_deployed(stacks: Stacks, at: str = PROD) -> Resource:
-    """The worker evaluates another flag set than the one AppConfig serves (EF505)."""
-    r = _task(stacks, at)
-    stacks[at].named("flags-version", HOSTED_FLAGS).set("versionLabel", "fs-0123456789abcdef0123")
+    """AppConfig serves another flag set than the one the worker evaluates (EF505)."""
+    r = stacks[at].named("flags-version", HOSTED_FLAGS)
+    r.set("versionLabel", "fs-0123456789abcdef0123")
     return r
 
 
 @near_miss
-def experiment_rolled_out_in_experiment_stack(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
-    """Near miss: in an experiment stack an experimental flag is on for everyone (allowed)."""
+def experiment_targeted_in_experiment_stack(stacks: Stacks, at: str = EXPERIMENT) -> Resource:
+    """Near miss: an experiment stack targets a tenth of its users with an experimental variant
+    that names no owner and no end date (only production needs them)."""
     doc = _flag_set(_task(stacks, at))
-    value = doc["values"]["curate_v2"]
-    value["enabled"] = True
-    value["experimental"] = True
+    rule = '(split by::$userId pct::10 seed::"curate_v2")'
+    doc["values"]["curate_v2"] = {
+        "_variants": [
+            {"name": "t", "enabled": True, "rule": rule, "attributeValues": {"experimental": True}},
+            {"name": "default", "enabled": False, "attributeValues": {"experimental": False}},
+        ]
+    }
     return _deploy_flag_set(stacks, at, doc)

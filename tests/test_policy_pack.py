@@ -93,6 +93,7 @@ BATCHES: dict[str, tuple[str, ...]] = {
         "audit_without_object_lock",
         "unknown_tag_value",
         "no_provider",
+        "flag_set_not_deployed",
     ),
     "prod-identity-compute": (
         "ingress_from_prefix_list",

@@ -134,7 +134,6 @@ def experimental_flag_targeted(state: StackState, ctx: Context) -> Iterator[Find
     copies = _worker_flag_sets(state)
     if not hosted and not copies:
         return
-    labels = set()
     for version in hosted:
         label = version.get("versionLabel")
         if is_unknown(label):
@@ -145,8 +144,6 @@ def experimental_flag_targeted(state: StackState, ctx: Context) -> Iterator[Find
                 f"flag set version {version.name} has no versionLabel: nothing ties the flag "
                 "set the worker evaluates (and stamps rows with) to the one AppConfig serves",
             )
-        else:
-            labels.add(label)
     if hosted and not copies:
         yield Finding(
             hosted[0].urn,
@@ -168,12 +165,14 @@ def experimental_flag_targeted(state: StackState, ctx: Context) -> Iterator[Find
                 f"{FLAG_SET} ({flag_set_version(document)})",
             )
             continue
-        if labels and version not in labels:
-            yield Finding(
-                task.urn,
-                f"task {task.name} evaluates flag set {version}, but AppConfig serves "
-                f"{', '.join(sorted(labels))}",
-            )
+        for hosted_version in hosted:
+            label = hosted_version.get("versionLabel")
+            if isinstance(label, str) and label and label != version:
+                yield Finding(
+                    hosted_version.urn,
+                    f"task {task.name} evaluates flag set {version}, but AppConfig serves "
+                    f"{label} ({hosted_version.name})",
+                )
         if not production:
             continue
         try:
