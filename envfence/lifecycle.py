@@ -620,6 +620,48 @@ def _read_manifest(s3: Any, target: Target) -> bytes | None:
         raise
 
 
+# Pipeline runs write `runs/<run-id>/manifest.json` into the results store
+# (app/worker/run.py): their inputs by S3 version id and SHA-256, the flag set version, the code
+# image and their outputs by version id.
+RUN_MANIFEST_RE = re.compile(r"^runs/([a-z0-9][a-z0-9-]{0,62})/manifest\.json$")
+
+
+def _runs(s3: Any, target: Target, sources: list[_Source]) -> list[dict[str, Any]]:
+    """The pipeline runs among `sources`, each with whether every output its manifest names is
+    archived at the recorded version (the current one): then the run can be replayed from the
+    archive's copy of its results. A manifest that cannot be read says so; it is archived anyway."""
+    current = {src.key: src.version_id for src in sources}
+    runs = []
+    for src in sources:
+        m = RUN_MANIFEST_RE.match(src.key)
+        if m is None:
+            continue
+        entry: dict[str, Any] = {
+            "run_id": m.group(1),
+            "manifest_key": f"{target.results_prefix}{src.key}",
+        }
+        try:
+            body = s3.get_object(
+                Bucket=target.results_bucket,
+                Key=src.key,
+                VersionId=src.version_id,
+                ExpectedBucketOwner=target.account,
+            )["Body"].read()
+            run = json.loads(body)
+            outputs = run["outputs"]
+            entry["flag_set_version"] = run.get("flag_set_version")
+            entry["code_image"] = run.get("code_image")
+            entry["inputs"] = len(run["inputs"])
+            entry["outputs_archived"] = all(
+                current.get(o["key"]) == o["version_id"] for o in outputs
+            )
+        except (*AWS_ERRORS, ValueError, KeyError, TypeError) as exc:
+            entry["outputs_archived"] = False
+            entry["unreadable"] = _error(exc) if isinstance(exc, AWS_ERRORS) else str(exc)
+        runs.append(entry)
+    return runs
+
+
 def archive_results(
     s3: Any,
     target: Target,
@@ -797,6 +839,7 @@ def archive_results(
         "object_count": len(entries),
         "total_bytes": sum(e["size"] for e in entries),
         "objects": entries,
+        "runs": _runs(s3, target, sources),
     }
     body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     manifest_url = f"s3://{target.archive_bucket}/{target.manifest_key}"
@@ -819,11 +862,21 @@ def archive_results(
             f"but the manifest {manifest_url}: {_error(exc)}",
         )
     status: Status = "already done" if copied == 0 and unchanged else "done"
+    runs = manifest["runs"]
+    stale = [r["run_id"] for r in runs if not r["outputs_archived"]]
+    run_note = ""
+    if runs:
+        run_note = f"; {len(runs)} pipeline run manifest(s)"
+        if stale:
+            run_note += (
+                f", of which {len(stale)} name outputs that are no longer current "
+                f"({', '.join(stale[:5])}): replay those from the results versions, not the archive"
+            )
     return StepResult(
         step,
         status,
         f"{len(sources)} objects of s3://{target.results_bucket} in {where} ({counts}); "
-        f"manifest {manifest_url} {'unchanged' if unchanged else 'written'}",
+        f"manifest {manifest_url} {'unchanged' if unchanged else 'written'}{run_note}",
     )
 
 

@@ -55,4 +55,13 @@ pulumi.export("image", env.compute.image_ref)
 pulumi.export("auditBucket", env.audit.bucket.bucket if env.audit else None)
 pulumi.export("trailOwner", settings.trail_owner or settings.stack)
 pulumi.export("migrateCommand", env.compute.db_tasks.command)
+# A pipeline run (app/worker/run.py): replace <prefix> and <run-id>; None without curated/results.
+pulumi.export("pipelineRunCommand", env.compute.pipeline_command)
+# The environment's DVC remote: its own curated store, reachable only with its roles (README).
+pulumi.export(
+    "dvcRemote",
+    env.data.buckets["curated"].bucket.apply(lambda b: f"s3://{b}/dvc")
+    if "curated" in env.data.buckets
+    else None,
+)
 pulumi.export("expiresOn", settings.expires_on.isoformat() if settings.expires_on else None)

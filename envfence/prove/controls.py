@@ -394,6 +394,32 @@ def job_checks(view: StackView) -> list[Check | Result]:
             jobs["analyst"].append(
                 Call("s3", "GetObject", {"Bucket": stores[store], "Key": f"{store}/run-1/part-0"})
             )
+    if "curated" in stores and "results" in stores:
+        # A pipeline run (app/worker/run.py) as it calls S3: list and read the curated store,
+        # read an input again at its recorded version (replay), write the results and, last,
+        # the manifest, never over an existing one (If-None-Match), with provenance metadata.
+        curated, results = stores["curated"], stores["results"]
+        jobs["pipeline"] += [
+            Call("s3", "ListObjectsV2", {"Bucket": curated, "Prefix": "datasets/v1/"}),
+            Call("s3", "GetObject", {"Bucket": curated, "Key": "datasets/v1/part-1.jsonl"}),
+            Call(
+                "s3",
+                "GetObject",
+                {"Bucket": curated, "Key": "datasets/v1/part-1.jsonl", "VersionId": "v1"},
+            ),
+            Call(
+                "s3",
+                "PutObject",
+                {
+                    "Bucket": results,
+                    "Key": "runs/r1/manifest.json",
+                    "Body": b"{}",
+                    "ContentType": "application/json",
+                    "Metadata": {"environment": view.stack},
+                    "IfNoneMatch": "*",
+                },
+            ),
+        ]
     out: list[Check | Result] = []
     for kind, calls in jobs.items():
         site = view.site(_role_arn(view, kind), in_vpc=kind == "pipeline")

@@ -226,6 +226,9 @@ _S3_HEADER_KEYS = {
     "ACL": "s3:x-amz-acl",
     "StorageClass": "s3:x-amz-storage-class",
     "ObjectLockMode": "s3:object-lock-mode",
+    # Conditional writes: `If-None-Match` is the condition key s3:if-none-match
+    # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes-enforce.html).
+    "IfNoneMatch": "s3:if-none-match",
 }
 
 
@@ -289,13 +292,16 @@ def _s3_put_object(site: Site, call: Call) -> list[RealRequest]:
 
 
 def _s3_get_object(site: Site, call: Call) -> list[RealRequest]:
-    """GetObject: `s3:GetObject` on the object ARN; S3 calls kms:Decrypt with the caller's
-    identity and the encryption context of the write."""
+    """GetObject: `s3:GetObject` on the object ARN, or `s3:GetObjectVersion` when the call names
+    a version ("To get a specific version ... you need the s3:GetObjectVersion permission",
+    API_GetObject.html); S3 calls kms:Decrypt with the caller's identity and the encryption
+    context of the write."""
     p = call.params
     bucket = site.bucket(p.get("Bucket"))
     obj = f"{bucket.arn}/{p.get('Key', '')}"
     context, endpoint = network_context(site, "s3")
-    requests = [_request(site, call, "s3:GetObject", obj, context, S3_SOURCE, endpoint)]
+    action = "s3:GetObjectVersion" if p.get("VersionId") else "s3:GetObject"
+    requests = [_request(site, call, action, obj, context, S3_SOURCE, endpoint)]
     if bucket.key_arn:
         context_arn = bucket.arn if bucket.bucket_key else obj
         requests.append(
@@ -305,6 +311,18 @@ def _s3_get_object(site: Site, call: Call) -> list[RealRequest]:
             )
         )  # fmt: skip
     return requests
+
+
+def _s3_list_objects(site: Site, call: Call) -> list[RealRequest]:
+    """ListObjectsV2: `s3:ListBucket` on the bucket ARN, with `s3:prefix` when the call sends a
+    prefix (SAR, Amazon S3: ListBucket's condition keys; API_ListObjectsV2.html). No KMS call:
+    listing reads no object data."""
+    p = call.params
+    bucket = site.bucket(p.get("Bucket"))
+    context, endpoint = network_context(site, "s3")
+    if p.get("Prefix") is not None:
+        context["s3:prefix"] = str(p["Prefix"])
+    return [_request(site, call, "s3:ListBucket", bucket.arn, context, S3_SOURCE, endpoint)]
 
 
 # -- SQS ------------------------------------------------------------------------------------------
@@ -440,6 +458,7 @@ class Row:
 TABLE: dict[tuple[str, str], Row] = {
     ("s3", "PutObject"): Row(_s3_put_object, S3_SOURCE),
     ("s3", "GetObject"): Row(_s3_get_object, S3_SOURCE),
+    ("s3", "ListObjectsV2"): Row(_s3_list_objects, S3_SOURCE),
     ("sqs", "ReceiveMessage"): Row(_sqs("sqs:ReceiveMessage", ("kms:Decrypt",)), SQS_SOURCE),
     ("sqs", "DeleteMessage"): Row(_sqs("sqs:DeleteMessage", ()), SQS_SOURCE),
     ("sqs", "SendMessage"): Row(

@@ -10,7 +10,9 @@ role or credential that reaches production, and vice versa.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pulumi_docker as docker
 from envfence import naming
 from envfence.settings import Settings
 from infra.components.containers import PULL_ACTIONS, hardened_container
-from infra.components.database_tasks import DatabaseTasks, DatabaseTasksArgs
+from infra.components.database_tasks import DatabaseTasks, DatabaseTasksArgs, run_task_command
 from infra.components.policies import document, statement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,9 @@ def build_paths(root: Path = ROOT, cwd: Path | None = None) -> tuple[str, str]:
     return base.as_posix(), (base / "app" / "Dockerfile").as_posix()
 
 
+PIPELINE_CONTAINER = "pipeline"
+
+
 @dataclass
 class ComputeArgs:
     settings: Settings
@@ -75,6 +80,10 @@ class ComputeArgs:
     boundary_arn: pulumi.Input[str]
     db_address: pulumi.Input[str]
     master_secret_arn: pulumi.Input[str]
+    # Pipeline runs (app/worker/run.py), as the `pipeline` role: its variables, and the role.
+    # None when the stack has no `curated` or no `results` store.
+    pipeline_role_arn: pulumi.Input[str] | None = None
+    pipeline_environment: dict[str, pulumi.Input[str]] | None = None
 
 
 class Compute(pulumi.ComponentResource):
@@ -82,6 +91,7 @@ class Compute(pulumi.ComponentResource):
     log_group: aws.cloudwatch.LogGroup
     image_ref: pulumi.Output[str]
     db_tasks: DatabaseTasks
+    pipeline_command: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: ComputeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("envfence:index:Compute", name, None, opts)
@@ -243,6 +253,9 @@ class Compute(pulumi.ComponentResource):
             container_definitions=pulumi.Output.json_dumps([container]),
             opts=child,
         )
+        self.pipeline_command = None
+        if args.pipeline_role_arn is not None and args.pipeline_environment is not None:
+            self.pipeline_command = self._pipeline_task(args, cluster.arn, prefix)
         aws.ecs.Service(
             "worker-service",
             name=f"{prefix}-worker",
@@ -267,3 +280,59 @@ class Compute(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.db_tasks.migration]),
         )
         self.register_outputs({"image": self.image_ref, "clusterArn": cluster.arn})
+
+    def _pipeline_task(
+        self, args: ComputeArgs, cluster_arn: pulumi.Output[str], prefix: str
+    ) -> pulumi.Output[str]:
+        """The task definition of pipeline runs (`python -m worker.run`): the worker's image,
+        hardened the same way, as the environment's `pipeline` role, logging to the worker's
+        group under the prefix `pipeline`. Returns the command that starts a run."""
+        s = args.settings
+        env = dict(args.pipeline_environment or {})
+        # The image by digest, recorded in every run's manifest.
+        env["ENVFENCE_IMAGE"] = self.image_ref
+        container = hardened_container(
+            PIPELINE_CONTAINER,
+            self.image_ref,
+            self.log_group.name,
+            s.region,
+            "pipeline",
+            entryPoint=["python", "-m"],
+            command=["worker.run", "--help"],
+            environment=[{"name": k, "value": v} for k, v in sorted(env.items())],
+            mountPoints=[{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
+        )
+        task = aws.ecs.TaskDefinition(
+            "pipeline-task",
+            family=f"{prefix}-pipeline",
+            requires_compatibilities=["FARGATE"],
+            network_mode="awsvpc",
+            cpu=str(s.container.cpu),
+            memory=str(s.container.memory),
+            execution_role_arn=args.execution_role_arn,
+            task_role_arn=args.pipeline_role_arn,
+            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
+            volumes=[{"name": "tmp"}],
+            container_definitions=pulumi.Output.json_dumps([container]),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        overrides = json.dumps(
+            {
+                "containerOverrides": [
+                    {
+                        "name": PIPELINE_CONTAINER,
+                        "command": ["worker.run", "--input", "<prefix>", "--run-id", "<run-id>"],
+                    }
+                ]
+            },
+            separators=(",", ":"),
+        )
+        return pulumi.Output.all(
+            cluster_arn, task.arn, args.app_subnet_ids, args.app_security_group_id
+        ).apply(
+            lambda v: (
+                run_task_command(s.region, v[0], v[1], v[2], v[3])
+                + " --overrides "
+                + shlex.quote(overrides)
+            )
+        )

@@ -116,6 +116,23 @@ class Environment(pulumi.ComponentResource):
         }
         if s.experiment_id:
             worker_env["ENVFENCE_EXPERIMENT_ID"] = s.experiment_id
+        # Pipeline runs (app/worker/run.py) read `curated` and write `results` with manifests.
+        runs = "curated" in self.data.buckets and "results" in self.data.buckets
+        pipeline_env: dict[str, pulumi.Input[str]] = {
+            k: worker_env[k]
+            for k in (
+                "ENVFENCE_ENVIRONMENT",
+                "ENVFENCE_TIER",
+                "ENVFENCE_EXPERIMENT_ID",
+                "AWS_REGION",
+                "FLAG_SET",
+                "FLAG_SET_VERSION",
+            )
+            if k in worker_env
+        }
+        if runs:
+            pipeline_env["INPUT_BUCKET"] = self.data.buckets["curated"].bucket
+            pipeline_env["RESULTS_BUCKET"] = self.data.buckets["results"].bucket
         self.compute = Compute(
             "compute",
             ComputeArgs(
@@ -130,6 +147,8 @@ class Environment(pulumi.ComponentResource):
                 boundary_arn=self.identity.boundary.arn,
                 db_address=self.data.database.address,
                 master_secret_arn=self.data.master_secret_arn,
+                pipeline_role_arn=roles["pipeline"].arn if runs else None,
+                pipeline_environment=pipeline_env if runs else None,
             ),
             child,
         )
