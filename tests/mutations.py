@@ -1580,18 +1580,18 @@ def _flag_set(r: Resource) -> dict[str, Any]:
 
 def _deploy_flag_set(stacks: Stacks, at: str, document: dict[str, Any]) -> Resource:
     """Deploy `document` consistently: the worker's copy, its label, and AppConfig's version."""
-    r = _task(stacks, at)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     label = "fs-" + hashlib.sha256(text.encode()).hexdigest()[:20]
-    defs = containers(r)
-    for e in defs[0]["environment"]:
-        if e["name"] == "FLAG_SET":
-            e["value"] = text
-        elif e["name"] == "FLAG_SET_VERSION":
-            e["value"] = label
-    r.set("containerDefinitions", json.dumps(defs))
+    for task in (_task(stacks, at), stacks[at].named("pipeline-task", TASK_DEFINITION)):
+        defs = containers(task)
+        for e in defs[0]["environment"]:
+            if e["name"] == "FLAG_SET":
+                e["value"] = text
+            elif e["name"] == "FLAG_SET_VERSION":
+                e["value"] = label
+        task.set("containerDefinitions", json.dumps(defs))
     stacks[at].named("flags-version", HOSTED_FLAGS).set("versionLabel", label)
-    return r
+    return _task(stacks, at)
 
 
 @leak

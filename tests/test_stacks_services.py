@@ -315,8 +315,13 @@ def log_group_named(state: StackState, name: str) -> Resource:
 
 
 def task_named(state: StackState, name: str) -> Resource:
-    """The worker's task definition (`worker-task`) or the database tasks' (`db-task`)."""
-    assert sorted(r.name for r in state.of_type(TASK)) == ["db-task", "worker-task"]
+    """The worker's task definition (`worker-task`), the database tasks' (`db-task`) or the
+    pipeline runs' (`pipeline-task`)."""
+    assert sorted(r.name for r in state.of_type(TASK)) == [
+        "db-task",
+        "pipeline-task",
+        "worker-task",
+    ]
     return only([r for r in state.of_type(TASK) if r.name == name], f"task definition {name}")
 
 
@@ -648,6 +653,32 @@ def master_secret_arn(state: StackState) -> str:
     secrets = only(state.of_type(DB), "database").outputs["masterUserSecrets"]
     assert len(secrets) == 1
     return str(secrets[0]["secretArn"])
+
+
+def test_pipeline_run_task_is_locked_down(state: StackState, expect: Expect) -> None:
+    """Pipeline runs (app/worker/run.py) run the worker's image as the environment's pipeline
+    role, read its own curated store, write its own results store, and record the image by
+    digest and the flag set the worker evaluates."""
+    task = task_named(state, "pipeline-task").inputs
+    assert task["family"] == f"{expect.prefix}-pipeline-run"
+    assert task["taskRoleArn"] == role_arn(state, expect, "pipeline")
+    assert task["executionRoleArn"] == role_arn(state, expect, "execution")
+    c = container_of(state, "pipeline-task")
+    check_container_is_locked_down(c)
+    worker = container_of(state)
+    assert c["image"] == worker["image"]
+    assert c["entryPoint"] == ["python", "-m"] and c["command"][0] == "worker.run"
+    env = {v["name"]: v["value"] for v in c["environment"]}
+    worker_env = {v["name"]: v["value"] for v in worker["environment"]}
+    assert env["ENVFENCE_IMAGE"] == worker["image"]
+    assert env["INPUT_BUCKET"] == expect.facts.bucket("curated")
+    assert env["RESULTS_BUCKET"] == expect.facts.bucket("results")
+    for name in ("ENVFENCE_ENVIRONMENT", "ENVFENCE_TIER", "FLAG_SET", "FLAG_SET_VERSION"):
+        assert env[name] == worker_env[name], name
+    assert "QUEUE_URL" not in env and "DB_HOST" not in env  # a run touches S3 only
+    outputs = state.outputs
+    assert "--overrides" in outputs["pipelineRunCommand"]
+    assert outputs["dvcRemote"] == f"s3://{expect.facts.bucket('curated')}/dvc"
 
 
 def test_database_task_is_locked_down(state: StackState, expect: Expect) -> None:

@@ -304,7 +304,7 @@ class Compute(pulumi.ComponentResource):
         )
         task = aws.ecs.TaskDefinition(
             "pipeline-task",
-            family=f"{prefix}-pipeline",
+            family=f"{prefix}-pipeline-run",
             requires_compatibilities=["FARGATE"],
             network_mode="awsvpc",
             cpu=str(s.container.cpu),
