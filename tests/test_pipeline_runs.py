@@ -217,3 +217,20 @@ def test_conclude_archives_the_run_manifests_with_the_results(
     original = s3.get_object(Bucket=cfg.results_bucket, Key="runs/r4/manifest.json")["Body"]
     assert archived == original.read()
     assert io.BytesIO(archived).read()  # not empty
+
+
+def test_replay_checks_every_input_against_its_recorded_checksum(
+    stores: tuple[Any, runs.RunConfig],
+) -> None:
+    s3, cfg = stores
+    manifest = runs.run(s3, cfg, input_prefix="datasets/v1/", run_id="r6")
+    # A manifest that records another checksum for an input than the version holds (a manifest
+    # edited by hand, or an input version that is not what the run read) is not reproducible.
+    manifest["inputs"][0]["sha256"] = "0" * 64
+    body = json.dumps(manifest).encode()
+    s3.put_object(Bucket=cfg.results_bucket, Key="runs/r7/manifest.json", Body=body)
+    result = runs.replay(s3, cfg, "r7")
+    assert not result.reproducible
+    assert result.problems == (
+        f"input datasets/v1/part-1.jsonl version {manifest['inputs'][0]['version_id']} changed",
+    )
