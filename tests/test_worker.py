@@ -603,3 +603,23 @@ def test_worker_refuses_another_environments_database(envfence_db: MakeDb) -> No
     assert sqs.deleted == []
     assert s3.objects == {}
     assert stored(prod) == ([], [])
+
+
+def test_worker_says_when_appconfig_serves_another_flag_set(
+    envfence_db: MakeDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    """AppConfig's deployed version label is not the worker's FLAG_SET_VERSION (flags changed
+    outside `pulumi up`): one warning, and rows still name the flag set really evaluated."""
+    database = envfence_db("experiment-ab12", "experiment", "ab12")
+    sqs, s3 = FakeSQS([BODY, BODY.replace("21.50", "3")]), FakeS3()
+    worker = make_worker(database, sqs, s3, appconfig=FakeAppConfig(b'{"curate_v2": true}'))
+    caplog.set_level("WARNING")
+    try:
+        assert worker.poll_once() == (2, 2)
+    finally:
+        worker.close()
+    drift = [r for r in caplog.records if "AppConfig serves flag set v1" in r.getMessage()]
+    assert len(drift) == 1
+    with database.connect() as conn:
+        versions = conn.execute("SELECT DISTINCT flag_set_version FROM envfence.events").fetchall()
+    assert versions == [(OFF.version,)]
