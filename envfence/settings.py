@@ -853,14 +853,15 @@ FLAG_SHAPE = "an object {description, experimental, enabled, owner, endsOn, vari
 
 
 def _percent(v: Any) -> int:
-    """A percentage from 0 to 100 with at most two decimals, in hundredths of a percent."""
+    """A whole percentage from 0 to 100, in hundredths of a percent. Whole numbers only: every
+    `pct` AppConfig documents is one, and a value AppConfig would refuse must fail here, not in
+    `pulumi up`."""
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise ValueError
     value = Decimal(str(v).strip())
-    hundredths = value * 100
-    if not value.is_finite() or not 0 <= value <= 100 or hundredths != hundredths.to_integral():
+    if not value.is_finite() or not 0 <= value <= 100 or value != value.to_integral():
         raise ValueError
-    return int(hundredths)
+    return int(value) * 100
 
 
 def _parse_targeting(r: _Reader, start: int) -> tuple[Targeting, int]:
@@ -874,7 +875,7 @@ def _parse_targeting(r: _Reader, start: int) -> tuple[Targeting, int]:
     for key, values in (("group", groups), ("region", regions)):
         if values is not None and not values:
             raise r.fail(key, [], "a non-empty list (leave the key out to match any)")
-    pct = r.get("percent", _percent, "a number from 0 to 100, at most two decimals")
+    pct = r.get("percent", _percent, "a whole number from 0 to 100")
     split = None
     if pct is not None:
         split = (start, start + pct)

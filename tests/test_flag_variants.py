@@ -82,19 +82,19 @@ def test_the_prod_stack_file_runs_a_targeted_experiment() -> None:
             {"variants": variants({"percent": 101})},
             f"{KEY}.variants[0].match.percent",
             101,
-            "a number from 0 to 100",
+            "a whole number from 0 to 100",
         ),
         (
             {"variants": variants({"percent": -1})},
             f"{KEY}.variants[0].match.percent",
             -1,
-            "a number from 0 to 100",
+            "a whole number from 0 to 100",
         ),
         (
-            {"variants": variants({"percent": 0.125})},
+            {"variants": variants({"percent": 12.5})},
             f"{KEY}.variants[0].match.percent",
-            0.125,
-            "at most two decimals",
+            12.5,
+            "a whole number from 0 to 100",
         ),
         (
             {"variants": variants({"percent": 60}, {"percent": 50})},
@@ -236,7 +236,7 @@ def test_the_cli_refuses_a_bad_declaration_with_exit_2(
     assert out == ""
     assert err.count("\n") == 1, err
     assert "config envfence:flags.curate_v2.variants[1].match.percent is 250" in err
-    assert "a number from 0 to 100" in err
+    assert "a whole number from 0 to 100" in err
     assert "Traceback" not in err
 
 
