@@ -364,7 +364,7 @@ def test_record_context_reads_user_group_and_region() -> None:
 
 # -- on PostgreSQL: the batch, the fence, the views --------------------------------------------
 
-BATCH = 2000
+BATCH = 600
 
 
 def run_batch(database: Database, fs: FlagSet) -> None:
@@ -372,7 +372,7 @@ def run_batch(database: Database, fs: FlagSet) -> None:
     ctx = pipeline.Context(ident, fs)
     with database.connect("worker") as conn:
         for i in range(BATCH):
-            body = json.dumps({"user_id": f"user-{i % 500}", "group": "customers", "n": i})
+            body = json.dumps({"user_id": f"user-{i % 300}", "group": "customers", "n": i})
             record = pipeline.Record(f"m-{i}", body, pipeline_sent())
             assert write_rows(conn, pipeline.process(record, ctx)) is not None
 
