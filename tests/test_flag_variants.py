@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import errors
 from test_settings import PROJECT, assert_message, parse, raw_config, refused
+from test_worker import PROD, FakeS3, FakeSQS, make_worker
 
 import envfence.cli as cli_module
 import envfence.evaluate as evaluate_module
@@ -367,14 +368,22 @@ def test_record_context_reads_user_group_and_region() -> None:
 BATCH = 600
 
 
-def run_batch(database: Database, fs: FlagSet) -> None:
-    ident = pipeline.Identity("prod", "production", None)
-    ctx = pipeline.Context(ident, fs)
-    with database.connect("worker") as conn:
-        for i in range(BATCH):
-            body = json.dumps({"user_id": f"user-{i % 300}", "group": "customers", "n": i})
-            record = pipeline.Record(f"m-{i}", body, pipeline_sent())
-            assert write_rows(conn, pipeline.process(record, ctx)) is not None
+def run_batch(database: Database, flags: tuple[str, str]) -> None:
+    """BATCH records through the worker (`python -m worker`'s loop: fake SQS and S3, the real
+    database), as production's worker with the flag set `flags` (FLAG_SET, FLAG_SET_VERSION)."""
+    bodies = [
+        json.dumps({"user_id": f"user-{i % 300}", "group": "customers", "n": i})
+        for i in range(BATCH)
+    ]
+    sqs, s3 = FakeSQS(bodies), FakeS3()
+    worker = make_worker(database, sqs, s3, identity=PROD, flags=flags)
+    try:
+        while sqs.queue:
+            received, done = worker.poll_once()
+            assert received == done
+    finally:
+        worker.close()
+    assert len(sqs.deleted) == BATCH
 
 
 def pipeline_sent() -> dt.datetime:
@@ -383,8 +392,9 @@ def pipeline_sent() -> dt.datetime:
 
 def test_a_ten_percent_split_lands_stable_and_marked(envfence_db: MakeDb) -> None:
     database = envfence_db("prod", "production")
-    fs = flag_set(live_experiment(percent=10))
-    run_batch(database, fs)
+    flags = document(live_experiment(percent=10))
+    fs = FlagSet.load(*flags)
+    run_batch(database, flags)
     with database.connect("analyst") as conn:
         rows = conn.execute(
             "SELECT payload ->> 'user_id', flag_set_version, variants -> 'curate_v2' ->> "
@@ -411,7 +421,7 @@ def test_a_ten_percent_split_lands_stable_and_marked(envfence_db: MakeDb) -> Non
 
 def test_the_readme_query_separates_control_from_variant(envfence_db: MakeDb) -> None:
     database = envfence_db("prod", "production")
-    run_batch(database, flag_set(live_experiment(percent=10)))
+    run_batch(database, document(live_experiment(percent=10)))
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start = readme.index("-- control vs variant")
     query = readme[start : readme.index("```", start)]
