@@ -234,3 +234,48 @@ def test_replay_checks_every_input_against_its_recorded_checksum(
     assert result.problems == (
         f"input datasets/v1/part-1.jsonl version {manifest['inputs'][0]['version_id']} changed",
     )
+
+
+# Request parameters that change how IAM decides an S3 call (envfence/prove/translate.py).
+DECIDING = {
+    "VersionId",
+    "IfNoneMatch",
+    "Tagging",
+    "ServerSideEncryption",
+    "SSEKMSKeyId",
+    "ACL",
+    "StorageClass",
+    "ObjectLockMode",
+    "Prefix",
+}
+
+
+def test_the_proofs_controls_are_the_runs_real_calls(stores: tuple[Any, runs.RunConfig]) -> None:
+    """Every S3 call a run and its replay really make (recorded from the code, as the worker's
+    request contract is) has a control of the same operation, store and deciding parameters
+    in `envfence prove` (`controls.pipeline_run_calls`), and every control is a call a run makes."""
+    from envfence.prove import contract, controls
+
+    s3, cfg = stores
+    recorder = contract.Recorder()
+    recorder.attach(s3)
+    try:
+        runs.run(s3, cfg, input_prefix="datasets/v1/", run_id="p1")
+        runs.replay(s3, cfg, "p1")
+    finally:
+        s3.meta.events.unregister("provide-client-params.*.*", recorder._api_call)
+        s3.meta.events.unregister("before-sign.rds.connect", recorder._db_token)
+    store = {cfg.input_bucket: "curated", cfg.results_bucket: "results"}
+
+    def shape(call: Any) -> tuple[str, str, frozenset[str]]:
+        return (
+            call.operation,
+            store[call.params["Bucket"]],
+            frozenset(k for k in call.params if k in DECIDING),
+        )
+
+    real = {shape(c) for c in recorder.calls}
+    modelled = {
+        shape(c) for c in controls.pipeline_run_calls(cfg.input_bucket, cfg.results_bucket, "x")
+    }
+    assert real == modelled

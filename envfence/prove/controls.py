@@ -395,36 +395,59 @@ def job_checks(view: StackView) -> list[Check | Result]:
                 Call("s3", "GetObject", {"Bucket": stores[store], "Key": f"{store}/run-1/part-0"})
             )
     if "curated" in stores and "results" in stores:
-        # A pipeline run (app/worker/run.py) as it calls S3: list and read the curated store,
-        # read an input again at its recorded version (replay), write the results and, last,
-        # the manifest, never over an existing one (If-None-Match), with provenance metadata.
-        curated, results = stores["curated"], stores["results"]
-        jobs["pipeline"] += [
-            Call("s3", "ListObjectsV2", {"Bucket": curated, "Prefix": "datasets/v1/"}),
-            Call("s3", "GetObject", {"Bucket": curated, "Key": "datasets/v1/part-1.jsonl"}),
-            Call(
-                "s3",
-                "GetObject",
-                {"Bucket": curated, "Key": "datasets/v1/part-1.jsonl", "VersionId": "v1"},
-            ),
-            Call(
-                "s3",
-                "PutObject",
-                {
-                    "Bucket": results,
-                    "Key": "runs/r1/manifest.json",
-                    "Body": b"{}",
-                    "ContentType": "application/json",
-                    "Metadata": {"environment": view.stack},
-                    "IfNoneMatch": "*",
-                },
-            ),
-        ]
+        jobs["pipeline"] += pipeline_run_calls(stores["curated"], stores["results"], view.stack)
     out: list[Check | Result] = []
     for kind, calls in jobs.items():
         site = view.site(_role_arn(view, kind), in_vpc=kind == "pipeline")
         out += _call_checks(view, JOB, site, calls, functools.partial(_job_label, kind))
     return out
+
+
+def pipeline_run_calls(curated: str, results: str, stack: str) -> list[Call]:
+    """A pipeline run (app/worker/run.py) as it calls S3: list and read the curated store, write
+    the results, and last the manifest, never over an existing one (If-None-Match), with
+    provenance metadata (no tags); its replay reads the manifest, the inputs and the flag set at
+    their recorded versions.
+    tests/test_pipeline_runs.py records the run's real calls and holds them to these."""
+    return [
+        Call("s3", "ListObjectsV2", {"Bucket": curated, "Prefix": "datasets/v1/"}),
+        Call("s3", "GetObject", {"Bucket": curated, "Key": "datasets/v1/part-1.jsonl"}),
+        Call(
+            "s3",
+            "GetObject",
+            {"Bucket": curated, "Key": "datasets/v1/part-1.jsonl", "VersionId": "v1"},
+        ),
+        # replay: the manifest, then the flag set the run evaluated, at its recorded version
+        Call("s3", "GetObject", {"Bucket": results, "Key": "runs/r1/manifest.json"}),
+        Call(
+            "s3",
+            "GetObject",
+            {"Bucket": results, "Key": "runs/r1/flag-set.json", "VersionId": "v1"},
+        ),
+        Call(
+            "s3",
+            "PutObject",
+            {
+                "Bucket": results,
+                "Key": "runs/r1/results.json",
+                "Body": b"{}",
+                "ContentType": "application/json",
+                "Metadata": {"environment": stack},
+            },
+        ),
+        Call(
+            "s3",
+            "PutObject",
+            {
+                "Bucket": results,
+                "Key": "runs/r1/manifest.json",
+                "Body": b"{}",
+                "ContentType": "application/json",
+                "Metadata": {"environment": stack},
+                "IfNoneMatch": "*",
+            },
+        ),
+    ]
 
 
 def _job_label(kind: str, call: Call) -> str:
