@@ -18,6 +18,11 @@ from decimal import Decimal
 
 from envfence.settings import DEFAULT_VARIANT, FeatureFlag, Targeting
 
+# A variant's `rule` is at most 16,384 characters (the type's JSON schema, `maxLength`).
+MAX_RULE_LENGTH = 16384
+# The document is the worker's FLAG_SET and the pipeline task's too: kept well within what one
+# task definition may hold, with the rest of the container definitions.
+MAX_DOCUMENT_BYTES = 16384
 EXPERIMENTAL_ATTRIBUTE = "experimental"
 OWNER_ATTRIBUTE = "owner"
 
@@ -54,12 +59,19 @@ def targeting_rule(flag: str, t: Targeting) -> str:
             parts.append(_split(flag, high))
         else:
             parts.append(f"(and {_split(flag, high)} (not {_split(flag, low)}))")
-    return parts[0] if len(parts) == 1 else f"(and {' '.join(parts)})"
+    return _nest("and", parts)
 
 
 def variant_rule(flag: str, match: tuple[Targeting, ...]) -> str:
-    rules = [targeting_rule(flag, t) for t in match]
-    return rules[0] if len(rules) == 1 else f"(or {' '.join(rules)})"
+    return _nest("or", [targeting_rule(flag, t) for t in match])
+
+
+def _nest(op: str, parts: list[str]) -> str:
+    """`and`/`or` of two operands at a time: AppConfig documents them with two ("both
+    operands"), so three are written `(and A (and B C))`."""
+    if len(parts) == 1:
+        return parts[0]
+    return f"({op} {parts[0]} {_nest(op, parts[1:])})"
 
 
 def _attributes(f: FeatureFlag, enabled: bool) -> dict[str, object]:

@@ -949,6 +949,16 @@ def _parse_variants(r: _Reader, flag: str) -> tuple[FlagVariant, ...]:
                             f"{earlier.name!r} (a record meeting both would get only the first: "
                             "give them different groups or regions, or both a percentage)",
                         )
+        from envfence.flagset import MAX_RULE_LENGTH, variant_rule  # imports this module
+
+        rule = variant_rule(flag, tuple(match))
+        if len(rule) > MAX_RULE_LENGTH:
+            raise vr.fail(
+                "match",
+                f"{len(rule)} characters as an AppConfig rule",
+                f"a rule of at most {MAX_RULE_LENGTH} characters (AppConfig's limit): fewer "
+                "groups or regions",
+            )
         variants.append(FlagVariant(name=name, enabled=enabled, match=tuple(match)))
     return tuple(variants)
 
@@ -1006,6 +1016,16 @@ def _parse_flags(top: _Reader, production: bool) -> tuple[FeatureFlag, ...]:
                         "(owner: a team or e-mail; endsOn: YYYY-MM-DD)",
                     )
         flags.append(flag)
+    from envfence.flagset import MAX_DOCUMENT_BYTES, feature_flags_document
+
+    size = len(feature_flags_document(tuple(flags)).encode("utf-8"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise top.fail(
+            "flags",
+            f"a flag set of {size} bytes",
+            f"at most {MAX_DOCUMENT_BYTES} bytes as an AppConfig document: it also travels in "
+            "the worker's and the pipeline's task definitions, whose size ECS limits",
+        )
     return tuple(flags)
 
 

@@ -30,7 +30,7 @@ from app.worker import flagrules, pipeline
 from app.worker.flagset import FlagSet, FlagSetError, record_context, version_label
 from app.worker.store import write_rows
 from envfence.cli import main as cli_main
-from envfence.flagset import feature_flags_document, flag_set_version
+from envfence.flagset import feature_flags_document, flag_set_version, targeting_rule
 from envfence.project import Project
 from envfence.settings import FeatureFlag, FlagVariant, Targeting
 from tests.flagsets import CURATE_OFF, document, flag_set, live_experiment
@@ -516,3 +516,27 @@ def test_ef505_cannot_read_fails_closed(
     found = [v for v in result.violations if v.rule == "EF902" and "[EF505]" in v.message]
     assert found, [v.message for v in result.violations]
     assert "fails closed" in found[0].message
+
+
+def test_a_rule_longer_than_appconfig_allows_is_refused() -> None:
+    groups = [f"group-{i:04d}-with-a-long-name" for i in range(600)]
+    msg = refused("prod", prod_flags(variants=variants({"group": groups})))
+    assert f'config {KEY}.variants[0].match is "' in msg
+    assert "a rule of at most 16384 characters (AppConfig's limit)" in msg
+
+
+def test_a_flag_set_too_large_for_the_task_definitions_is_refused() -> None:
+    flags = {f"flag_{i:03d}": {"description": "x" * 200, "experimental": False} for i in range(80)}
+    msg = refused("prod", raw_config("prod", set_={"envfence:flags": flags}))
+    assert 'config envfence:flags is "a flag set of' in msg
+    assert "at most 16384 bytes as an AppConfig document" in msg
+
+
+def test_three_conditions_nest_two_operands_at_a_time() -> None:
+    t = Targeting(groups=("a",), regions=("eu-west-1",), split=(0, 500))
+    rule = targeting_rule("f", t)
+    assert rule == (
+        '(and (in $group ["a"]) (and (in $region ["eu-west-1"]) '
+        '(split by::$userId pct::5 seed::"f")))'
+    )
+    flagrules.parse(rule)

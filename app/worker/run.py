@@ -12,10 +12,13 @@ stamps rows with); and writes to the `results` store (`RESULTS_BUCKET`), under `
 * `results.json`: per flag and variant (arm `control` for the default variant, else `variant`),
   the number of records and the exact sum of every top-level numeric field;
 * `flag-set.json`: the flag set document evaluated (its label is the run's flag set version);
-* `manifest.json`, written last (a run without it is incomplete) and never overwritten
-  (`If-None-Match: *`): the input objects with their S3 version ids, sizes and SHA-256, the flag
-  set version, the code image (`ENVFENCE_IMAGE`, the task's image by digest), and the outputs
+* `manifest.json`, written last (a run without it is incomplete): the input objects with
+  their S3 version ids, sizes and SHA-256, the flag set version, the code image
+  (`ENVFENCE_IMAGE`, the task's image: by digest when the stack builds it), and the outputs
   with their version ids and SHA-256.
+
+All three are written with `If-None-Match: *`: a run id is used once, and nothing of an earlier
+run is ever replaced.
 
 The stores are versioned (EF205), so `--replay` reads each input at its recorded version, checks
 its SHA-256, evaluates the recorded flag set, and compares what it computes with the recorded
@@ -268,9 +271,13 @@ def run(
         )
     results = analyse(inputs, cfg.flag_set)
     base = run_prefix(run_id)
+    # Every object of a run is written once: a run id used before fails (412) before anything
+    # of the earlier run is replaced.
     outputs = [
-        _put(s3, cfg, base + "flag-set.json", cfg.flag_set_document.encode("utf-8")),
-        _put(s3, cfg, base + "results.json", results),
+        _put(
+            s3, cfg, base + "flag-set.json", cfg.flag_set_document.encode("utf-8"), create_only=True
+        ),
+        _put(s3, cfg, base + "results.json", results, create_only=True),
     ]
     manifest = {
         "format": FORMAT,

@@ -404,10 +404,10 @@ def job_checks(view: StackView) -> list[Check | Result]:
 
 
 def pipeline_run_calls(curated: str, results: str, stack: str) -> list[Call]:
-    """A pipeline run (app/worker/run.py) as it calls S3: list and read the curated store, write
-    the results, and last the manifest, never over an existing one (If-None-Match), with
-    provenance metadata (no tags); its replay reads the manifest, the inputs and the flag set at
-    their recorded versions.
+    """A pipeline run (app/worker/run.py) as it calls S3: list and read the curated store,
+    write the flag set, the results and last the manifest, each never over an existing object
+    (If-None-Match), with provenance metadata (no tags); its replay reads the manifest, the
+    inputs and the flag set at their recorded versions.
     tests/test_pipeline_runs.py records the run's real calls and holds them to these."""
     return [
         Call("s3", "ListObjectsV2", {"Bucket": curated, "Prefix": "datasets/v1/"}),
@@ -433,6 +433,7 @@ def pipeline_run_calls(curated: str, results: str, stack: str) -> list[Call]:
                 "Body": b"{}",
                 "ContentType": "application/json",
                 "Metadata": {"environment": stack},
+                "IfNoneMatch": "*",
             },
         ),
         Call(

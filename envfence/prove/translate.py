@@ -301,6 +301,8 @@ def _s3_get_object(site: Site, call: Call) -> list[RealRequest]:
     obj = f"{bucket.arn}/{p.get('Key', '')}"
     context, endpoint = network_context(site, "s3")
     action = "s3:GetObjectVersion" if p.get("VersionId") else "s3:GetObject"
+    if p.get("VersionId"):  # a condition key of GetObjectVersion (SAR, Amazon S3)
+        context["s3:versionid"] = str(p["VersionId"])
     requests = [_request(site, call, action, obj, context, S3_SOURCE, endpoint)]
     if bucket.key_arn:
         context_arn = bucket.arn if bucket.bucket_key else obj

@@ -297,8 +297,11 @@ class Compute(pulumi.ComponentResource):
             self.log_group.name,
             s.region,
             "pipeline",
-            entryPoint=["python", "-m"],
-            command=["worker.run", "--help"],
+            # The module is fixed: an override can change the run's arguments only, never run
+            # another module as the pipeline role (overrides cannot change entryPoint,
+            # https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerOverride.html).
+            entryPoint=["python", "-m", "worker.run"],
+            command=["--help"],
             environment=[{"name": k, "value": v} for k, v in sorted(env.items())],
             mountPoints=[{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
         )
@@ -321,7 +324,7 @@ class Compute(pulumi.ComponentResource):
                 "containerOverrides": [
                     {
                         "name": PIPELINE_CONTAINER,
-                        "command": ["worker.run", "--input", "<prefix>", "--run-id", "<run-id>"],
+                        "command": ["--input", "<prefix>", "--run-id", "<run-id>"],
                     }
                 ]
             },
