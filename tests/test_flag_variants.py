@@ -317,27 +317,29 @@ def test_the_label_is_the_same_on_both_sides() -> None:
 @pytest.mark.parametrize(
     ("mutate", "problem"),
     [
-        (lambda d: d, "is not the label of this document"),  # label of another document
         (lambda d: {**d, "version": "2"}, "not an AWS.AppConfig.FeatureFlags document"),
+        (lambda d: _set_rule(d, "(eq $group"), r"variant 1 \('a'\): unbalanced parentheses"),
         (
-            lambda d: _set_rule(d, "(eq $group"),
-            "rule:",
+            lambda d: _set_rule(d, None, index=0),
+            "has no rule, but only the default, last, has none",
         ),
-        (lambda d: _set_rule(d, None, index=0), r"the last variant \(the default\) and only it"),
-        (
-            lambda d: _set_attr(d, "yes"),
-            "experimental must be true or false",
-        ),
+        (lambda d: _set_attr(d, "yes"), "experimental must be true or false"),
     ],
 )
 def test_the_worker_refuses_a_flag_set_it_cannot_trust(
     mutate: Callable[[dict[str, Any]], dict[str, Any]], problem: str
 ) -> None:
-    original = feature_flags_document((slices_flag(),))
-    changed = json.dumps(mutate(json.loads(original)))
-    label = version_label(original) if changed == json.dumps(json.loads(original)) else None
+    changed = json.dumps(mutate(json.loads(feature_flags_document((slices_flag(),)))))
     with pytest.raises(FlagSetError, match=problem):
-        FlagSet.load(changed, label or version_label(changed))
+        FlagSet.load(changed, version_label(changed))
+
+
+def test_the_worker_refuses_a_document_its_label_does_not_name() -> None:
+    original = feature_flags_document((slices_flag(),))
+    edited = original.replace('"pct::10 ', '"pct::90 ').replace("pct::10 ", "pct::90 ")
+    assert edited != original
+    with pytest.raises(FlagSetError, match="is not the label of this document"):
+        FlagSet.load(edited, version_label(original))
 
 
 def _set_rule(doc: dict[str, Any], rule: str | None, index: int = 1) -> dict[str, Any]:
@@ -478,10 +480,10 @@ def test_the_constraints_hold_without_the_trigger(envfence_db: MakeDb) -> None:
 
 def test_the_worker_role_cannot_restamp_a_row(envfence_db: MakeDb) -> None:
     database = envfence_db("prod", "production")
-    run_batch_small = flag_set(CURATE_OFF)
     ident = pipeline.Identity("prod", "production", None)
     plan = pipeline.process(
-        pipeline.Record("m", '{"n": 1}', pipeline_sent()), pipeline.Context(ident, run_batch_small)
+        pipeline.Record("m", '{"n": 1}', pipeline_sent()),
+        pipeline.Context(ident, flag_set(CURATE_OFF)),
     )
     with database.connect("worker") as conn:
         write_rows(conn, plan)

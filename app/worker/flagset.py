@@ -66,7 +66,8 @@ class Assignment:
 @dataclass(frozen=True)
 class _Flag:
     name: str
-    variants: tuple[tuple[str, bool, bool, flagrules.Expr | None], ...]  # name, enabled, exp, rule
+    variants: tuple[dict[str, Any], ...]  # the `_variants` entries, checked by `load`
+    experimentals: tuple[bool, ...]  # each variant's `experimental` attribute
     enabled: bool  # for a flag without variants
     experimental: bool  # likewise
 
@@ -115,11 +116,11 @@ class FlagSet:
                 enabled = value.get("enabled", False)
                 if not isinstance(enabled, bool):
                     raise FlagSetError(f"{where}.enabled must be true or false")
-                flags.append(_Flag(name, (), enabled, _bool_attr(value, where)))
+                flags.append(_Flag(name, (), (), enabled, _bool_attr(value, where)))
                 continue
             if not isinstance(raw_variants, list) or not raw_variants:
                 raise FlagSetError(f"{where}._variants must be a non-empty list")
-            variants = []
+            marks = []
             for i, v in enumerate(raw_variants):
                 at = f"{where}._variants[{i}]"
                 if not isinstance(v, dict) or not isinstance(v.get("name"), str):
@@ -129,18 +130,12 @@ class FlagSet:
                 attrs = v.get("attributeValues", {})
                 if not isinstance(attrs, dict):
                     raise FlagSetError(f"{at}.attributeValues must be an object")
-                last = i == len(raw_variants) - 1
-                rule = v.get("rule")
-                if last != (rule is None):
-                    raise FlagSetError(
-                        f"{at}: the last variant (the default) and only it has no rule"
-                    )
-                try:
-                    expr = None if rule is None else flagrules.parse(rule)
-                except flagrules.RuleError as exc:
-                    raise FlagSetError(f"{at}.rule: {exc}") from None
-                variants.append((v["name"], v["enabled"], _bool_attr(attrs, at), expr))
-            flags.append(_Flag(name, tuple(variants), False, False))
+                marks.append(_bool_attr(attrs, at))
+            try:  # checks the whole list (default last, without a rule; every rule parses)
+                flagrules.select_variant(raw_variants, {}, flag=name)
+            except flagrules.RuleError as exc:
+                raise FlagSetError(f"{where}._variants: {exc}") from None
+            flags.append(_Flag(name, tuple(raw_variants), tuple(marks), False, False))
         return cls(version, tuple(flags))
 
     def assign(self, context: Mapping[str, str | int | float | bool]) -> dict[str, Assignment]:
@@ -150,14 +145,13 @@ class FlagSet:
             if not flag.variants:
                 out[flag.name] = Assignment(NO_VARIANTS, flag.enabled, True, flag.experimental)
                 continue
-            chosen = len(flag.variants) - 1
-            for i, (_, _, _, expr) in enumerate(flag.variants[:-1]):
-                if expr is not None and flagrules.evaluate(expr, context, flag=flag.name):
-                    chosen = i
-                    break
-            name, enabled, experimental, _ = flag.variants[chosen]
+            chosen = flagrules.select_variant(flag.variants, context, flag=flag.name)
+            variant = flag.variants[chosen]
             out[flag.name] = Assignment(
-                name, enabled, chosen == len(flag.variants) - 1, experimental
+                variant["name"],
+                variant["enabled"],
+                chosen == len(flag.variants) - 1,
+                flag.experimentals[chosen],
             )
         return out
 

@@ -230,29 +230,10 @@ class Compute(pulumi.ComponentResource):
             retention_in_days=s.log_retention_days,
             opts=child,
         )
-        container = hardened_container(
-            "worker",
-            self.image_ref,
-            self.log_group.name,
-            s.region,
-            "worker",
-            environment=[{"name": k, "value": v} for k, v in sorted(args.environment.items())],
-            mountPoints=[{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
-        )
-        task = aws.ecs.TaskDefinition(
-            "worker-task",
-            family=f"{prefix}-worker",
-            requires_compatibilities=["FARGATE"],
-            network_mode="awsvpc",
-            cpu=str(s.container.cpu),
-            memory=str(s.container.memory),
-            execution_role_arn=args.execution_role_arn,
-            task_role_arn=args.service_role_arn,
-            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
-            volumes=[{"name": "tmp"}],
-            container_definitions=pulumi.Output.json_dumps([container]),
-            opts=child,
-        )
+        task = self._image_task(
+            args, "worker-task", f"{prefix}-worker", args.service_role_arn, "worker",
+            args.environment,
+        )  # fmt: skip
         self.pipeline_command = None
         if args.pipeline_role_arn is not None and args.pipeline_environment is not None:
             self.pipeline_command = self._pipeline_task(args, cluster.arn, prefix)
@@ -281,6 +262,45 @@ class Compute(pulumi.ComponentResource):
         )
         self.register_outputs({"image": self.image_ref, "clusterArn": cluster.arn})
 
+    def _image_task(
+        self,
+        args: ComputeArgs,
+        name: str,
+        family: str,
+        task_role_arn: pulumi.Input[str] | None,
+        container_name: str,
+        environment: dict[str, pulumi.Input[str]],
+        **container: object,
+    ) -> aws.ecs.TaskDefinition:
+        """A Fargate task of the worker's image, hardened (`hardened_container`), as
+        `task_role_arn`, logging to the worker's group under the container's name, with the
+        stack's container size and a writable /tmp only."""
+        s = args.settings
+        definition = hardened_container(
+            container_name,
+            self.image_ref,
+            self.log_group.name,
+            s.region,
+            container_name,
+            environment=[{"name": k, "value": v} for k, v in sorted(environment.items())],
+            mountPoints=[{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
+            **container,
+        )
+        return aws.ecs.TaskDefinition(
+            name,
+            family=family,
+            requires_compatibilities=["FARGATE"],
+            network_mode="awsvpc",
+            cpu=str(s.container.cpu),
+            memory=str(s.container.memory),
+            execution_role_arn=args.execution_role_arn,
+            task_role_arn=task_role_arn,
+            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
+            volumes=[{"name": "tmp"}],
+            container_definitions=pulumi.Output.json_dumps([definition]),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
     def _pipeline_task(
         self, args: ComputeArgs, cluster_arn: pulumi.Output[str], prefix: str
     ) -> pulumi.Output[str]:
@@ -291,33 +311,18 @@ class Compute(pulumi.ComponentResource):
         env = dict(args.pipeline_environment or {})
         # The image by digest, recorded in every run's manifest.
         env["ENVFENCE_IMAGE"] = self.image_ref
-        container = hardened_container(
+        task = self._image_task(
+            args,
+            "pipeline-task",
+            f"{prefix}-pipeline-run",
+            args.pipeline_role_arn,
             PIPELINE_CONTAINER,
-            self.image_ref,
-            self.log_group.name,
-            s.region,
-            "pipeline",
+            env,
             # The module is fixed: an override can change the run's arguments only, never run
             # another module as the pipeline role (overrides cannot change entryPoint,
             # https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerOverride.html).
             entryPoint=["python", "-m", "worker.run"],
             command=["--help"],
-            environment=[{"name": k, "value": v} for k, v in sorted(env.items())],
-            mountPoints=[{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
-        )
-        task = aws.ecs.TaskDefinition(
-            "pipeline-task",
-            family=f"{prefix}-pipeline-run",
-            requires_compatibilities=["FARGATE"],
-            network_mode="awsvpc",
-            cpu=str(s.container.cpu),
-            memory=str(s.container.memory),
-            execution_role_arn=args.execution_role_arn,
-            task_role_arn=args.pipeline_role_arn,
-            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
-            volumes=[{"name": "tmp"}],
-            container_definitions=pulumi.Output.json_dumps([container]),
-            opts=pulumi.ResourceOptions(parent=self),
         )
         overrides = json.dumps(
             {
